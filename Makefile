@@ -1,0 +1,29 @@
+# Two commands for a newcomer:
+#   make demo   set up, then run the embedded default (hide the astronaut's face with an emoji)
+#   make test   set up, then run lint, types and the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/visprog demo -o out/demo
+
+lint: setup
+	$(BIN)/ruff check visprog modules tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info out

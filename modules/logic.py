@@ -1,0 +1,30 @@
+"""Eval and Result: the modules that compute on values instead of pixels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from visprog.registry import module
+from visprog.types import Template
+
+
+@module(aliases=["EVAL"])
+def Eval(expr: Template) -> Any:
+    """Compute a value from earlier results with a small safe expression language.
+
+    Args:
+        expr: an expression over earlier variables written as {NAME}, e.g.
+            "'yes' if {ANSWER0} > 0 else 'no'". Supports arithmetic, comparisons,
+            and/or/not/xor, a if c else b, strings, numbers and parentheses.
+    """
+    return expr.evaluate()
+
+
+@module(aliases=["RESULT"])
+def Result(var: Any) -> Any:
+    """Mark the program's output.
+
+    Args:
+        var: the value the program returns.
+    """
+    return var

@@ -1,0 +1,56 @@
+"""visprog: visual programming agents.
+
+A program in the VisProg language is parsed, type-checked against the
+registered modules, turned into a dependency graph and run step by step, with
+a trace of every step. ``import visprog`` imports no torch.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from visprog.errors import (
+    Diagnostic,
+    EvalError,
+    ImageError,
+    ModelUnavailableError,
+    ProgramCheckError,
+    ProgramError,
+    ProgramSyntaxError,
+    RegistrationError,
+    StepError,
+    VisprogError,
+)
+from visprog.registry import ModuleSpec, Registry, default_registry, module
+from visprog.runtime import Context, Runtime
+from visprog.types import Detection, Image, Objects, Template, Type
+
+try:
+    __version__ = version("visprog")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Context",
+    "Detection",
+    "Diagnostic",
+    "EvalError",
+    "Image",
+    "ImageError",
+    "ModelUnavailableError",
+    "ModuleSpec",
+    "Objects",
+    "ProgramCheckError",
+    "ProgramError",
+    "ProgramSyntaxError",
+    "Registry",
+    "RegistrationError",
+    "Runtime",
+    "StepError",
+    "Template",
+    "Type",
+    "VisprogError",
+    "__version__",
+    "default_registry",
+    "module",
+]

@@ -1,0 +1,112 @@
+"""The parsed form of a VisProg program: frozen dataclasses with positions.
+
+Lines and columns are 1-based, as in the error messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+__all__ = [
+    "RESULT_NAMES",
+    "Arg",
+    "Call",
+    "ListValue",
+    "Literal",
+    "Program",
+    "Ref",
+    "Step",
+    "Value",
+]
+
+#: Targets that mark the program's output when assigned directly (``RESULT=X``).
+RESULT_NAMES = frozenset({"RESULT", "FINAL_RESULT", "FINAL_ANSWER"})
+
+
+@dataclass(frozen=True)
+class Literal:
+    """A string, int, float, bool or None written in the program."""
+
+    value: str | int | float | bool | None
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to a variable or an input (``IMAGE``, ``BOX0``)."""
+
+    name: str
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
+class ListValue:
+    """A list of values: ``['cat', 'dog']``."""
+
+    items: tuple[Value, ...]
+    line: int
+    column: int
+
+
+Value = Union[Literal, Ref, ListValue]
+
+
+@dataclass(frozen=True)
+class Arg:
+    """``name=value`` inside a call."""
+
+    name: str
+    value: Value
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
+class Call:
+    """``Module(arg=value, ...)``; ``module`` is the name as written."""
+
+    module: str
+    args: tuple[Arg, ...]
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line: ``TARGET=Module(...)`` or the bare ``TARGET=value``."""
+
+    target: str
+    expr: Call | Value
+    line: int
+    column: int
+    source: str
+
+    @property
+    def call(self) -> Call | None:
+        return self.expr if isinstance(self.expr, Call) else None
+
+    @property
+    def is_result(self) -> bool:
+        """Whether this step marks the program's output."""
+        if isinstance(self.expr, Call):
+            return self.expr.module.replace("_", "").lower() == "result"
+        return self.target in RESULT_NAMES
+
+
+@dataclass(frozen=True)
+class Program:
+    """A parsed program: its source text and its steps in order."""
+
+    source: str
+    steps: tuple[Step, ...]
+
+    def source_line(self, line: int) -> str:
+        lines = self.source.splitlines()
+        return lines[line - 1] if 0 < line <= len(lines) else ""
+
+    @property
+    def targets(self) -> list[str]:
+        return [s.target for s in self.steps]

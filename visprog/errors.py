@@ -1,0 +1,152 @@
+"""One hierarchy for every error visprog raises.
+
+Errors a user can cause (a bad program, a bad image, a missing model, an
+unreachable service) say *where* and *what was expected*. Program errors carry
+:class:`Diagnostic` objects: line, column, the source line and a caret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from visprog.trace import Trace
+
+__all__ = [
+    "Diagnostic",
+    "EvalError",
+    "ImageError",
+    "ModelUnavailableError",
+    "ProgramCheckError",
+    "ProgramError",
+    "ProgramSyntaxError",
+    "RegistrationError",
+    "StepError",
+    "VisprogError",
+]
+
+
+class VisprogError(Exception):
+    """Base class of every error raised by visprog."""
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem in a program, at a 1-based line and column."""
+
+    line: int
+    column: int
+    message: str
+    source_line: str = ""
+
+    def render(self) -> str:
+        head = f"line {self.line}, col {self.column}: {self.message}"
+        if not self.source_line:
+            return head
+        caret = " " * (max(self.column, 1) - 1) + "^"
+        return f"{head}\n  {self.source_line}\n  {caret}"
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class ProgramError(VisprogError):
+    """A program that cannot run, with every diagnostic found."""
+
+    kind = "program error"
+
+    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+        if not diagnostics:
+            raise ValueError("a ProgramError needs at least one diagnostic")
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(diagnostics)
+        super().__init__(self.render())
+
+    @property
+    def line(self) -> int:
+        return self.diagnostics[0].line
+
+    @property
+    def column(self) -> int:
+        return self.diagnostics[0].column
+
+    @property
+    def messages(self) -> list[str]:
+        """The first line of each diagnostic (``line L, col C: message``)."""
+        return [d.render().splitlines()[0] for d in self.diagnostics]
+
+    def render(self) -> str:
+        return "\n".join(d.render() for d in self.diagnostics)
+
+
+class ProgramSyntaxError(ProgramError):
+    """The program text does not follow the VisProg grammar."""
+
+    kind = "syntax error"
+
+
+class ProgramCheckError(ProgramError):
+    """The program parses but is not well formed (modules, arguments, types, names)."""
+
+    kind = "check error"
+
+
+class RegistrationError(VisprogError):
+    """A module declaration is wrong: named module and parameter in the message."""
+
+
+class ImageError(VisprogError):
+    """An input image could not be used; the message names the file."""
+
+
+class ModelUnavailableError(VisprogError):
+    """A model's weights are not available locally and cannot be fetched."""
+
+    def __init__(self, module: str, model_id: str, reason: str, fetch_command: str) -> None:
+        self.module = module
+        self.model_id = model_id
+        self.fetch_command = fetch_command
+        super().__init__(
+            f"{module}: model '{model_id}' is not available ({reason}). "
+            f"Fetch it on a machine with network access: {fetch_command}"
+        )
+
+
+class EvalError(VisprogError):
+    """An Eval expression could not be parsed or evaluated."""
+
+    def __init__(self, message: str, expression: str, column: int | None = None) -> None:
+        self.expression = expression
+        self.column = column
+        self.reason = message
+        super().__init__(f"{message} in expression {expression!r}")
+
+
+class StepError(VisprogError):
+    """A step failed while running. Carries the partial trace: nothing is lost."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int,
+        module: str,
+        target: str,
+        source_line: str,
+        trace: Trace | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        self.line = line
+        self.module = module
+        self.target = target
+        self.source_line = source_line
+        self.trace = trace
+        self.cause = cause
+        self.reason = message
+        super().__init__(f"line {line}, {module} (step {target}) failed: {message}\n  {source_line}")
+
+    @property
+    def partial_results(self) -> dict[str, Any]:
+        """Values computed before the failure, by variable name."""
+        return dict(self.trace.values) if self.trace is not None else {}

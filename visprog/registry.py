@@ -1,0 +1,407 @@
+"""Module declarations and the registry that resolves module names.
+
+A module is declared once, as a typed Python function with a docstring::
+
+    @module(aliases=["COUNT"])
+    def Count(box: Objects) -> int:
+        \"\"\"Count the objects.
+
+        Args:
+            box: the objects to count.
+        \"\"\"
+        return len(box)
+
+The signature's keyword parameters are the program's argument names and
+their types; the docstring's summary and ``Args:`` are the descriptions the
+checker, ``visprog modules`` and the planner show. A parameter annotated
+:class:`~visprog.runtime.Context` is not a program argument: the interpreter
+passes the run context there.
+
+Built-in modules and plugins register the same way: through the entry-point
+group ``visprog.modules``, whose entries name a Python module (every
+:class:`ModuleSpec` in it is registered, in definition order) or a single
+:class:`ModuleSpec`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import inspect
+import re
+import threading
+import types as pytypes
+import typing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from visprog.errors import RegistrationError
+from visprog.runtime import Context
+from visprog.types import Type, type_of_annotation
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ModuleSpec",
+    "Param",
+    "Registry",
+    "default_registry",
+    "module",
+    "normalize",
+]
+
+ENTRY_POINT_GROUP = "visprog.modules"
+
+_MISSING: Any = inspect.Parameter.empty
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def normalize(name: str) -> str:
+    """Module names match case-insensitively and ignoring underscores."""
+    return name.replace("_", "").lower()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One argument of a module as the language sees it."""
+
+    name: str
+    type: Type
+    description: str
+    default: Any = _MISSING
+    optional: bool = False
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+    def signature(self) -> str:
+        t = f"{self.type}" + (" | None" if self.optional else "")
+        if self.required:
+            return f"{self.name}: {t}"
+        return f"{self.name}: {t} = {self.default!r}"
+
+
+BatchFn = Callable[..., Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """A declared module: its name, aliases, typed parameters, output and implementation."""
+
+    name: str
+    fn: Callable[..., Any]
+    params: tuple[Param, ...]
+    returns: Type
+    summary: str
+    description: str
+    aliases: tuple[str, ...] = ()
+    batch: BatchFn | None = None
+    context_param: str | None = None
+    source: str = "python"
+    returns_description: str = ""
+
+    def param(self, name: str) -> Param | None:
+        for p in self.params:
+            if p.name == name:
+                return p
+        return None
+
+    def signature(self) -> str:
+        args = ", ".join(p.signature() for p in self.params)
+        return f"{self.name}({args}) -> {self.returns}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the implementation directly (handy in tests and notebooks)."""
+        return self.fn(*args, **kwargs)
+
+
+def _parse_docstring(doc: str) -> tuple[str, str, dict[str, str], str]:
+    """(summary, description, {param: text}, returns text) of a Google-style docstring."""
+    doc = inspect.cleandoc(doc)
+    sections: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in doc.splitlines():
+        header = line.strip().rstrip(":").lower()
+        if line and not line[0].isspace() and line.rstrip().endswith(":") and header in (
+            "args",
+            "arguments",
+            "parameters",
+            "returns",
+            "return",
+            "raises",
+            "example",
+            "examples",
+            "note",
+            "notes",
+        ):
+            current = {"arguments": "args", "parameters": "args", "return": "returns"}.get(
+                header, header
+            )
+            sections.setdefault(current, [])
+            continue
+        sections.setdefault(current, []).append(line)
+    body = "\n".join(sections[""]).strip()
+    summary = body.split("\n\n", 1)[0].replace("\n", " ").strip()
+    args: dict[str, str] = {}
+    name = None
+    for line in sections.get("args", []):
+        m = re.match(r"^\s{0,8}(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$", line)
+        if m and (name is None or len(line) - len(line.lstrip()) <= _indent(sections["args"])):
+            name = m.group(1)
+            args[name] = m.group(3).strip()
+        elif name is not None and line.strip():
+            args[name] = (args[name] + " " + line.strip()).strip()
+    returns = " ".join(s.strip() for s in sections.get("returns", []) if s.strip())
+    return summary, body, args, returns
+
+
+def _indent(lines: list[str]) -> int:
+    indents = [len(s) - len(s.lstrip()) for s in lines if s.strip()]
+    return min(indents) if indents else 0
+
+
+def _build_spec(
+    fn: Callable[..., Any],
+    name: str | None,
+    aliases: Iterable[str],
+    batch: BatchFn | None,
+) -> ModuleSpec:
+    mod_name = name or fn.__name__
+    where = f"module '{mod_name}' ({getattr(fn, '__module__', '?')}.{fn.__qualname__})"
+    if not _NAME_RE.match(mod_name):
+        raise RegistrationError(f"{where}: name must be letters, digits and underscores")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as e:  # a NameError in a string annotation, for instance
+        raise RegistrationError(f"{where}: cannot resolve type hints: {e}") from e
+    doc = inspect.getdoc(fn)
+    if not doc:
+        raise RegistrationError(
+            f"{where}: needs a docstring with a summary and an 'Args:' section"
+        )
+    summary, description, arg_docs, returns_doc = _parse_docstring(doc)
+    params: list[Param] = []
+    context_param = None
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise RegistrationError(f"{where}: parameter '{p.name}': *args and **kwargs are not allowed")
+        if p.kind is p.POSITIONAL_ONLY:
+            raise RegistrationError(f"{where}: parameter '{p.name}' must be usable as a keyword")
+        if p.name not in hints:
+            raise RegistrationError(f"{where}: parameter '{p.name}' has no type hint")
+        hint = hints[p.name]
+        if hint is Context:
+            context_param = p.name
+            continue
+        try:
+            ptype, optional = type_of_annotation(hint)
+        except TypeError as e:
+            raise RegistrationError(f"{where}: parameter '{p.name}': {e}") from None
+        if p.name not in arg_docs:
+            raise RegistrationError(
+                f"{where}: parameter '{p.name}' is not described in the docstring's 'Args:' section"
+            )
+        params.append(Param(p.name, ptype, arg_docs[p.name], p.default, optional))
+    if "return" not in hints:
+        raise RegistrationError(f"{where}: the return type has no type hint")
+    try:
+        returns, _ = type_of_annotation(hints["return"])
+    except TypeError as e:
+        raise RegistrationError(f"{where}: return type: {e}") from None
+    extra = set(arg_docs) - {p.name for p in params} - ({context_param} if context_param else set())
+    if extra:
+        raise RegistrationError(
+            f"{where}: the docstring describes unknown parameter(s) {', '.join(sorted(extra))}"
+        )
+    if batch is not None and not callable(batch):
+        raise RegistrationError(f"{where}: batch= must be a callable")
+    return ModuleSpec(
+        name=mod_name,
+        fn=fn,
+        params=tuple(params),
+        returns=returns,
+        summary=summary,
+        description=description,
+        aliases=tuple(aliases),
+        batch=batch,
+        context_param=context_param,
+        returns_description=returns_doc,
+    )
+
+
+@typing.overload
+def module(fn: Callable[..., Any], /) -> ModuleSpec: ...
+
+
+@typing.overload
+def module(
+    *,
+    name: str | None = None,
+    aliases: Iterable[str] = (),
+    batch: BatchFn | None = None,
+) -> Callable[[Callable[..., Any]], ModuleSpec]: ...
+
+
+def module(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    aliases: Iterable[str] = (),
+    batch: BatchFn | None = None,
+) -> ModuleSpec | Callable[[Callable[..., Any]], ModuleSpec]:
+    """Declare a module from a typed function and its docstring.
+
+    Args:
+        fn: the implementation; its keyword parameters are the program's arguments.
+        name: the canonical name (defaults to the function's name).
+        aliases: other names that resolve to this module (VisProg's spellings).
+        batch: an implementation that takes ``(calls, ctx)``, a list of argument
+            dicts and the run context, and returns one output per call. The
+            interpreter uses it for steps of this module that are ready together.
+    """
+
+    def wrap(f: Callable[..., Any]) -> ModuleSpec:
+        return _build_spec(f, name, aliases, batch)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+@dataclass
+class Registry:
+    """Modules by canonical name, looked up by any spelling of a name or alias."""
+
+    _specs: dict[str, ModuleSpec] = field(default_factory=dict)
+    _index: dict[str, str] = field(default_factory=dict)
+    _loaded_plugins: set[str] = field(default_factory=set)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def register(self, spec: ModuleSpec, *, source: str | None = None) -> ModuleSpec:
+        if not isinstance(spec, ModuleSpec):
+            raise RegistrationError(
+                f"cannot register {spec!r}: declare it with @visprog.module first"
+            )
+        if source is not None:
+            spec = _replace_source(spec, source)
+        with self._lock:
+            for n in (spec.name, *spec.aliases):
+                key = normalize(n)
+                owner = self._index.get(key)
+                if owner is not None and self._specs[owner] is not spec:
+                    other = self._specs[owner]
+                    raise RegistrationError(
+                        f"module '{spec.name}' (from {spec.source}): name '{n}' is already "
+                        f"taken by module '{other.name}' (from {other.source})"
+                    )
+            self._specs[spec.name] = spec
+            for n in (spec.name, *spec.aliases):
+                self._index[normalize(n)] = spec.name
+        return spec
+
+    def register_all(self, specs: Iterable[ModuleSpec], *, source: str | None = None) -> None:
+        for s in specs:
+            self.register(s, source=source)
+
+    def get(self, name: str) -> ModuleSpec | None:
+        key = self._index.get(normalize(name))
+        return self._specs[key] if key is not None else None
+
+    def __getitem__(self, name: str) -> ModuleSpec:
+        spec = self.get(name)
+        if spec is None:
+            hint = self.suggest(name)
+            raise KeyError(f"unknown module '{name}'" + (f" (did you mean '{hint}'?)" if hint else ""))
+        return spec
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and normalize(name) in self._index
+
+    def __iter__(self) -> Iterator[ModuleSpec]:
+        return iter(list(self._specs.values()))
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def suggest(self, name: str) -> str | None:
+        """The canonical name closest to ``name``, if any is close."""
+        keys = list(self._index)
+        match = difflib.get_close_matches(normalize(name), keys, n=1, cutoff=0.6)
+        return self._index[match[0]] if match else None
+
+    def copy(self) -> Registry:
+        new = Registry()
+        new._specs = dict(self._specs)
+        new._index = dict(self._index)
+        new._loaded_plugins = set(self._loaded_plugins)
+        return new
+
+    def load_entry_points(
+        self, entry_points: Iterable[importlib.metadata.EntryPoint] | None = None
+    ) -> list[str]:
+        """Register every module of the ``visprog.modules`` entry points. Idempotent.
+
+        Returns the names of the entry points loaded by this call.
+        """
+        if entry_points is None:
+            entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        loaded = []
+        for ep in entry_points:
+            dist = getattr(ep.dist, "name", None) if getattr(ep, "dist", None) else None
+            key = f"{dist or '?'}:{ep.name}={ep.value}"
+            with self._lock:
+                if key in self._loaded_plugins:
+                    continue
+                source = f"plugin '{ep.name}'" + (f" of {dist}" if dist else "")
+                try:
+                    obj = ep.load()
+                except RegistrationError as e:
+                    raise RegistrationError(f"{source}: {e}") from e
+                except Exception as e:
+                    raise RegistrationError(
+                        f"{source}: cannot import {ep.value}: {type(e).__name__}: {e}"
+                    ) from e
+                self.register_all(_specs_in(obj, source), source=source)
+                self._loaded_plugins.add(key)
+                loaded.append(ep.name)
+        return loaded
+
+
+def _replace_source(spec: ModuleSpec, source: str) -> ModuleSpec:
+    from dataclasses import replace
+
+    return spec if spec.source == source else replace(spec, source=source)
+
+
+def _specs_in(obj: Any, source: str) -> list[ModuleSpec]:
+    if isinstance(obj, ModuleSpec):
+        return [obj]
+    if isinstance(obj, pytypes.ModuleType):
+        specs = [v for v in vars(obj).values() if isinstance(v, ModuleSpec)]
+        if not specs:
+            raise RegistrationError(f"{source}: {obj.__name__} declares no modules")
+        return specs
+    if isinstance(obj, (list, tuple)) and all(isinstance(v, ModuleSpec) for v in obj):
+        return list(obj)
+    raise RegistrationError(
+        f"{source}: the entry point must name a Python module or a @visprog.module, "
+        f"got {type(obj).__name__}"
+    )
+
+
+_default: Registry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry() -> Registry:
+    """The process-wide registry with built-in modules and installed plugins loaded."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            reg = Registry()
+            reg.load_entry_points()
+            _default = reg
+        return _default
