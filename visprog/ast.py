@@ -6,7 +6,6 @@ Lines and columns are 1-based, as in the error messages.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 __all__ = [
     "RESULT_NAMES",
@@ -51,7 +50,7 @@ class ListValue:
     column: int
 
 
-Value = Union[Literal, Ref, ListValue]
+Value = Literal | Ref | ListValue
 
 
 @dataclass(frozen=True)

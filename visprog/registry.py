@@ -123,21 +123,25 @@ def _parse_docstring(doc: str) -> tuple[str, str, dict[str, str], str]:
     current = ""
     for line in doc.splitlines():
         header = line.strip().rstrip(":").lower()
-        if line and not line[0].isspace() and line.rstrip().endswith(":") and header in (
-            "args",
-            "arguments",
-            "parameters",
-            "returns",
-            "return",
-            "raises",
-            "example",
-            "examples",
-            "note",
-            "notes",
-        ):
-            current = {"arguments": "args", "parameters": "args", "return": "returns"}.get(
-                header, header
+        if (
+            line
+            and not line[0].isspace()
+            and line.rstrip().endswith(":")
+            and header
+            in (
+                "args",
+                "arguments",
+                "parameters",
+                "returns",
+                "return",
+                "raises",
+                "example",
+                "examples",
+                "note",
+                "notes",
             )
+        ):
+            current = {"arguments": "args", "parameters": "args", "return": "returns"}.get(header, header)
             sections.setdefault(current, [])
             continue
         sections.setdefault(current, []).append(line)
@@ -177,9 +181,7 @@ def _build_spec(
         raise RegistrationError(f"{where}: cannot resolve type hints: {e}") from e
     doc = inspect.getdoc(fn)
     if not doc:
-        raise RegistrationError(
-            f"{where}: needs a docstring with a summary and an 'Args:' section"
-        )
+        raise RegistrationError(f"{where}: needs a docstring with a summary and an 'Args:' section")
     summary, description, arg_docs, returns_doc = _parse_docstring(doc)
     params: list[Param] = []
     context_param = None
@@ -211,9 +213,7 @@ def _build_spec(
         raise RegistrationError(f"{where}: return type: {e}") from None
     extra = set(arg_docs) - {p.name for p in params} - ({context_param} if context_param else set())
     if extra:
-        raise RegistrationError(
-            f"{where}: the docstring describes unknown parameter(s) {', '.join(sorted(extra))}"
-        )
+        raise RegistrationError(f"{where}: the docstring describes unknown parameter(s) {', '.join(sorted(extra))}")
     if batch is not None and not callable(batch):
         raise RegistrationError(f"{where}: batch= must be a callable")
     return ModuleSpec(
@@ -279,9 +279,7 @@ class Registry:
 
     def register(self, spec: ModuleSpec, *, source: str | None = None) -> ModuleSpec:
         if not isinstance(spec, ModuleSpec):
-            raise RegistrationError(
-                f"cannot register {spec!r}: declare it with @visprog.module first"
-            )
+            raise RegistrationError(f"cannot register {spec!r}: declare it with @visprog.module first")
         if source is not None:
             spec = _replace_source(spec, source)
         with self._lock:
@@ -339,9 +337,7 @@ class Registry:
         new._loaded_plugins = set(self._loaded_plugins)
         return new
 
-    def load_entry_points(
-        self, entry_points: Iterable[importlib.metadata.EntryPoint] | None = None
-    ) -> list[str]:
+    def load_entry_points(self, entry_points: Iterable[importlib.metadata.EntryPoint] | None = None) -> list[str]:
         """Register every module of the ``visprog.modules`` entry points. Idempotent.
 
         Returns the names of the entry points loaded by this call.
@@ -361,9 +357,7 @@ class Registry:
                 except RegistrationError as e:
                     raise RegistrationError(f"{source}: {e}") from e
                 except Exception as e:
-                    raise RegistrationError(
-                        f"{source}: cannot import {ep.value}: {type(e).__name__}: {e}"
-                    ) from e
+                    raise RegistrationError(f"{source}: cannot import {ep.value}: {type(e).__name__}: {e}") from e
                 self.register_all(_specs_in(obj, source), source=source)
                 self._loaded_plugins.add(key)
                 loaded.append(ep.name)
@@ -387,8 +381,7 @@ def _specs_in(obj: Any, source: str) -> list[ModuleSpec]:
     if isinstance(obj, (list, tuple)) and all(isinstance(v, ModuleSpec) for v in obj):
         return list(obj)
     raise RegistrationError(
-        f"{source}: the entry point must name a Python module or a @visprog.module, "
-        f"got {type(obj).__name__}"
+        f"{source}: the entry point must name a Python module or a @visprog.module, got {type(obj).__name__}"
     )
 
 

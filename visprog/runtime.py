@@ -46,7 +46,7 @@ class ModelPool:
             if key not in self._models:
                 self._models[key] = loader()
                 self.loads[key] = self.loads.get(key, 0) + 1
-            return self._models[key]  # type: ignore[no-any-return]
+            return self._models[key]
 
     def __contains__(self, key: object) -> bool:
         return key in self._models
@@ -74,7 +74,7 @@ class RunCache:
             self._keep[id(obj)] = obj
             self._values[key] = compute()
             self.computed[name] = self.computed.get(name, 0) + 1
-        return self._values[key]  # type: ignore[no-any-return]
+        return self._values[key]
 
     def clear(self) -> None:
         self._values.clear()

@@ -69,6 +69,8 @@ class Type(enum.Enum):
     FLOAT = "float"
     BOOL = "bool"
     LIST_STR = "list[str]"
+    #: a list that is not all strings (only an ``Any`` parameter accepts it)
+    LIST = "list"
     TEMPLATE = "expression"
     NONE = "None"
     ANY = "any"
@@ -127,9 +129,7 @@ class Detection:
         w, h = size
         if self.mask is not None:
             if self.mask.shape != (h, w):
-                raise ValueError(
-                    f"mask of shape {self.mask.shape} does not match an image of {w}x{h}"
-                )
+                raise ValueError(f"mask of shape {self.mask.shape} does not match an image of {w}x{h}")
             return self.mask
         out = np.zeros((h, w), dtype=bool)
         x0, y0, x1, y1 = self.int_box(size)
@@ -198,6 +198,7 @@ def type_of_value(value: Any) -> Type:
             return Type.OBJECTS
         if all(isinstance(v, str) for v in value):
             return Type.LIST_STR if value else Type.ANY
+        return Type.LIST
     return Type.ANY
 
 

@@ -1,0 +1,9 @@
+"""``python -m visprog``: the same as the ``visprog`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from visprog.cli import main
+
+sys.exit(main())

@@ -1,0 +1,293 @@
+"""Type-check a parsed program against the registered modules.
+
+Every problem is reported in one pass, before any module runs: unknown
+module, unknown, missing or repeated argument, a value of the wrong type, an
+undefined variable, an Eval expression that does not parse, no result. Each
+diagnostic has a line, a column and, where one is close, a suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from visprog import ast
+from visprog.dag import Edge, Graph, Node, build
+from visprog.errors import Diagnostic, EvalError, ProgramCheckError
+from visprog.expr import Expression, parse_template
+from visprog.registry import ModuleSpec, Registry, default_registry
+from visprog.types import Type, assignable
+
+__all__ = ["DEFAULT_INPUTS", "CheckedProgram", "CheckedStep", "check"]
+
+#: The inputs a program may use when the caller names none.
+DEFAULT_INPUTS: Mapping[str, Type] = {"IMAGE": Type.IMAGE, "LEFT": Type.IMAGE, "RIGHT": Type.IMAGE}
+
+
+@dataclass(frozen=True)
+class CheckedStep:
+    """A step with its module resolved, its output type and where each name it uses comes from."""
+
+    index: int
+    step: ast.Step
+    spec: ModuleSpec | None
+    type: Type
+    #: variable name -> index of the step that assigned it, or the input's name
+    sources: Mapping[str, int | str] = field(default_factory=dict)
+    templates: Mapping[str, Expression] = field(default_factory=dict)
+
+    @property
+    def module(self) -> str:
+        return self.spec.name if self.spec is not None else "="
+
+    @property
+    def deps(self) -> set[int]:
+        return {s for s in self.sources.values() if isinstance(s, int)}
+
+
+@dataclass(frozen=True)
+class CheckedProgram:
+    """A program that passed the checker: safe to hand to the interpreter."""
+
+    program: ast.Program
+    steps: tuple[CheckedStep, ...]
+    inputs: Mapping[str, Type]
+    result: int
+    graph: Graph
+
+    @property
+    def source(self) -> str:
+        return self.program.source
+
+    @property
+    def result_type(self) -> Type:
+        return self.steps[self.result].type
+
+    @property
+    def used_inputs(self) -> list[str]:
+        return self.graph.inputs
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str | None:
+    found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    if not found:
+        lower = {c.lower(): c for c in candidates}
+        found = [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)]
+    return found[0] if found else None
+
+
+def _did_you_mean(name: str | None) -> str:
+    return f" (did you mean '{name}'?)" if name else ""
+
+
+class _Checker:
+    def __init__(self, program: ast.Program, registry: Registry, inputs: Mapping[str, Type]) -> None:
+        self.program = program
+        self.registry = registry
+        self.inputs = dict(inputs)
+        self.diagnostics: list[Diagnostic] = []
+        #: name -> (index of the latest assignment, its type)
+        self.defined: dict[str, tuple[int, Type]] = {}
+        self.assigned_at: dict[str, list[int]] = {}
+        for s in program.steps:
+            self.assigned_at.setdefault(s.target, []).append(s.line)
+
+    def error(self, line: int, column: int, message: str) -> None:
+        self.diagnostics.append(Diagnostic(line, column, message, self.program.source_line(line)))
+
+    # -- values ---------------------------------------------------------
+
+    def ref_type(self, ref: ast.Ref, sources: dict[str, int | str]) -> Type | None:
+        if ref.name in self.defined:
+            index, t = self.defined[ref.name]
+            sources[ref.name] = index
+            return t
+        if ref.name in self.inputs:
+            sources[ref.name] = ref.name
+            return self.inputs[ref.name]
+        self.undefined(ref.name, ref.line, ref.column)
+        return None
+
+    def undefined(self, name: str, line: int, column: int, where: str = "") -> None:
+        later = [n for n in self.assigned_at.get(name, []) if n >= line]
+        if later:
+            self.error(line, column, f"'{name}' is used{where} before it is assigned (on line {later[0]})")
+            return
+        known = [*self.defined, *self.inputs]
+        self.error(line, column, f"undefined variable '{name}'{where}{_did_you_mean(_suggest(name, known))}")
+
+    def value_type(self, value: ast.Value, sources: dict[str, int | str]) -> Type | None:
+        """The value's type; None when it is unknown because of an error already reported."""
+        if isinstance(value, ast.Ref):
+            return self.ref_type(value, sources)
+        if isinstance(value, ast.Literal):
+            v = value.value
+            if v is None:
+                return Type.NONE
+            if isinstance(v, bool):
+                return Type.BOOL
+            if isinstance(v, int):
+                return Type.INT
+            if isinstance(v, float):
+                return Type.FLOAT
+            return Type.STR
+        item_types = [self.value_type(i, sources) for i in value.items]
+        if any(t is None for t in item_types):
+            return None
+        if all(t in (Type.STR, Type.ANY) for t in item_types):
+            return Type.LIST_STR
+        return Type.ANY if Type.ANY in item_types else Type.LIST
+
+    def describe(self, value: ast.Value, t: Type) -> str:
+        if isinstance(value, ast.Ref):
+            if value.name in self.defined:
+                index = self.defined[value.name][0]
+                return f"{t} ({value.name}, from line {self.program.steps[index].line})"
+            return f"{t} (input {value.name})"
+        if t is Type.LIST:
+            return "a list that is not all strings"
+        return f"{t} {_short(value)}"
+
+    # -- steps ----------------------------------------------------------
+
+    def check_call(
+        self, call: ast.Call, sources: dict[str, int | str]
+    ) -> tuple[ModuleSpec | None, Type, dict[str, Expression]]:
+        spec = self.registry.get(call.module)
+        templates: dict[str, Expression] = {}
+        if spec is None:
+            hint = self.registry.suggest(call.module)
+            self.error(call.line, call.column, f"unknown module '{call.module}'{_did_you_mean(hint)}")
+            for arg in call.args:
+                self.value_type(arg.value, sources)
+            return None, Type.ANY, templates
+        seen: dict[str, ast.Arg] = {}
+        for arg in call.args:
+            if arg.name in seen:
+                self.error(
+                    arg.line,
+                    arg.column,
+                    f"argument '{arg.name}' of {spec.name} is given twice (first at col {seen[arg.name].column})",
+                )
+                continue
+            seen[arg.name] = arg
+            param = spec.param(arg.name)
+            if param is None:
+                names = [p.name for p in spec.params]
+                hint = _suggest(arg.name, names)
+                accepted = ", ".join(names) or "none"
+                self.error(
+                    arg.line,
+                    arg.column,
+                    f"unknown argument '{arg.name}' for {spec.name}{_did_you_mean(hint)}; it takes: {accepted}",
+                )
+                self.value_type(arg.value, sources)
+                continue
+            if param.type is Type.TEMPLATE:
+                expression = self.check_template(spec, arg, sources)
+                if expression is not None:
+                    templates[arg.name] = expression
+                continue
+            actual = self.value_type(arg.value, sources)
+            if actual is not None and not assignable(actual, param.type, param.optional):
+                self.error(
+                    arg.value.line,
+                    arg.value.column,
+                    f"argument '{arg.name}' of {spec.name} expects {param.type}, got {self.describe(arg.value, actual)}",
+                )
+        for param in spec.params:
+            if param.required and param.name not in seen:
+                self.error(
+                    call.line,
+                    call.column,
+                    f"{spec.name} is missing argument '{param.name}' ({param.type}: {param.description})",
+                )
+        return spec, spec.returns, templates
+
+    def check_template(self, spec: ModuleSpec, arg: ast.Arg, sources: dict[str, int | str]) -> Expression | None:
+        value = arg.value
+        if not (isinstance(value, ast.Literal) and isinstance(value.value, str)):
+            t = self.value_type(value, sources)
+            if t is not None:
+                self.error(
+                    value.line,
+                    value.column,
+                    f"argument '{arg.name}' of {spec.name} expects an expression in quotes, got {self.describe(value, t)}",
+                )
+            return None
+        text = value.value
+        try:
+            expression = parse_template(text)
+        except EvalError as e:
+            column = value.column + (e.column or 0)
+            self.error(value.line, column, f"bad expression for '{arg.name}' of {spec.name}: {e.reason}")
+            return None
+        ok = True
+        for name in expression.variables:
+            column = value.column + expression.variable_columns.get(name, 0)
+            if name in self.defined:
+                sources[name] = self.defined[name][0]
+            elif name in self.inputs:
+                sources[name] = name
+            else:
+                self.undefined(name, value.line, column, where=" in the expression")
+                ok = False
+        return expression if ok else None
+
+    def run(self) -> CheckedProgram:
+        steps: list[CheckedStep] = []
+        for index, step in enumerate(self.program.steps):
+            sources: dict[str, int | str] = {}
+            templates: dict[str, Expression] = {}
+            spec: ModuleSpec | None = None
+            if isinstance(step.expr, ast.Call):
+                spec, out, templates = self.check_call(step.expr, sources)
+            else:
+                out = self.value_type(step.expr, sources) or Type.ANY
+            steps.append(CheckedStep(index, step, spec, out, sources, templates))
+            self.defined[step.target] = (index, out)
+        results = [s.index for s in steps if s.step.is_result]
+        if not results:
+            last = self.program.steps[-1] if self.program.steps else None
+            example = f"FINAL_RESULT=Result(var={last.target})" if last else "FINAL_RESULT=Result(var=ANSWER0)"
+            line = last.line if last else 1
+            self.error(line, 1, f"the program has no result: end it with a line such as {example}")
+        if self.diagnostics:
+            self.diagnostics.sort(key=lambda d: (d.line, d.column))
+            raise ProgramCheckError(self.diagnostics)
+        nodes = [Node(s.index, s.step.target, s.module, s.step.line, s.step.source) for s in steps]
+        edges = [Edge(src, s.index, name) for s in steps for name, src in s.sources.items()]
+        used = {e.src for e in edges if isinstance(e.src, str)}
+        inputs = {k: v for k, v in self.inputs.items() if k in used}
+        return CheckedProgram(self.program, tuple(steps), inputs, results[-1], build(nodes, edges))
+
+
+def _short(value: ast.Value) -> str:
+    if isinstance(value, ast.Literal):
+        text = repr(value.value)
+        return text if len(text) <= 30 else text[:27] + "..."
+    return "list"
+
+
+def check(
+    program: ast.Program | str,
+    registry: Registry | None = None,
+    inputs: Mapping[str, Type] | Iterable[str] | None = None,
+) -> CheckedProgram:
+    """Check a program (text or parsed). Raises ProgramSyntaxError or ProgramCheckError.
+
+    ``inputs`` names the values the caller will pass (all images when given as
+    names); by default ``IMAGE``, ``LEFT`` and ``RIGHT``.
+    """
+    if isinstance(program, str):
+        from visprog.parser import parse
+
+        program = parse(program)
+    if inputs is None:
+        resolved: Mapping[str, Type] = DEFAULT_INPUTS
+    elif isinstance(inputs, Mapping):
+        resolved = inputs
+    else:
+        resolved = {name: Type.IMAGE for name in inputs}
+    return _Checker(program, registry or default_registry(), resolved).run()

@@ -1,0 +1,279 @@
+"""The ``visprog`` command.
+
+    visprog exec PROGRAM --image IMAGE=photo.jpg [-o OUTDIR]
+    visprog check PROGRAM
+    visprog graph PROGRAM [--dot]
+    visprog modules
+    visprog demo [-o OUTDIR]
+
+PROGRAM is a file, ``-`` for standard input, or the program text itself.
+Exit status: 0 on success, 1 when the program or a step fails, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from visprog.errors import ProgramError, StepError, VisprogError
+
+__all__ = ["main"]
+
+DEMO_PROGRAM = """\
+# Hide the astronaut's face with an emoji.
+OBJ0=FaceDet(image=IMAGE)
+IMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='smiling_face_with_sunglasses')
+FINAL_RESULT=Result(var=IMAGE0)
+"""
+
+
+class UsageError(VisprogError):
+    """A command-line mistake (exit status 2)."""
+
+
+def _read_program(arg: str) -> tuple[str, str]:
+    """(text, name) of the PROGRAM argument."""
+    if arg == "-":
+        return sys.stdin.read(), "<stdin>"
+    path = Path(arg)
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read program file {arg}: {e}") from e
+    if "=" in arg:
+        return arg, "<argument>"
+    raise UsageError(f"no such program file: {arg}")
+
+
+def _pairs(values: Sequence[str] | None, option: str, default_key: str | None = None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            if default_key is None:
+                raise UsageError(f"{option} expects NAME=VALUE, got '{item}'")
+            key, value = default_key, item
+        if not key or not value:
+            raise UsageError(f"{option} expects NAME=VALUE, got '{item}'")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _runtime(args: argparse.Namespace) -> Any:
+    from visprog.registry import default_registry
+    from visprog.runtime import Runtime
+
+    runtime = Runtime(device_request=args.device, half=not args.fp32)
+    registry = default_registry()
+    for option, key in (("backend", "backend"), ("model", "model")):
+        for name, value in _pairs(getattr(args, option), f"--{option}").items():
+            spec = registry.get(name)
+            if spec is None:
+                hint = registry.suggest(name)
+                raise UsageError(
+                    f"--{option}: unknown module '{name}'" + (f" (did you mean '{hint}'?)" if hint else "")
+                )
+            runtime.set_option(spec.name, key, value)
+    return runtime
+
+
+def _print_error(e: BaseException, name: str, err: TextIO) -> None:
+    if isinstance(e, ProgramError):
+        print(f"{name}: {len(e.diagnostics)} {e.kind}{'s' if len(e.diagnostics) > 1 else ''}:", file=err)
+        print(e.render(), file=err)
+    else:
+        print(f"error: {e}", file=err)
+
+
+def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    from visprog.checker import check
+
+    text, name = _read_program(args.program)
+    checked = check(text, inputs=args.input or None)
+    result = checked.steps[checked.result]
+    print(
+        f"{name}: ok, {len(checked.steps)} steps, inputs {', '.join(checked.used_inputs) or 'none'}, "
+        f"result {result.step.target} ({result.type})",
+        file=out,
+    )
+    return 0
+
+
+def _cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
+    from visprog.checker import check
+
+    text, _ = _read_program(args.program)
+    graph = check(text, inputs=args.input or None).graph
+    out.write(graph.to_dot() if args.dot else graph.to_mermaid())
+    return 0
+
+
+def _cmd_modules(args: argparse.Namespace, out: TextIO) -> int:
+    from visprog.registry import default_registry
+
+    specs = list(default_registry())
+    if args.json:
+        data = [
+            {
+                "name": s.name,
+                "aliases": list(s.aliases),
+                "summary": s.summary,
+                "returns": str(s.returns),
+                "batch": s.batch is not None,
+                "source": s.source,
+                "params": [
+                    {"name": p.name, "type": str(p.type), "required": p.required, "description": p.description}
+                    for p in s.params
+                ],
+            }
+            for s in specs
+        ]
+        json.dump(data, out, indent=2)
+        out.write("\n")
+        return 0
+    for s in specs:
+        print(s.signature(), file=out)
+        print(f"    {s.summary}", file=out)
+        for p in s.params:
+            print(f"    {p.name}: {p.description}", file=out)
+        extras = []
+        if s.aliases:
+            extras.append("aliases: " + ", ".join(s.aliases))
+        if s.batch is not None:
+            extras.append("batches")
+        extras.append(f"from {s.source}")
+        print(f"    ({'; '.join(extras)})", file=out)
+        print(file=out)
+    return 0
+
+
+def _write_images(trace: Any, outdir: Path, out: TextIO) -> None:
+    from visprog.images import save_image
+    from visprog.types import Image
+
+    for record in sorted(trace.records, key=lambda r: r.index):
+        if record.ok and isinstance(record.output, Image) and record.index is not None:
+            path = save_image(record.output, outdir / "steps" / f"{record.line:02d}_{record.target}.png")
+            print(f"wrote {path}", file=out)
+    if isinstance(trace.result, Image):
+        path = save_image(trace.result, outdir / "result.png")
+        print(f"wrote {path}", file=out)
+
+
+def _execute(text: str, images: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
+    from visprog.interpreter import Interpreter
+    from visprog.types import describe_value
+
+    interpreter = Interpreter(runtime=_runtime(args))
+    try:
+        trace = interpreter.run(text, images)
+    except StepError as e:
+        if e.trace is not None and args.output:
+            _write_images(e.trace, Path(args.output), out)
+        if e.trace is not None:
+            print(e.trace.to_text(), file=out)
+        raise
+    if not args.quiet:
+        print(trace.to_text(), file=out)
+    result = trace.result
+    print(
+        f"{trace.result_var}: {result if isinstance(result, (str, int, float, bool)) else describe_value(result)}",
+        file=out,
+    )
+    if args.output:
+        _write_images(trace, Path(args.output), out)
+    return 0
+
+
+def _cmd_exec(args: argparse.Namespace, out: TextIO) -> int:
+    from visprog.images import load_image
+
+    text, _ = _read_program(args.program)
+    paths = _pairs(args.image, "--image", default_key="IMAGE")
+    images = {name: load_image(path, max_pixels=args.max_pixels) for name, path in paths.items()}
+    return _execute(text, images, args, out)
+
+
+def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from skimage import data
+
+    from visprog.images import load_image
+
+    if not args.backend:
+        args.backend = ["FaceDet=cascade"]
+    print("program:", file=out)
+    print(DEMO_PROGRAM, file=out)
+    image = load_image(data.astronaut(), name="astronaut (scikit-image)")
+    return _execute(DEMO_PROGRAM, {"IMAGE": image}, args, out)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", metavar="OUTDIR", help="write the result image and every image step here")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    p.add_argument("--device", default=None, help="cuda, mps, cpu or cuda:1 (default: the best available)")
+    p.add_argument("--fp32", action="store_true", help="full precision on a GPU (default: half)")
+    p.add_argument("--backend", action="append", metavar="MODULE=NAME", help="choose a module's backend")
+    p.add_argument("--model", action="append", metavar="MODULE=ID", help="choose a module's model (hub id or folder)")
+    p.add_argument("--max-pixels", type=int, default=None, help="reject input images larger than this")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visprog", description="Check and run VisProg programs on images.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("exec", help="run a program on images")
+    p.add_argument("program", help="program file, '-' for stdin, or the program text")
+    p.add_argument(
+        "--image", "-i", action="append", metavar="NAME=PATH", help="an input image (NAME defaults to IMAGE)"
+    )
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_exec)
+
+    p = sub.add_parser("check", help="check a program and print every problem")
+    p.add_argument("program", help="program file, '-' for stdin, or the program text")
+    p.add_argument(
+        "--input", action="append", metavar="NAME", help="an input the caller passes (default IMAGE, LEFT, RIGHT)"
+    )
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("graph", help="print a program's dependency graph (Mermaid, or DOT)")
+    p.add_argument("program", help="program file, '-' for stdin, or the program text")
+    p.add_argument("--dot", action="store_true", help="Graphviz DOT instead of Mermaid")
+    p.add_argument("--input", action="append", metavar="NAME", help="an input the caller passes")
+    p.set_defaults(func=_cmd_graph)
+
+    p = sub.add_parser("modules", help="list the registered modules")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_modules)
+
+    p = sub.add_parser("demo", help="hide the face in the astronaut photo with an emoji, offline")
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = build_parser().parse_args(argv)
+    name = getattr(args, "program", None) or "program"
+    try:
+        return int(args.func(args, out))
+    except UsageError as e:
+        print(f"error: {e}", file=err)
+        return 2
+    except VisprogError as e:
+        _print_error(e, name, err)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=err)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

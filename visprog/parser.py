@@ -1,0 +1,197 @@
+"""Program text to :class:`visprog.ast.Program`.
+
+The grammar lives in ``grammar.lark`` (LALR). Lark's errors never reach the
+user: they become :class:`~visprog.errors.ProgramSyntaxError` with the line,
+the column, the source line with a caret and what was expected. When a
+program has several bad lines, every one is reported.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib.resources import files
+from typing import Any
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from visprog import ast
+from visprog.errors import Diagnostic, ProgramSyntaxError
+
+__all__ = ["parse"]
+
+
+@functools.cache
+def _parser() -> Lark:
+    grammar = (files("visprog") / "grammar.lark").read_text(encoding="utf-8")
+    return Lark(grammar, parser="lalr", start=["program", "line"], maybe_placeholders=False)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
+
+
+def _unquote(token: str) -> str:
+    body = token[1:-1]
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), "\\" + m.group(1)), body)
+
+
+def _number(text: str) -> int | float:
+    if re.search(r"[.eE]", text):
+        return float(text)
+    return int(text)
+
+
+_CONSTANTS: dict[str, bool | None] = {"True": True, "False": False, "None": None}
+
+
+@v_args(inline=True)
+class _ToAst(Transformer[Token, Any]):
+    """One method per grammar rule; positions come from the tokens."""
+
+    def __init__(self, lines: list[str], line_offset: int = 0) -> None:
+        super().__init__()
+        self._lines = lines
+        self._offset = line_offset
+
+    def _line(self, token: Token) -> int:
+        return (token.line or 1) + self._offset
+
+    def string(self, tok: Token) -> ast.Literal:
+        return ast.Literal(_unquote(str(tok)), self._line(tok), tok.column or 1)
+
+    def number(self, tok: Token) -> ast.Literal:
+        return ast.Literal(_number(str(tok)), self._line(tok), tok.column or 1)
+
+    def name(self, tok: Token) -> ast.Literal | ast.Ref:
+        if str(tok) in _CONSTANTS:
+            return ast.Literal(_CONSTANTS[str(tok)], self._line(tok), tok.column or 1)
+        return ast.Ref(str(tok), self._line(tok), tok.column or 1)
+
+    @v_args(meta=True, inline=True)
+    def list(self, meta: Any, *items: ast.Value | None) -> ast.ListValue:
+        values = tuple(i for i in items if i is not None)
+        line = getattr(meta, "line", None)
+        col = getattr(meta, "column", None)
+        if line is None and values:
+            line, col = values[0].line - self._offset, values[0].column - 1
+        return ast.ListValue(values, (line or 1) + self._offset, col or 1)
+
+    def arg(self, name: Token, value: ast.Value) -> ast.Arg:
+        return ast.Arg(str(name), value, self._line(name), name.column or 1)
+
+    def call(self, name: Token, *args: ast.Arg | None) -> ast.Call:
+        return ast.Call(str(name), tuple(a for a in args if a is not None), self._line(name), name.column or 1)
+
+    def _step(self, target: Token, expr: ast.Call | ast.Value) -> ast.Step:
+        line = self._line(target)
+        return ast.Step(str(target), expr, line, target.column or 1, self._lines[line - 1].strip())
+
+    call_step = _step
+    value_step = _step
+
+    def program(self, *steps: ast.Step) -> tuple[ast.Step, ...]:
+        return steps
+
+    def line(self, *steps: ast.Step) -> tuple[ast.Step, ...]:
+        return steps
+
+
+_TERMINALS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "EQUAL": "'='",
+    "COMMA": "','",
+    "_NL": "the end of the line",
+    "$END": "the end of the line",
+}
+
+
+def _describe(token: Token) -> str:
+    if token.type in ("$END", "_NL"):
+        return "the end of the line"
+    return f"'{token}'"
+
+
+def _expected(names: set[str]) -> str:
+    words = sorted({_TERMINALS.get(n, n) for n in names})
+    if not words:
+        return ""
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _message(err: UnexpectedInput, text: str) -> tuple[int, int, str]:
+    """(line, column, message) for one Lark error on one line of text."""
+    line, col = err.line or 1, err.column or 1
+    if isinstance(err, UnexpectedCharacters):
+        ch = text.splitlines()[line - 1][col - 1] if text.splitlines() else ""
+        if ch in "'\"":
+            return line, col, f"unterminated string: add the closing {ch}"
+        allowed = _expected(set(err.allowed or ()))
+        return line, col, f"unexpected character '{ch}'" + (f", expected {allowed}" if allowed else "")
+    if isinstance(err, UnexpectedToken):
+        tok: Token = err.token
+        expected: set[str] = set(err.expected)
+        if tok.type in ("$END", "_NL"):
+            lines = text.splitlines()
+            src = lines[line - 1] if 0 < line <= len(lines) else ""
+            line, col = line, len(src.rstrip()) + 1
+            if "RPAR" in expected:
+                return line, col, "missing ')' at the end of the step"
+            if "RSQB" in expected:
+                return line, col, "missing ']' to close the list"
+        if expected == {"EQUAL"}:
+            if tok.type == "LPAR":
+                return line, col, "a step must assign its result: write NAME=Module(...)"
+            return line, col, f"expected '=' after the name, got {_describe(tok)}"
+        if "NAME" in expected and "RPAR" in expected and tok.type in ("STRING", "NUMBER", "LSQB"):
+            return line, col, f"arguments must be named: write name={tok}"
+        if tok.type == "NAME" and "COMMA" in expected:
+            return line, col, f"missing ',' before '{tok}'"
+        if tok.type == "NAME" and expected & {"_NL", "$END"}:
+            return line, col, f"one step per line: put '{tok}' on a new line"
+        if tok.type in ("$END", "_NL"):
+            return line, col, f"unexpected end of the line, expected {_expected(expected)}"
+        if tok.type == "EQUAL" and "RPAR" in expected:
+            return line, col, "unexpected '=': an argument value must be a string, number, name or list"
+        return line, col, f"unexpected {_describe(tok)}, expected {_expected(expected)}"
+    if isinstance(err, UnexpectedEOF):
+        return line, col, f"unexpected end of the program, expected {_expected(set(err.expected))}"
+    return line, col, str(err).splitlines()[0]
+
+
+def _parse_line(text: str, number: int, lines: list[str]) -> tuple[tuple[ast.Step, ...], Diagnostic | None]:
+    try:
+        tree = _parser().parse(text, start="line")
+    except UnexpectedInput as e:
+        _, col, msg = _message(e, text)
+        return (), Diagnostic(number, col, msg, text)
+    return _ToAst(lines, number - 1).transform(tree), None
+
+
+def parse(text: str) -> ast.Program:
+    """Parse a whole program. Raises :class:`ProgramSyntaxError` listing every bad line."""
+    if not isinstance(text, str):
+        raise TypeError(f"a program is text, got {type(text).__name__}")
+    lines = text.splitlines() or [""]
+    try:
+        tree = _parser().parse(text + "\n", start="program")
+    except UnexpectedInput as first:
+        diagnostics = []
+        for number, line in enumerate(lines, start=1):
+            _, diag = _parse_line(line, number, lines)
+            if diag is not None:
+                diagnostics.append(diag)
+        if not diagnostics:  # only fails as a whole: report Lark's position
+            at, col, msg = _message(first, text)
+            diagnostics.append(Diagnostic(at, col, msg, lines[min(at, len(lines)) - 1]))
+        raise ProgramSyntaxError(diagnostics) from None
+    steps = _ToAst(lines).transform(tree)
+    return ast.Program(text, tuple(steps))
