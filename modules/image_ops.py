@@ -238,15 +238,18 @@ def _render_svg(path: str, width: int | None = None, height: int | None = None) 
 
 @functools.lru_cache(maxsize=256)
 def _emoji_image(char: str, size: tuple[int, int]) -> Image:
-    """The emoji rasterised from its SVG to fit ``size`` (width, height), keeping its aspect.
+    """The emoji rasterised from its SVG for a box of ``size`` (width, height).
 
+    A nearly square box (sides within 3:2, as faces are) is filled exactly, so
+    the emoji hides the whole face; a long box gets the emoji at its short
+    side, centred. Rendered from the SVG, so it is crisp at any size.
     Cached: callers must not modify the image.
     """
-    path = _emoji_svg(char)
-    natural_w, natural_h = _render_svg(path).size
-    scale = min(size[0] / natural_w, size[1] / natural_h)
-    w, h = max(1, round(natural_w * scale)), max(1, round(natural_h * scale))
-    art = _render_svg(path, width=w, height=h)
+    w, h = max(1, size[0]), max(1, size[1])
+    if max(w, h) > 1.5 * min(w, h):
+        w = h = min(w, h)
+    side = max(w, h)
+    art = _render_svg(_emoji_svg(char), width=side, height=side)
     return art if art.size == (w, h) else art.resize((w, h), PILImage.Resampling.LANCZOS)
 
 
@@ -256,7 +259,7 @@ def Emoji(image: Image, object: Objects, emoji: str) -> Image:
 
     Args:
         image: the image to edit.
-        object: the objects to cover; each box gets one emoji, centred.
+        object: the objects to cover; each box gets one emoji, fitted to the box.
         emoji: the emoji's CLDR name, e.g. 'face_with_tongue',
             'smiling_face_with_sunglasses', 'grinning_face' (or the emoji itself).
     """

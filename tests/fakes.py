@@ -53,7 +53,7 @@ def _loc_batch(calls: Sequence[dict[str, Any]], ctx: Context) -> list[Objects]:
     return [_boxes(c["image"], c["object"]) for c in calls]
 
 
-@module(aliases=["LOC"], batch=_loc_batch)
+@module(aliases=["LOC", "Locate"], batch=_loc_batch)
 def Loc(image: Image, object: str) -> Objects:
     """Find objects by name (fake: scripted boxes).
 
@@ -90,7 +90,7 @@ def Vqa(image: Image, question: str) -> str:
     return _answer(question)
 
 
-@module(aliases=["SEG"])
+@module(aliases=["SEG", "Segment"])
 def Seg(image: Image) -> Objects:
     """Segment the image into objects (fake: three vertical bands).
 

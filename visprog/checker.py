@@ -147,6 +147,8 @@ class _Checker:
             return f"{t} (input {value.name})"
         if t is Type.LIST:
             return "a list that is not all strings"
+        if t is Type.NONE:
+            return "None"
         return f"{t} {_short(value)}"
 
     # -- steps ----------------------------------------------------------
@@ -190,6 +192,8 @@ class _Checker:
                     templates[arg.name] = expression
                 continue
             actual = self.value_type(arg.value, sources)
+            if _empty_list(arg.value) and param.type in (Type.OBJECTS, Type.LIST_STR):
+                continue
             if actual is not None and not assignable(actual, param.type, param.optional):
                 self.error(
                     arg.value.line,
@@ -261,6 +265,10 @@ class _Checker:
         used = {e.src for e in edges if isinstance(e.src, str)}
         inputs = {k: v for k, v in self.inputs.items() if k in used}
         return CheckedProgram(self.program, tuple(steps), inputs, results[-1], build(nodes, edges))
+
+
+def _empty_list(value: ast.Value) -> bool:
+    return isinstance(value, ast.ListValue) and not value.items
 
 
 def _short(value: ast.Value) -> str:

@@ -68,14 +68,9 @@ class _ToAst(Transformer[Token, Any]):
             return ast.Literal(_CONSTANTS[str(tok)], self._line(tok), tok.column or 1)
         return ast.Ref(str(tok), self._line(tok), tok.column or 1)
 
-    @v_args(meta=True, inline=True)
-    def list(self, meta: Any, *items: ast.Value | None) -> ast.ListValue:
+    def list(self, bracket: Token, *items: ast.Value | None) -> ast.ListValue:
         values = tuple(i for i in items if i is not None)
-        line = getattr(meta, "line", None)
-        col = getattr(meta, "column", None)
-        if line is None and values:
-            line, col = values[0].line - self._offset, values[0].column - 1
-        return ast.ListValue(values, (line or 1) + self._offset, col or 1)
+        return ast.ListValue(values, self._line(bracket), bracket.column or 1)
 
     def arg(self, name: Token, value: ast.Value) -> ast.Arg:
         return ast.Arg(str(name), value, self._line(name), name.column or 1)

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import pytest
+
+from tests import fakes
+from visprog.checker import check
+from visprog.errors import ProgramCheckError
+from visprog.registry import Registry
+from visprog.types import Type
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return fakes.registry()
+
+
+def messages(text: str, registry: Registry, **kwargs: object) -> list[str]:
+    with pytest.raises(ProgramCheckError) as info:
+        check(text, registry, **kwargs)  # type: ignore[arg-type]
+    return info.value.messages
+
+
+def test_module_names_resolve_in_any_spelling(registry: Registry) -> None:
+    text = "\n".join(
+        f"X{i}={name}(image=IMAGE, box=[])"
+        for i, name in enumerate(["CROP_RIGHTOF", "CropRightOf", "croprightof", "Crop_Right_Of"])
+    )
+    checked = check(text + "\nRESULT=X3", registry)
+    assert {s.spec.name for s in checked.steps[:4] if s.spec} == {"CropRightOf"}
+    aliases = ["CROP_FRONTOF", "CROP_INFRONT", "CROP_INFRONTOF", "CROP_BEHIND", "CROP_AHEAD", "Crop"]
+    checked = check("\n".join(f"X={a}(image=IMAGE, box=[])" for a in aliases) + "\nRESULT=X", registry)
+    assert {s.spec.name for s in checked.steps if s.spec} == {"Crop"}
+    for spelling in ["VQA", "Vqa", "vqa"]:
+        assert check(f"A={spelling}(image=IMAGE, question='q')\nRESULT=A", registry).steps[0].spec.name == "Vqa"  # type: ignore[union-attr]
+    for spelling in ["FACEDET", "FaceDet", "Facedet", "face_det"]:
+        assert check(f"A={spelling}(image=IMAGE)\nRESULT=A", registry).steps[0].spec.name == "FaceDet"  # type: ignore[union-attr]
+
+
+def test_the_issue_example_message(registry: Registry) -> None:
+    with pytest.raises(ProgramCheckError) as info:
+        check("BOX0=Loc(image=IMAGE, object='dog')\nOBJ0=Sgment(image=IMAGE)\nR=Result(var=OBJ0)", registry)
+    assert str(info.value) == (
+        "line 2, col 6: unknown module 'Sgment' (did you mean 'Seg'?)\n"
+        "  OBJ0=Sgment(image=IMAGE)\n"
+        "       ^"
+    )
+
+
+def test_every_problem_is_reported_in_one_pass(registry: Registry) -> None:
+    text = (
+        "BOX0=Lok(image=IMAGE, object='dog')\n"  # unknown module, suggestion
+        "IMAGE0=Crop(image=OBJ9, box=BOX0, box=BOX0)\n"  # undefined variable, repeated argument
+        "IMAGE1=Crop(img=IMAGE)\n"  # unknown argument with suggestion, missing arguments
+        "OBJ0=FaceDet(image=IMAGE)\n"
+        "IMAGE2=Crop(image=OBJ0, box=OBJ0)\n"  # objects where an image is expected
+        "ANSWER0=Vqa(image=IMAGE, question=1)\n"  # int where str expected
+        "ANSWER1=Eval(expr='{ANSWR0} > 0')\n"  # undefined variable in an expression
+        "X=Count(box=Y)\n"  # used before assigned
+        "Y=Count(box=OBJ0)\n"
+    )
+    assert messages(text, registry) == [
+        "line 1, col 6: unknown module 'Lok' (did you mean 'Loc'?)",
+        "line 2, col 19: undefined variable 'OBJ9'",
+        "line 2, col 35: argument 'box' of Crop is given twice (first at col 25)",
+        "line 3, col 8: Crop is missing argument 'image' (Image: the image to crop.)",
+        "line 3, col 8: Crop is missing argument 'box' (Objects: the objects; the first (best) one's box is used.)",
+        "line 3, col 13: unknown argument 'img' for Crop (did you mean 'image'?); it takes: image, box",
+        "line 5, col 19: argument 'image' of Crop expects Image, got Objects (OBJ0, from line 4)",
+        "line 6, col 35: argument 'question' of Vqa expects str, got int 1",
+        "line 7, col 20: undefined variable 'ANSWR0' in the expression (did you mean 'ANSWER0'?)",
+        "line 8, col 13: 'Y' is used before it is assigned (on line 9)",
+        "line 9, col 1: the program has no result: end it with a line such as FINAL_RESULT=Result(var=Y)",
+    ]
+
+
+def test_types_propagate_and_reassignment_sees_the_latest_value(registry: Registry) -> None:
+    checked = check(
+        "OBJ0=Seg(image=IMAGE)\n"
+        "OBJ1=Select(image=IMAGE, object=OBJ0, query='dog', category=None)\n"
+        "IMAGE0=Replace(image=IMAGE, object=OBJ1, prompt='a cat')\n"
+        "OBJ1=Select(image=IMAGE0, object=OBJ0, query='sky')\n"
+        "IMAGE0=ColorPop(image=IMAGE0, object=OBJ1)\n"
+        "N=Count(box=OBJ1)\n"
+        "FINAL_RESULT=Result(var=IMAGE0)\n",
+        registry,
+    )
+    assert [s.type for s in checked.steps] == [
+        Type.OBJECTS,
+        Type.OBJECTS,
+        Type.IMAGE,
+        Type.OBJECTS,
+        Type.IMAGE,
+        Type.INT,
+        Type.ANY,
+    ]
+    # the second Select reads the Replace output (step 2), not the input image
+    assert checked.steps[3].sources == {"IMAGE0": 2, "OBJ0": 0}
+    # ColorPop reads the latest OBJ1 (step 3) and the IMAGE0 assigned before it (step 2)
+    assert checked.steps[4].sources == {"IMAGE0": 2, "OBJ1": 3}
+    assert checked.steps[5].sources == {"OBJ1": 3}
+    assert checked.steps[6].sources == {"IMAGE0": 4}
+    assert checked.result == 6
+
+
+def test_eval_dependencies_come_from_the_expression(registry: Registry) -> None:
+    checked = check(
+        "A=Vqa(image=LEFT, question='q')\nB=Vqa(image=RIGHT, question='q')\n"
+        "C=Eval(expr=\"'yes' if {A} == {B} else 'no'\")\nFINAL_ANSWER=Result(var=C)",
+        registry,
+    )
+    assert checked.steps[2].deps == {0, 1}
+    assert checked.graph.predecessors(2) == {0, 1}
+    assert checked.inputs == {"LEFT": Type.IMAGE, "RIGHT": Type.IMAGE}
+
+
+def test_inputs_are_named_by_the_caller(registry: Registry) -> None:
+    text = "A=Vqa(image=PHOTO, question='q')\nRESULT=A"
+    assert messages(text, registry) == ["line 1, col 13: undefined variable 'PHOTO'"]
+    assert check(text, registry, inputs=["PHOTO"]).used_inputs == ["PHOTO"]
+    assert messages("A=Vqa(image=PHOTO, question='q')\nRESULT=A", registry, inputs={"PHOTO": Type.STR}) == [
+        "line 1, col 13: argument 'image' of Vqa expects Image, got str (input PHOTO)"
+    ]
+
+
+def test_eval_needs_a_quoted_expression_that_parses(registry: Registry) -> None:
+    got = messages("A=Count(box=[1])\nB=Eval(expr=A)\nC=Eval(expr='{A} +')\nRESULT=C", registry)
+    assert got[0].startswith("line 1, col 13: argument 'box' of Count expects Objects")
+    assert got[1] == "line 2, col 13: argument 'expr' of Eval expects an expression in quotes, got int (A, from line 1)"
+    assert got[2].startswith("line 3, col ") and "bad expression for 'expr' of Eval" in got[2]
+
+
+def test_numbers_widen_and_none_only_for_optional(registry: Registry) -> None:
+    check("L=List(query='x', max=3)\nO=Seg(image=IMAGE)\nC=Classify(image=IMAGE, object=O, categories=L)\nRESULT=C", registry)
+    check("O=Seg(image=IMAGE)\nC=Classify(image=IMAGE, object=O, categories='cat,dog')\nRESULT=C", registry)
+    assert messages("L=List(query='x', max=None)\nRESULT=L", registry) == [
+        "line 1, col 23: argument 'max' of List expects int, got None"
+    ]
