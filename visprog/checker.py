@@ -225,7 +225,7 @@ class _Checker:
             expression = parse_template(text)
         except EvalError as e:
             column = value.column + (e.column or 0)
-            self.error(value.line, column, f"bad expression for '{arg.name}' of {spec.name}: {e.reason}")
+            self.error(value.line, column, f"bad expression for '{arg.name}' of {spec.name}: {e.detail}")
             return None
         ok = True
         for name in expression.variables:

@@ -116,10 +116,12 @@ class ModelUnavailableError(VisprogError):
 class EvalError(VisprogError):
     """An Eval expression could not be parsed or evaluated."""
 
-    def __init__(self, message: str, expression: str, column: int | None = None) -> None:
+    def __init__(self, message: str, expression: str, column: int | None = None, detail: str | None = None) -> None:
         self.expression = expression
         self.column = column
         self.reason = message
+        #: the message without its position, for callers that show the position themselves
+        self.detail = detail or message
         super().__init__(f"{message} in expression {expression!r}")
 
 
