@@ -17,8 +17,6 @@ from visprog.registry import module
 from visprog.runtime import Context
 from visprog.types import Detection, Image, Objects
 
-DEFAULT_BACKEND = "cascade"
-
 
 def _ellipse_mask(box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
     w, h = size
@@ -61,14 +59,11 @@ def _cascade(image: Image, ctx: Context) -> list[Detection]:
 BACKENDS: dict[str, Callable[[Image, Context], list[Detection]]] = {"cascade": _cascade}
 
 
-@module(aliases=["FACEDET"])
+@module(aliases=["FACEDET", "FaceDetect", "Faces"], backends={"cascade": None})
 def FaceDet(image: Image, ctx: Context) -> Objects:
     """Find the faces in an image, with a box and an elliptical mask for each.
 
     Args:
         image: the image to search.
     """
-    backend = str(ctx.options.get("backend", DEFAULT_BACKEND))
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown FaceDet backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[backend](image, ctx)
+    return BACKENDS[ctx.backend](image, ctx)

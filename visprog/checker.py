@@ -198,7 +198,8 @@ class _Checker:
                 self.error(
                     arg.value.line,
                     arg.value.column,
-                    f"argument '{arg.name}' of {spec.name} expects {param.type}, got {self.describe(arg.value, actual)}",
+                    f"argument '{arg.name}' of {spec.name} expects {param.type}, "
+                    f"got {self.describe(arg.value, actual)}",
                 )
         for param in spec.params:
             if param.required and param.name not in seen:
@@ -217,7 +218,8 @@ class _Checker:
                 self.error(
                     value.line,
                     value.column,
-                    f"argument '{arg.name}' of {spec.name} expects an expression in quotes, got {self.describe(value, t)}",
+                    f"argument '{arg.name}' of {spec.name} expects an expression in quotes, "
+                    f"got {self.describe(value, t)}",
                 )
             return None
         text = value.value

@@ -4,6 +4,7 @@
     visprog check PROGRAM
     visprog graph PROGRAM [--dot]
     visprog modules
+    visprog models list | pull [MODULE ...]
     visprog demo [-o OUTDIR]
 
 PROGRAM is a file, ``-`` for standard input, or the program text itself.
@@ -68,18 +69,36 @@ def _runtime(args: argparse.Namespace) -> Any:
     from visprog.registry import default_registry
     from visprog.runtime import Runtime
 
-    runtime = Runtime(device_request=args.device, half=not args.fp32)
+    runtime = Runtime.from_config(
+        getattr(args, "config", None),
+        device_request=getattr(args, "device", None),
+        half=False if getattr(args, "fp32", False) else None,
+    )
     registry = default_registry()
-    for option, key in (("backend", "backend"), ("model", "model")):
-        for name, value in _pairs(getattr(args, option), f"--{option}").items():
+    for name in list(runtime.modules):  # config files may spell names any way
+        spec = registry.get(name)
+        if spec is None:
+            raise UsageError(f"config: unknown module '{name}'{_hint(registry, name)}")
+        if spec.name != name:
+            runtime.modules.setdefault(spec.name, {}).update(runtime.modules.pop(name))
+    for option in ("backend", "model"):
+        for name, value in _pairs(getattr(args, option, None), f"--{option}").items():
             spec = registry.get(name)
             if spec is None:
-                hint = registry.suggest(name)
+                raise UsageError(f"--{option}: unknown module '{name}'{_hint(registry, name)}")
+            if not spec.backends:
+                raise UsageError(f"--{option}: {spec.name} uses no model")
+            if option == "backend" and value not in spec.backends:
                 raise UsageError(
-                    f"--{option}: unknown module '{name}'" + (f" (did you mean '{hint}'?)" if hint else "")
+                    f"--backend: {spec.name} has no backend '{value}'; choose one of {', '.join(spec.backends)}"
                 )
-            runtime.set_option(spec.name, key, value)
+            runtime.set_option(spec.name, option, value)
     return runtime
+
+
+def _hint(registry: Any, name: str) -> str:
+    hint = registry.suggest(name)
+    return f" (did you mean '{hint}'?)" if hint else ""
 
 
 def _print_error(e: BaseException, name: str, err: TextIO) -> None:
@@ -152,12 +171,45 @@ def _cmd_modules(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace, out: TextIO) -> int:
+    from visprog import hub
+    from visprog.registry import default_registry
+
+    registry = default_registry()
+    runtime = _runtime(args)
+    specs = [s for s in registry if s.backends]
+    if args.action == "list":
+        rows = hub.model_statuses(specs, runtime.options)
+        print(f"{'module':<10} {'backend':<16} {'model':<52} cached", file=out)
+        for r in rows:
+            mark = "*" if r.selected else " "
+            model = r.model_id or "(no download)"
+            print(f"{r.module:<10} {mark}{r.backend:<15} {model:<52} {'yes' if r.cached else 'no'}", file=out)
+        print("* the backend each module uses now (--backend, config file, or its default)", file=out)
+        return 0
+    names = args.modules or [s.name for s in specs]
+    wanted = []
+    for name in names:
+        spec = registry.get(name)
+        if spec is None or not spec.backends:
+            raise UsageError(f"models pull: '{name}' is not a module with a model{_hint(registry, name)}")
+        for r in hub.model_statuses([spec], runtime.options):
+            if r.model_id and (r.selected or args.all_backends):
+                wanted.append(r)
+    for r in wanted:
+        assert r.model_id is not None
+        print(f"pulling {r.model_id} for {r.module} ({r.backend})", file=out)
+        path = hub.pull(r.model_id)
+        print(f"  -> {path}", file=out)
+    return 0
+
+
 def _write_images(trace: Any, outdir: Path, out: TextIO) -> None:
     from visprog.images import save_image
     from visprog.types import Image
 
     for record in sorted(trace.records, key=lambda r: r.index):
-        if record.ok and isinstance(record.output, Image) and record.index is not None:
+        if record.ok and isinstance(record.output, Image) and record.module not in ("Result", "="):
             path = save_image(record.output, outdir / "steps" / f"{record.line:02d}_{record.target}.png")
             print(f"wrote {path}", file=out)
     if isinstance(trace.result, Image):
@@ -220,6 +272,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", action="append", metavar="MODULE=NAME", help="choose a module's backend")
     p.add_argument("--model", action="append", metavar="MODULE=ID", help="choose a module's model (hub id or folder)")
     p.add_argument("--max-pixels", type=int, default=None, help="reject input images larger than this")
+    p.add_argument("--config", metavar="FILE", help="a TOML config file (default: $VISPROG_CONFIG)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("modules", help="list the registered modules")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_modules)
+
+    p = sub.add_parser("models", help="list the models modules use, or download them ahead of time")
+    p.add_argument("action", choices=["list", "pull"])
+    p.add_argument("modules", nargs="*", metavar="MODULE", help="modules to pull (default: all)")
+    p.add_argument("--all-backends", action="store_true", help="pull every backend's model, not only the selected")
+    p.add_argument("--backend", action="append", metavar="MODULE=NAME", help="choose a module's backend")
+    p.add_argument("--model", action="append", metavar="MODULE=ID", help="choose a module's model")
+    p.add_argument("--config", metavar="FILE", help="a TOML config file (default: $VISPROG_CONFIG)")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("demo", help="hide the face in the astronaut photo with an emoji, offline")
     _add_run_options(p)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from visprog.trace import Trace
 
 __all__ = [
+    "ConfigError",
     "Diagnostic",
     "EvalError",
     "ImageError",
@@ -94,6 +95,10 @@ class ProgramCheckError(ProgramError):
 
 class RegistrationError(VisprogError):
     """A module declaration is wrong: named module and parameter in the message."""
+
+
+class ConfigError(VisprogError):
+    """A configuration file or option is wrong; the message names it."""
 
 
 class ImageError(VisprogError):

@@ -16,7 +16,7 @@ from visprog import ast
 from visprog.checker import CheckedProgram, CheckedStep, check
 from visprog.errors import StepError, VisprogError
 from visprog.registry import ModuleSpec, Registry, default_registry
-from visprog.runtime import Context, RunCache, Runtime
+from visprog.runtime import Context, RunCache, Runtime, default_runtime
 from visprog.trace import StepRecord, Trace
 from visprog.types import Type, coerce, type_of_value
 
@@ -47,7 +47,7 @@ class Interpreter:
         max_batch: int | None = None,
     ) -> None:
         self.registry = registry or default_registry()
-        self.runtime = runtime or Runtime()
+        self.runtime = runtime or default_runtime()
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.max_batch = max_batch
@@ -186,7 +186,7 @@ class Interpreter:
 
     def _call(self, spec: ModuleSpec, kwargs: dict[str, Any], ctx: Context) -> Any:
         if spec.context_param is not None:
-            kwargs = {**kwargs, spec.context_param: ctx.for_module(spec.name)}
+            kwargs = {**kwargs, spec.context_param: ctx.for_module(spec.name, spec.backends, spec.default_backend)}
         try:
             return spec.fn(**kwargs)
         except VisprogError as e:
@@ -197,7 +197,7 @@ class Interpreter:
     def _call_batch(self, spec: ModuleSpec, calls: list[dict[str, Any]], ctx: Context) -> list[Any]:
         assert spec.batch is not None
         try:
-            outputs = list(spec.batch(calls, ctx.for_module(spec.name)))
+            outputs = list(spec.batch(calls, ctx.for_module(spec.name, spec.backends, spec.default_backend)))
         except VisprogError as e:
             raise _Failure(f"in a batch of {len(calls)}: {e}", e) from e
         except Exception as e:

@@ -32,7 +32,7 @@ import re
 import threading
 import types as pytypes
 import typing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,9 @@ class ModuleSpec:
     context_param: str | None = None
     source: str = "python"
     returns_description: str = ""
+    #: backend name -> default model (a hub id), or None for a backend that needs no download
+    backends: Mapping[str, str | None] = field(default_factory=dict)
+    default_backend: str | None = None
 
     def param(self, name: str) -> Param | None:
         for p in self.params:
@@ -170,6 +173,8 @@ def _build_spec(
     name: str | None,
     aliases: Iterable[str],
     batch: BatchFn | None,
+    backends: Mapping[str, str | None] | None = None,
+    default_backend: str | None = None,
 ) -> ModuleSpec:
     mod_name = name or fn.__name__
     where = f"module '{mod_name}' ({getattr(fn, '__module__', '?')}.{fn.__qualname__})"
@@ -216,6 +221,13 @@ def _build_spec(
         raise RegistrationError(f"{where}: the docstring describes unknown parameter(s) {', '.join(sorted(extra))}")
     if batch is not None and not callable(batch):
         raise RegistrationError(f"{where}: batch= must be a callable")
+    backends = dict(backends or {})
+    if default_backend is None and backends:
+        default_backend = next(iter(backends))
+    if default_backend is not None and default_backend not in backends:
+        raise RegistrationError(f"{where}: default_backend '{default_backend}' is not one of its backends")
+    if backends and context_param is None:
+        raise RegistrationError(f"{where}: a module with backends needs a parameter annotated Context")
     return ModuleSpec(
         name=mod_name,
         fn=fn,
@@ -227,6 +239,8 @@ def _build_spec(
         batch=batch,
         context_param=context_param,
         returns_description=returns_doc,
+        backends=backends,
+        default_backend=default_backend,
     )
 
 
@@ -240,6 +254,8 @@ def module(
     name: str | None = None,
     aliases: Iterable[str] = (),
     batch: BatchFn | None = None,
+    backends: Mapping[str, str | None] | None = None,
+    default_backend: str | None = None,
 ) -> Callable[[Callable[..., Any]], ModuleSpec]: ...
 
 
@@ -250,6 +266,8 @@ def module(
     name: str | None = None,
     aliases: Iterable[str] = (),
     batch: BatchFn | None = None,
+    backends: Mapping[str, str | None] | None = None,
+    default_backend: str | None = None,
 ) -> ModuleSpec | Callable[[Callable[..., Any]], ModuleSpec]:
     """Declare a module from a typed function and its docstring.
 
@@ -260,10 +278,14 @@ def module(
         batch: an implementation that takes ``(calls, ctx)``, a list of argument
             dicts and the run context, and returns one output per call. The
             interpreter uses it for steps of this module that are ready together.
+        backends: the module's backends, each with its default model (a hub id,
+            or None when it needs no download); users pick one with
+            ``--backend MODULE=NAME`` and a model with ``--model MODULE=ID``.
+        default_backend: the backend used when none is chosen (default: the first).
     """
 
     def wrap(f: Callable[..., Any]) -> ModuleSpec:
-        return _build_spec(f, name, aliases, batch)
+        return _build_spec(f, name, aliases, batch, backends, default_backend)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -6,12 +6,16 @@ first use (cuda, then mps, then cpu) unless it is set explicitly.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["Context", "ModelPool", "RunCache", "Runtime", "resolve_device"]
+from visprog.errors import ConfigError
+
+__all__ = ["Context", "ModelPool", "RunCache", "Runtime", "default_runtime", "resolve_device"]
 
 T = TypeVar("T")
 
@@ -119,17 +123,63 @@ class Runtime:
     def set_option(self, module: str, key: str, value: Any) -> None:
         self.modules.setdefault(module, {})[key] = value
 
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Runtime:
+        """A runtime from a TOML config file (``--config``, ``$VISPROG_CONFIG``, or
+        ``~/.config/visprog/config.toml`` when it exists)::
+
+            device = "cuda"      # or "auto", "cpu", "mps", "cuda:1"
+            half = true
+            [modules.Loc]
+            backend = "owlv2"
+            model = "google/owlv2-base-patch16-ensemble"
+
+        Keyword overrides that are not None win over the file.
+        """
+        import tomllib
+
+        if path is None:
+            path = os.environ.get("VISPROG_CONFIG") or None
+            default = Path.home() / ".config" / "visprog" / "config.toml"
+            if path is None and default.is_file():
+                path = default
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    data = tomllib.load(f)
+            except OSError as e:
+                raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+            unknown = set(data) - {"device", "half", "modules"}
+            if unknown:
+                raise ConfigError(
+                    f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                    "expected device, half, [modules.NAME]"
+                )
+        modules = {str(k): dict(v) for k, v in dict(data.get("modules", {})).items()}
+        runtime = cls(device_request=data.get("device"), half=bool(data.get("half", True)), modules=modules)
+        if overrides.get("device_request") is not None:
+            runtime.device_request = overrides["device_request"]
+        if overrides.get("half") is not None:
+            runtime.half = bool(overrides["half"])
+        return runtime
+
 
 @dataclass
 class Context:
     """Handed to a module that declares a parameter annotated ``Context``.
 
-    ``module`` is the canonical name of the module being run.
+    ``module`` is the canonical name of the module being run; ``backends`` and
+    ``default_backend`` come from its declaration.
     """
 
     runtime: Runtime
     cache: RunCache
     module: str = ""
+    backends: Mapping[str, str | None] = field(default_factory=dict)
+    default_backend: str | None = None
 
     @property
     def pool(self) -> ModelPool:
@@ -143,5 +193,40 @@ class Context:
     def options(self) -> Mapping[str, Any]:
         return self.runtime.options(self.module)
 
-    def for_module(self, module: str) -> Context:
-        return Context(self.runtime, self.cache, module)
+    @property
+    def backend(self) -> str:
+        """The backend chosen for this module (``--backend``), else its default."""
+        chosen = self.options.get("backend") or self.default_backend
+        if chosen is None:
+            raise ValueError(f"{self.module} has no backends")
+        chosen = str(chosen)
+        if self.backends and chosen not in self.backends:
+            raise ValueError(f"unknown {self.module} backend '{chosen}'; choose one of {', '.join(self.backends)}")
+        return chosen
+
+    @property
+    def model_id(self) -> str:
+        """The model chosen for this module (``--model``), else its backend's default."""
+        chosen = self.options.get("model") or self.backends.get(self.backend)
+        if not chosen:
+            raise ValueError(f"{self.module} backend '{self.backend}' needs no model")
+        return str(chosen)
+
+    def for_module(
+        self,
+        module: str,
+        backends: Mapping[str, str | None] | None = None,
+        default_backend: str | None = None,
+    ) -> Context:
+        return Context(self.runtime, self.cache, module, dict(backends or {}), default_backend)
+
+
+_default_runtime: Runtime | None = None
+
+
+def default_runtime() -> Runtime:
+    """The process-wide runtime: one model pool shared by every run that does not bring its own."""
+    global _default_runtime
+    if _default_runtime is None:
+        _default_runtime = Runtime()
+    return _default_runtime

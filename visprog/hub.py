@@ -1,0 +1,150 @@
+"""Model weights: load from the Hugging Face cache (or a local folder), once per process.
+
+``load_model(ctx, loader)`` is how a module gets its model: the model id comes
+from the module's configuration (``--model``, config file) or its backend's
+default; the loaded model is kept in the runtime's pool under the loader, the
+model id, the device and the dtype, so every module that uses the same model
+shares one copy. When the weights are not on this machine and cannot be
+fetched (``HF_HUB_OFFLINE=1``, no network), the error names the module, the
+model and the command that fetches it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from visprog.errors import ModelUnavailableError
+from visprog.runtime import Context
+
+__all__ = [
+    "IGNORE_PATTERNS",
+    "ModelStatus",
+    "fetch_command",
+    "is_cached",
+    "load_model",
+    "model_statuses",
+    "pull",
+]
+
+T = TypeVar("T")
+
+#: Files a download skips: other frameworks' copies of the same weights.
+IGNORE_PATTERNS = ["*.h5", "*.msgpack", "*.ot", "*.tflite", "flax_model*", "tf_model*", "*.ckpt", "rust_model*"]
+
+
+def fetch_command(module: str, model_id: str) -> str:
+    return f"visprog models pull {module}  (or: hf download {model_id})"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _is_missing_weights(e: BaseException) -> bool:
+    """Whether an exception from from_pretrained/hf_hub_download means 'weights not available'."""
+    try:
+        from huggingface_hub import errors as hf_errors
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return isinstance(e, OSError)
+    known = tuple(
+        getattr(hf_errors, n)
+        for n in ("LocalEntryNotFoundError", "RepositoryNotFoundError", "EntryNotFoundError", "OfflineModeIsEnabled")
+        if hasattr(hf_errors, n)
+    )
+    return isinstance(e, (OSError, ConnectionError, *known))
+
+
+def load_model(
+    ctx: Context,
+    loader: Callable[[str], T],
+    *,
+    model_id: str | None = None,
+    on_device: bool = True,
+) -> T:
+    """The model for ``ctx``'s module, loaded by ``loader(model_id)`` on first use only.
+
+    ``loader`` receives a hub id or a local folder and returns the model (or a
+    tuple of model and processor). With ``on_device``, whatever it returns
+    that has ``.to`` is moved to the runtime's device and dtype and put in
+    eval mode.
+    """
+    model_id = model_id or ctx.model_id
+    runtime = ctx.runtime
+    name = f"{getattr(loader, '__module__', '?')}.{getattr(loader, '__qualname__', repr(loader))}"
+    key = (name, model_id, runtime.device if on_device else "-", runtime.dtype_name if on_device else "-")
+
+    def load() -> T:
+        try:
+            loaded = loader(model_id)
+        except ModelUnavailableError:
+            raise
+        except Exception as e:
+            if not _is_missing_weights(e):
+                raise
+            if os.path.isdir(model_id):
+                reason = f"the folder has no usable model files ({type(e).__name__}: {e})"
+            elif _offline():
+                reason = "it is not in the Hugging Face cache and HF_HUB_OFFLINE=1"
+            else:
+                reason = "it is not in the Hugging Face cache and the hub could not be reached"
+            raise ModelUnavailableError(ctx.module, model_id, reason, fetch_command(ctx.module, model_id)) from e
+        if on_device:
+            _to_device(loaded, runtime.device, runtime.torch_dtype())
+        return loaded
+
+    return ctx.pool.get(key, load)
+
+
+def _to_device(loaded: Any, device: str, dtype: Any) -> None:
+    items = loaded if isinstance(loaded, tuple) else (loaded,)
+    for item in items:
+        if hasattr(item, "to") and hasattr(item, "eval"):
+            item.to(device=device, dtype=dtype)
+            item.eval()
+
+
+def is_cached(model_id: str) -> bool:
+    """Whether the model is on this machine (a folder, or complete in the Hugging Face cache)."""
+    if os.path.isdir(model_id):
+        return True
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return False
+    try:
+        snapshot_download(model_id, local_files_only=True, ignore_patterns=IGNORE_PATTERNS)
+    except Exception:
+        return False
+    return True
+
+
+def pull(model_id: str) -> str:
+    """Download a model into the Hugging Face cache, with progress bars; returns its folder."""
+    from huggingface_hub import snapshot_download
+
+    return str(snapshot_download(model_id, ignore_patterns=IGNORE_PATTERNS))
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    module: str
+    backend: str
+    model_id: str | None
+    selected: bool
+    cached: bool
+
+
+def model_statuses(specs: Iterable[Any], options: Callable[[str], Any]) -> list[ModelStatus]:
+    """Every module backend with its model, whether it is the selected one, and whether it is cached."""
+    out = []
+    for spec in specs:
+        chosen = options(spec.name)
+        selected_backend = chosen.get("backend") or spec.default_backend
+        for backend, default_model in spec.backends.items():
+            selected = backend == selected_backend
+            model = (chosen.get("model") if selected else None) or default_model
+            out.append(ModelStatus(spec.name, backend, model, selected, True if model is None else is_cached(model)))
+    return out
