@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from visprog.api import check, run
 from visprog.errors import (
     Diagnostic,
     EvalError,
@@ -21,6 +22,7 @@ from visprog.errors import (
     StepError,
     VisprogError,
 )
+from visprog.parser import parse
 from visprog.registry import ModuleSpec, Registry, default_registry, module
 from visprog.runtime import Context, Runtime
 from visprog.types import Detection, Image, Objects, Template, Type
@@ -51,6 +53,9 @@ __all__ = [
     "Type",
     "VisprogError",
     "__version__",
+    "check",
     "default_registry",
     "module",
+    "parse",
+    "run",
 ]
