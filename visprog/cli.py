@@ -40,6 +40,8 @@ def _read_program(arg: str) -> tuple[str, str]:
     """(text, name) of the PROGRAM argument."""
     if arg == "-":
         return sys.stdin.read(), "<stdin>"
+    if "\n" in arg:
+        return arg, "<argument>"
     path = Path(arg)
     if path.is_file():
         try:
@@ -323,7 +325,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     out = out or sys.stdout
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
-    name = getattr(args, "program", None) or "program"
+    program = getattr(args, "program", None)
+    if program == "-":
+        name = "<stdin>"
+    elif program is None or ("=" in program and not Path(program).is_file()):
+        name = "<argument>" if program else "program"
+    else:
+        name = program
     try:
         return int(args.func(args, out))
     except UsageError as e:

@@ -320,8 +320,14 @@ class Registry:
         return spec
 
     def register_all(self, specs: Iterable[ModuleSpec], *, source: str | None = None) -> None:
-        for s in specs:
-            self.register(s, source=source)
+        """Register several modules: all of them, or none when one name is taken."""
+        specs = list(specs)
+        with self._lock:
+            trial = self.copy()
+            for s in specs:
+                trial.register(s, source=source)
+            for s in specs:
+                self.register(s, source=source)
 
     def get(self, name: str) -> ModuleSpec | None:
         key = self._index.get(normalize(name))
@@ -366,9 +372,11 @@ class Registry:
         """
         if entry_points is None:
             entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        # Built-ins first, so a plugin can never take a built-in's name, whatever sys.path says.
+        ordered = sorted(entry_points, key=lambda ep: _dist_name(ep) != "visprog")
         loaded = []
-        for ep in entry_points:
-            dist = getattr(ep.dist, "name", None) if getattr(ep, "dist", None) else None
+        for ep in ordered:
+            dist = _dist_name(ep)
             key = f"{dist or '?'}:{ep.name}={ep.value}"
             with self._lock:
                 if key in self._loaded_plugins:
@@ -384,6 +392,11 @@ class Registry:
                 self._loaded_plugins.add(key)
                 loaded.append(ep.name)
         return loaded
+
+
+def _dist_name(ep: importlib.metadata.EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return getattr(dist, "name", None) if dist is not None else None
 
 
 def _replace_source(spec: ModuleSpec, source: str) -> ModuleSpec:

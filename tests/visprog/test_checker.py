@@ -125,12 +125,17 @@ def test_inputs_are_named_by_the_caller(registry: Registry) -> None:
 def test_eval_needs_a_quoted_expression_that_parses(registry: Registry) -> None:
     got = messages("A=Count(box=[1])\nB=Eval(expr=A)\nC=Eval(expr='{A} +')\nRESULT=C", registry)
     assert got[0].startswith("line 1, col 13: argument 'box' of Count expects Objects")
-    assert got[1] == "line 2, col 13: argument 'expr' of Eval expects an expression in quotes, got int (A, from line 1)"
+    assert got[1] == (
+        "line 2, col 13: argument 'expr' of Eval expects an expression in quotes, got int (A, from line 1)"
+    )
     assert got[2].startswith("line 3, col ") and "bad expression for 'expr' of Eval" in got[2]
 
 
 def test_numbers_widen_and_none_only_for_optional(registry: Registry) -> None:
-    check("L=List(query='x', max=3)\nO=Seg(image=IMAGE)\nC=Classify(image=IMAGE, object=O, categories=L)\nRESULT=C", registry)
+    check(
+        "L=List(query='x', max=3)\nO=Seg(image=IMAGE)\nC=Classify(image=IMAGE, object=O, categories=L)\nRESULT=C",
+        registry,
+    )
     check("O=Seg(image=IMAGE)\nC=Classify(image=IMAGE, object=O, categories='cat,dog')\nRESULT=C", registry)
     assert messages("L=List(query='x', max=None)\nRESULT=L", registry) == [
         "line 1, col 23: argument 'max' of List expects int, got None"

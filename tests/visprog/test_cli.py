@@ -1,0 +1,522 @@
+"""The ``visprog`` command: in-process through ``main``, and as real subprocesses.
+
+Everything runs offline on built-in modules that need no model: FaceDet with
+the scikit-image cascade backend, the crops, ColorPop, Emoji, Count, Eval.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from skimage import data
+
+from visprog.cli import main
+
+BUILTINS = ["Crop", "CropRightOf", "Count", "Eval", "Result", "ColorPop", "BgBlur", "Emoji", "Tag", "FaceDet"]
+
+GOOD = textwrap.dedent(
+    """\
+    # face, the part below it, the face in colour, and a count
+    OBJ0=FaceDet(image=IMAGE)
+    IMAGE0=CropBelow(image=IMAGE, box=OBJ0)
+    IMAGE1=ColorPop(image=IMAGE, object=OBJ0)
+    N=Count(box=OBJ0)
+    ANSWER=Eval(expr="'one face' if {N} == 1 else 'not one face'")
+    FINAL_RESULT=Result(var=IMAGE1)
+    """
+)
+
+BAD = textwrap.dedent(
+    """\
+    OBJ0=FaceDett(image=IMAGE)
+    X=Count(box=IMAGE)
+    FINAL_RESULT=Result(var=Y)
+    """
+)
+
+# (line, column, message fragment, source line) of every diagnostic in BAD
+BAD_DIAGNOSTICS = [
+    (1, 6, "unknown module 'FaceDett' (did you mean 'FaceDet'?)", "OBJ0=FaceDett(image=IMAGE)"),
+    (2, 13, "argument 'box' of Count expects Objects, got Image", "X=Count(box=IMAGE)"),
+    (3, 25, "undefined variable 'Y'", "FINAL_RESULT=Result(var=Y)"),
+]
+
+FAILING = textwrap.dedent(
+    """\
+    OBJ0=FaceDet(image=IMAGE)
+    IMAGE0=CropBelow(image=IMAGE, box=OBJ0)
+    IMAGE1=Emoji(image=IMAGE, object=OBJ0, emoji='not_a_real_emoji_name')
+    FINAL_RESULT=Result(var=IMAGE1)
+    """
+)
+
+INLINE_BAD = "X=Count(box=IMAGE)\nFINAL_RESULT=Result(var=X)"
+
+CASCADE = ["--backend", "FaceDet=cascade"]
+
+#: where the astronaut's face is in the 512x512 photo (x0, y0, x1, y1), generously
+FACE = (170, 60, 270, 170)
+
+
+def cli(*argv: str | Path) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main([str(a) for a in argv], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_no_traceback(text: str) -> None:
+    assert "Traceback" not in text
+    assert "lark" not in text.lower()
+
+
+def assert_diagnostics(err: str, diagnostics: list[tuple[int, int, str, str]]) -> None:
+    """Every diagnostic is printed with its line, column, source line and a caret under the column."""
+    lines = err.splitlines()
+    for line, col, message, source in diagnostics:
+        head = f"line {line}, col {col}: "
+        matches = [i for i, text in enumerate(lines) if text.startswith(head)]
+        assert matches, f"no diagnostic at line {line}, col {col} in:\n{err}"
+        i = matches[0]
+        assert message in lines[i]
+        assert lines[i + 1] == f"  {source}"
+        assert lines[i + 2] == "  " + " " * (col - 1) + "^"
+
+
+def script() -> Path:
+    bindir = Path(sys.executable).parent
+    path = bindir / ("visprog.exe" if os.name == "nt" else "visprog")
+    if not path.exists():
+        pytest.skip(f"no visprog console script next to {sys.executable}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "astronaut.jpg"
+    # quality 75: the cascade finds exactly one face (at 90+ it also fires on a patch bottom right)
+    PILImage.fromarray(data.astronaut()).save(path, quality=75)
+    return path
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.vp"
+    path.write_text(GOOD, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def bad(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.vp"
+    path.write_text(BAD, encoding="utf-8")
+    return path
+
+
+# --- check --------------------------------------------------------------------------------------
+
+
+def test_check_good_file(good: Path) -> None:
+    code, out, err = cli("check", good)
+    assert code == 0, err
+    assert out == f"{good}: ok, 6 steps, inputs IMAGE, result FINAL_RESULT (any)\n"
+    assert err == ""
+
+
+def test_check_bad_file_prints_every_diagnostic(bad: Path) -> None:
+    code, out, err = cli("check", bad)
+    assert code == 1
+    assert out == ""
+    assert err.startswith(f"{bad}: 3 check errors:\n")
+    assert_diagnostics(err, BAD_DIAGNOSTICS)
+    assert_no_traceback(err)
+
+
+def test_check_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "syntax.vp"
+    path.write_text("X=Count(box=[])\nY=Crop(image=IMAGE, box=X\n", encoding="utf-8")
+    code, _out, err = cli("check", path)
+    assert code == 1
+    assert "1 syntax error:" in err
+    assert_diagnostics(err, [(2, 26, "missing ')'", "Y=Crop(image=IMAGE, box=X")])
+    assert_no_traceback(err)
+
+
+def test_check_program_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(GOOD))
+    code, out, err = cli("check", "-")
+    assert code == 0, err
+    assert out.startswith("<stdin>: ok, 6 steps")
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(BAD))
+    code, out, err = cli("check", "-")
+    assert code == 1
+    assert_diagnostics(err, BAD_DIAGNOSTICS)
+    assert_no_traceback(err)
+
+
+def test_check_inline_program_text() -> None:
+    code, out, err = cli("check", "N=Count(box=[])\nFINAL_RESULT=Result(var=N)")
+    assert code == 0, err
+    assert out == "<argument>: ok, 2 steps, inputs none, result FINAL_RESULT (any)\n"
+
+    code, out, err = cli("check", INLINE_BAD)
+    assert code == 1
+    assert_diagnostics(err, [(1, 13, "argument 'box' of Count expects Objects, got Image", "X=Count(box=IMAGE)")])
+    assert_no_traceback(err)
+
+
+def test_error_header_names_stdin_and_inline_programs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(BAD))
+    _, _, err = cli("check", "-")
+    assert err.startswith("<stdin>: 3 check errors:")
+    _, _, err = cli("check", INLINE_BAD)
+    assert err.startswith("<argument>: 1 check error:")
+
+
+def test_check_missing_program_file_is_a_usage_error(tmp_path: Path) -> None:
+    code, _out, err = cli("check", tmp_path / "nope.vp")
+    assert code == 2
+    assert f"no such program file: {tmp_path / 'nope.vp'}" in err
+
+
+def test_argparse_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        main([], out=io.StringIO(), err=io.StringIO())
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"], out=io.StringIO(), err=io.StringIO())
+    assert info.value.code == 2
+
+
+# --- graph ------------------------------------------------------------------------------------
+
+
+def test_graph_mermaid_and_dot(good: Path) -> None:
+    code, out, err = cli("graph", good)
+    assert code == 0, err
+    assert out.startswith("flowchart TD")
+    for node in ["OBJ0 = FaceDet", "IMAGE0 = CropBelow", "IMAGE1 = ColorPop", "N = Count", "ANSWER = Eval"]:
+        assert node in out
+    assert "s0 -->|OBJ0| s1" in out
+    assert "s3 -->|N| s4" in out  # Eval depends on the variable its expression names
+
+    code, out, err = cli("graph", "--dot", good)
+    assert code == 0, err
+    assert out.startswith("digraph")
+    assert '"s0" -> "s2" [label="OBJ0"];' in out
+    assert out.rstrip().endswith("}")
+
+
+def test_graph_of_a_bad_program_fails_like_check(bad: Path) -> None:
+    code, out, err = cli("graph", bad)
+    assert code == 1
+    assert out == ""
+    assert_diagnostics(err, BAD_DIAGNOSTICS)
+
+
+# --- modules ----------------------------------------------------------------------------------
+
+
+def test_modules_lists_builtins_with_signatures_and_descriptions() -> None:
+    code, out, err = cli("modules")
+    assert code == 0, err
+    for name in BUILTINS:
+        assert f"\n{name}(" in "\n" + out, name
+    assert "Crop(image: Image, box: Objects) -> Image\n" in out
+    assert "CropRightOf(image: Image, box: Objects) -> Image\n" in out
+    assert "Emoji(image: Image, object: Objects, emoji: str) -> Image\n" in out
+    assert "FaceDet(image: Image) -> Objects\n" in out  # the Context parameter is not shown
+    assert "Count(box: Objects) -> int\n    Count the objects.\n    box: the objects to count.\n" in out
+    assert "aliases: CROP_RIGHTOF" in out
+    assert "from plugin 'image_ops' of visprog" in out
+
+
+def test_modules_json() -> None:
+    code, out, err = cli("modules", "--json")
+    assert code == 0, err
+    modules = {m["name"]: m for m in json.loads(out)}
+    assert set(BUILTINS) <= set(modules)
+    for name in BUILTINS:
+        m = modules[name]
+        assert m["summary"]
+        assert isinstance(m["params"], list)
+        for p in m["params"]:
+            assert set(p) == {"name", "type", "required", "description"}
+            assert p["description"]
+    emoji = modules["Emoji"]["params"]
+    assert [(p["name"], p["type"], p["required"]) for p in emoji] == [
+        ("image", "Image", True),
+        ("object", "Objects", True),
+        ("emoji", "str", True),
+    ]
+    assert "smiling_face_with_sunglasses" in modules["Emoji"]["params"][2]["description"]
+    assert [p["name"] for p in modules["FaceDet"]["params"]] == ["image"]
+    assert modules["FaceDet"]["returns"] == "Objects"
+    assert modules["Count"]["returns"] == "int"
+    assert "CROP_RIGHTOF" in modules["CropRightOf"]["aliases"]
+    assert modules["Eval"]["params"][0]["type"] == "expression"
+    assert modules["Crop"]["source"] == "plugin 'image_ops' of visprog"
+
+
+# --- exec -------------------------------------------------------------------------------------
+
+
+def test_exec_real_program_on_a_photo(good: Path, photo: Path, tmp_path: Path) -> None:
+    outdir = tmp_path / "out"
+    code, out, err = cli("exec", good, "--image", f"IMAGE={photo}", *CASCADE, "-o", outdir)
+    assert code == 0, err
+    assert err == ""
+    assert "OBJ0 = FaceDet(image=Image 512x512)\n         -> Objects (1)" in out
+    assert "N = Count(box=Objects (1))\n         -> int 1" in out
+    assert "-> str 'one face'" in out
+    assert "FINAL_RESULT: Image 512x512" in out
+
+    result_path = outdir / "result.png"
+    steps = sorted(p.name for p in (outdir / "steps").iterdir())
+    assert {"03_IMAGE0.png", "04_IMAGE1.png"} <= set(steps)
+    assert not [s for s in steps if s.split("_", 1)[1] in ("OBJ0.png", "N.png", "ANSWER.png")]  # not images
+    for name in steps:
+        assert f"wrote {outdir / 'steps' / name}" in out
+    assert f"wrote {result_path}" in out
+
+    original = np.asarray(PILImage.open(photo).convert("RGB")).astype(int)
+    result = np.asarray(PILImage.open(result_path)).astype(int)
+    assert result.shape == original.shape
+    # ColorPop: grey outside the face, the original colours on the face
+    corner = result[-100:, -100:]
+    assert (corner[..., 0] == corner[..., 1]).all() and (corner[..., 1] == corner[..., 2]).all()
+    cx, cy = (FACE[0] + FACE[2]) // 2, (FACE[1] + FACE[3]) // 2
+    np.testing.assert_array_equal(
+        result[cy - 10 : cy + 10, cx - 10 : cx + 10], original[cy - 10 : cy + 10, cx - 10 : cx + 10]
+    )
+    assert np.abs(result[..., 0] - result[..., 2]).max() > 30  # some colour is left
+    # CropBelow: full width, from the face's centre down
+    below = PILImage.open(outdir / "steps" / "03_IMAGE0.png")
+    assert below.width == 512
+    assert 512 - FACE[3] < below.height < 512 - FACE[1]
+    with PILImage.open(outdir / "steps" / "04_IMAGE1.png") as step:
+        np.testing.assert_array_equal(np.asarray(step), result)
+
+
+def test_exec_image_options(photo: Path, tmp_path: Path) -> None:
+    original = np.asarray(PILImage.open(photo).convert("RGB"))
+
+    outdir = tmp_path / "named"
+    code, out, err = cli("exec", "FINAL_RESULT=Result(var=PHOTO)", "--image", f"PHOTO={photo}", "-o", outdir, "-q")
+    assert code == 0, err
+    assert "FINAL_RESULT: Image 512x512" in out
+    assert "line  1" not in out  # --quiet: no trace
+    np.testing.assert_array_equal(np.asarray(PILImage.open(outdir / "result.png")), original)
+
+    outdir = tmp_path / "bare"
+    program = "X=CropRightOf(image=IMAGE, box=[])\nFINAL_RESULT=Result(var=X)"
+    code, out, err = cli("exec", program, "-i", str(photo), "-o", outdir)
+    assert code == 0, err
+    assert "FINAL_RESULT: Image 256x512" in out
+    np.testing.assert_array_equal(np.asarray(PILImage.open(outdir / "result.png")), original[:, 256:])
+
+    code, out, err = cli("exec", program, "--image", f"LEFT={photo}")
+    assert code == 1
+    assert "IMAGE" in err
+
+    code, out, err = cli("exec", program, "--image", f"={photo}")
+    assert code == 2
+    assert "--image expects NAME=VALUE" in err
+
+
+def test_exec_missing_image_file(good: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_photo.jpg"
+    code, _out, err = cli("exec", good, "--image", f"IMAGE={missing}", *CASCADE)
+    assert code == 1
+    assert str(missing) in err and "no such file" in err
+    assert_no_traceback(err)
+
+
+def test_exec_non_image_file(good: Path) -> None:
+    code, _out, err = cli("exec", good, "--image", str(good), *CASCADE)
+    assert code == 1
+    assert f"{good}: not an image" in err
+    assert_no_traceback(err)
+
+
+def test_exec_bad_program_prints_diagnostics(bad: Path, photo: Path) -> None:
+    code, _out, err = cli("exec", bad, "--image", str(photo))
+    assert code == 1
+    assert_diagnostics(err, BAD_DIAGNOSTICS)
+    assert_no_traceback(err)
+
+
+def test_exec_failing_step_prints_partial_trace(tmp_path: Path, photo: Path) -> None:
+    path = tmp_path / "failing.vp"
+    path.write_text(FAILING, encoding="utf-8")
+    outdir = tmp_path / "out"
+    code, out, err = cli("exec", path, "--image", str(photo), *CASCADE, "-o", outdir)
+    assert code == 1
+    # the steps before the failure, with their outputs
+    assert "line  1  OBJ0 = FaceDet(image=Image 512x512)\n         -> Objects (1)" in out
+    assert "line  2  IMAGE0 = CropBelow(" in out
+    assert "line  3  IMAGE1 = Emoji(" in out
+    assert "FAILED: ValueError: unknown emoji 'not_a_real_emoji_name'" in out
+    assert "FINAL_RESULT" not in out.replace(f"wrote {outdir}", "")
+    # the failing line and module
+    assert "line 3, Emoji (step IMAGE1) failed: ValueError: unknown emoji 'not_a_real_emoji_name'" in err
+    assert "IMAGE1=Emoji(image=IMAGE, object=OBJ0, emoji='not_a_real_emoji_name')" in err
+    assert_no_traceback(err)
+    # the image steps that ran are still written; there is no result
+    assert (outdir / "steps" / "02_IMAGE0.png").is_file()
+    assert not (outdir / "result.png").exists()
+
+
+def test_unknown_backend_module_is_a_usage_error(good: Path, photo: Path) -> None:
+    code, out, err = cli("exec", good, "--image", str(photo), "--backend", "FaceDe=cascade")
+    assert code == 2
+    assert out == ""  # nothing ran
+    assert "--backend: unknown module 'FaceDe' (did you mean 'FaceDet'?)" in err
+    code, _out, err = cli("exec", good, "--image", str(photo), "--backend", "FaceDet")
+    assert code == 2
+    assert "--backend expects NAME=VALUE" in err
+
+
+def test_unknown_backend_name_is_a_usage_error(good: Path, photo: Path) -> None:
+    code, _out, err = cli("exec", good, "--image", str(photo), "--backend", "facedet=nope")
+    assert code == 2
+    assert "FaceDet has no backend 'nope'; choose one of cascade" in err
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+def test_demo_hides_the_face_offline(tmp_path: Path) -> None:
+    code, out, err = cli("demo", "-o", tmp_path)
+    assert code == 0, err
+    assert "Emoji(image=IMAGE, object=OBJ0, emoji='smiling_face_with_sunglasses')" in out
+    result = np.asarray(PILImage.open(tmp_path / "result.png").convert("RGB"))
+    original = data.astronaut()
+    assert result.shape == original.shape
+    x0, y0, x1, y1 = FACE
+    changed = np.any(result[y0:y1, x0:x1] != original[y0:y1, x0:x1], axis=-1)
+    assert changed.mean() > 0.5
+    np.testing.assert_array_equal(result[-100:, -100:], original[-100:, -100:])
+    np.testing.assert_array_equal(result[:40, :], original[:40, :])
+    assert (tmp_path / "steps").is_dir()
+
+
+# --- real processes ---------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def test_python_dash_m_visprog(bad: Path, good: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "visprog", "check", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert_diagnostics(proc.stderr, BAD_DIAGNOSTICS)
+    assert_no_traceback(proc.stderr)
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "visprog", "graph", "-"],
+        input=GOOD,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("flowchart TD")
+
+
+def test_console_script_exec(photo: Path, tmp_path: Path) -> None:
+    program = tmp_path / "emoji.vp"
+    program.write_text(
+        "OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='grinning_face')\n"
+        "FINAL_RESULT=Result(var=IMAGE0)\n",
+        encoding="utf-8",
+    )
+    outdir = tmp_path / "out"
+    proc = subprocess.run(
+        [str(script()), "exec", str(program), "--image", str(photo), *CASCADE, "-o", str(outdir)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "FINAL_RESULT: Image 512x512" in proc.stdout
+    result = np.asarray(PILImage.open(outdir / "result.png").convert("RGB"))
+    original = np.asarray(PILImage.open(photo).convert("RGB"))
+    x0, y0, x1, y1 = FACE
+    assert np.any(result[y0:y1, x0:x1] != original[y0:y1, x0:x1], axis=-1).mean() > 0.5
+    np.testing.assert_array_equal(result[-100:, -100:], original[-100:, -100:])
+
+    proc = subprocess.run(
+        [str(script()), "exec", str(program), "--image", str(photo), "--backend", "Emojj=x"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "did you mean 'Emoji'?" in proc.stderr
+
+
+NO_TORCH_SCRIPT = """\
+import io, json, sys
+import visprog
+from visprog.cli import main
+
+program = sys.argv[1]
+codes = [
+    main(["check", program], out=io.StringIO(), err=io.StringIO()),
+    main(["modules"], out=io.StringIO(), err=io.StringIO()),
+    main(["modules", "--json"], out=io.StringIO(), err=io.StringIO()),
+    main(["graph", program], out=io.StringIO(), err=io.StringIO()),
+]
+imported = {name: name in sys.modules for name in ("torch", "transformers")}
+import importlib.util
+stubs = {name: importlib.util.find_spec(name).origin for name in ("torch", "transformers")}
+print(json.dumps({"codes": codes, "imported": imported, "stubs": stubs}))
+"""
+
+
+def test_check_and_modules_import_no_torch(good: Path, tmp_path: Path) -> None:
+    """Importable stand-ins for torch and transformers: any import of them would show in sys.modules."""
+    stubs = tmp_path / "stubs"
+    for name in ("torch", "transformers"):
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text("", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_SCRIPT, str(good)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**_env(), "PYTHONPATH": str(stubs)},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["codes"] == [0, 0, 0, 0]
+    assert all(str(stubs) in origin for origin in report["stubs"].values())  # an import would have succeeded
+    assert report["imported"] == {"torch": False, "transformers": False}

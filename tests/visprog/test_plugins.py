@@ -1,0 +1,597 @@
+"""Third-party plugins discovered through the ``visprog.modules`` entry points, and the registry itself.
+
+The plugin tests build a real (pip-less) distribution in ``tmp_path``: a package
+plus a ``*.dist-info`` folder with ``METADATA`` and ``entry_points.txt``, so
+``importlib.metadata`` finds it exactly as it finds an installed wheel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from skimage import data
+
+import visprog
+from visprog.checker import check
+from visprog.errors import RegistrationError
+from visprog.interpreter import Interpreter
+from visprog.registry import ENTRY_POINT_GROUP, Registry, module, normalize
+from visprog.runtime import Context
+from visprog.types import Image, Objects, Type
+
+BUILTINS = {
+    "Crop",
+    "CropLeftOf",
+    "CropRightOf",
+    "CropAbove",
+    "CropBelow",
+    "Count",
+    "Eval",
+    "Result",
+    "ColorPop",
+    "BgBlur",
+    "Emoji",
+    "Tag",
+    "FaceDet",
+}
+
+DEMO_PLUGIN = '''\
+"""A third-party plugin: two pixel modules."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image as PILImage
+
+import visprog
+from visprog import Image
+
+
+@visprog.module(aliases=["INVERT"])
+def Invert(image: Image) -> Image:
+    """Invert every colour channel (255 - value).
+
+    Args:
+        image: the image to invert.
+    """
+    return PILImage.fromarray(255 - np.asarray(image.convert("RGB")))
+
+
+@visprog.module
+def Brightness(image: Image, factor: float = 1.5) -> Image:
+    """Scale every pixel value by a factor, clipped to 0..255.
+
+    Args:
+        image: the image to brighten.
+        factor: how much to multiply each value by;
+            values above 1 brighten, below 1 darken.
+    """
+    arr = np.asarray(image.convert("RGB")).astype(np.float64) * factor
+    return PILImage.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+'''
+
+
+def make_distribution(root: Path, package: str, source: str, entry_points: dict[str, str] | None = None) -> str:
+    """Write package ``package`` (its ``__init__.py`` is ``source``) and its dist-info under ``root``.
+
+    Returns the distribution's name (``package`` with dashes).
+    """
+    dist = package.replace("_", "-")
+    pkg = root / package
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(source, encoding="utf-8")
+    info = root / f"{package}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n", encoding="utf-8")
+    eps = entry_points or {"demo": package}
+    lines = "".join(f"{name} = {value}\n" for name, value in eps.items())
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{lines}", encoding="utf-8")
+    return dist
+
+
+@pytest.fixture
+def on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``tmp_path`` on ``sys.path``; every module imported from it is forgotten afterwards."""
+    before = set(sys.modules)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        mod = sys.modules.get(name)
+        if str(tmp_path) in str(getattr(mod, "__file__", "") or ""):
+            del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+@pytest.fixture
+def demo_plugin(on_path: Path) -> str:
+    return make_distribution(on_path, "visprog_plugin_demo", DEMO_PLUGIN)
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> PILImage.Image:
+    return PILImage.fromarray(data.astronaut())
+
+
+# --- a real plugin, found through entry points -------------------------------------------
+
+
+def test_load_entry_points_registers_builtins_and_the_plugin(demo_plugin: str) -> None:
+    registry = Registry()
+    loaded = registry.load_entry_points()
+    assert {"logic", "image_ops", "faces", "demo"} <= set(loaded)
+    assert BUILTINS <= set(registry.names())
+    assert {"Invert", "Brightness"} <= set(registry.names())
+    invert = registry["Invert"]
+    assert "plugin 'demo'" in invert.source and demo_plugin in invert.source
+    assert invert.summary == "Invert every colour channel (255 - value)."
+    assert invert.signature() == "Invert(image: Image) -> Image"
+    assert registry["Brightness"].signature() == "Brightness(image: Image, factor: float = 1.5) -> Image"
+    assert registry["Brightness"].param("factor").description == (  # type: ignore[union-attr]
+        "how much to multiply each value by; values above 1 brighten, below 1 darken."
+    )
+    # built-ins keep their own source
+    assert "plugin 'image_ops' of visprog" == registry["Crop"].source
+
+
+def test_load_entry_points_is_idempotent(demo_plugin: str) -> None:
+    registry = Registry()
+    first = registry.load_entry_points()
+    names, specs = registry.names(), {s.name: s for s in registry}
+    assert "demo" in first
+    assert registry.load_entry_points() == []
+    assert registry.names() == names
+    assert all(registry[name] is spec for name, spec in specs.items())
+    # a copy remembers what it loaded too
+    assert registry.copy().load_entry_points() == []
+
+
+def test_plugin_program_checks_and_runs_with_correct_pixels(demo_plugin: str, astronaut: PILImage.Image) -> None:
+    registry = Registry()
+    registry.load_entry_points()
+    program = textwrap.dedent(
+        """\
+        A=Invert(image=IMAGE)
+        B=INVERT(image=A)
+        C=invert(image=IMAGE)
+        D=Brightness(image=IMAGE)
+        E=brightness(image=IMAGE, factor=0.5)
+        N=Count(box=[])
+        FINAL_RESULT=Result(var=A)
+        """
+    )
+    checked = check(program, registry)
+    assert [s.spec.name for s in checked.steps if s.spec] == [
+        "Invert",
+        "Invert",
+        "Invert",
+        "Brightness",
+        "Brightness",
+        "Count",
+        "Result",
+    ]
+    assert checked.steps[0].type is Type.IMAGE
+    assert checked.steps[3].type is Type.IMAGE
+    trace = Interpreter(registry).run(program, {"IMAGE": astronaut})
+    original = np.asarray(astronaut)
+    values = trace.values
+    np.testing.assert_array_equal(np.asarray(values["A"]), 255 - original)
+    np.testing.assert_array_equal(np.asarray(values["B"]), original)
+    np.testing.assert_array_equal(np.asarray(values["C"]), 255 - original)
+    expected_d = np.clip(np.rint(original * 1.5), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(values["D"]), expected_d)
+    np.testing.assert_array_equal(np.asarray(values["E"]), np.rint(original * 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(trace.result), 255 - original)
+    assert values["N"] == 0
+    assert trace.step("A").module == "Invert"
+    # the input image is not modified
+    np.testing.assert_array_equal(np.asarray(astronaut), data.astronaut())
+
+
+def test_visprog_modules_subprocess_lists_the_plugin(demo_plugin: str, on_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(on_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "visprog", "modules", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=on_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    by_name = {m["name"]: m for m in json.loads(proc.stdout)}
+    assert BUILTINS <= set(by_name)
+    assert by_name["Invert"]["aliases"] == ["INVERT"]
+    assert by_name["Invert"]["source"] == f"plugin 'demo' of {demo_plugin}"
+    assert [p["name"] for p in by_name["Brightness"]["params"]] == ["image", "factor"]
+    assert by_name["Brightness"]["params"][1] == {
+        "name": "factor",
+        "type": "float",
+        "required": False,
+        "description": "how much to multiply each value by; values above 1 brighten, below 1 darken.",
+    }
+    text = subprocess.run(
+        [sys.executable, "-m", "visprog", "modules"], capture_output=True, text=True, env=env, cwd=on_path, timeout=120
+    )
+    assert text.returncode == 0, text.stderr
+    assert "Invert(image: Image) -> Image" in text.stdout
+    assert f"from plugin 'demo' of {demo_plugin}" in text.stdout
+
+
+# --- broken plugins -------------------------------------------------------------------------
+
+BAD_PLUGINS = {
+    "missing_hint": (
+        '''
+        @visprog.module
+        def Blur(image: Image, radius) -> Image:
+            """Blur.
+
+            Args:
+                image: the image.
+                radius: how much.
+            """
+            return image
+        ''',
+        ["Blur", "radius", "no type hint"],
+    ),
+    "unsupported_type": (
+        '''
+        @visprog.module
+        def Paint(image: Image, palette: dict) -> Image:
+            """Paint.
+
+            Args:
+                image: the image.
+                palette: colours.
+            """
+            return image
+        ''',
+        ["Paint", "palette", "unsupported type"],
+    ),
+    "undocumented_param": (
+        '''
+        @visprog.module
+        def Sharpen(image: Image, amount: float = 1.0) -> Image:
+            """Sharpen.
+
+            Args:
+                image: the image.
+            """
+            return image
+        ''',
+        ["Sharpen", "amount", "Args:"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PLUGINS))
+def test_bad_plugin_raises_registration_error_naming_plugin_module_and_parameter(case: str, on_path: Path) -> None:
+    body, expected = BAD_PLUGINS[case]
+    package = f"visprog_plugin_{case}"
+    source = "import visprog\nfrom visprog import Image, Objects\n" + textwrap.dedent(body)
+    dist = make_distribution(on_path, package, source, {f"ep_{case}": package})
+    with pytest.raises(RegistrationError) as info:
+        Registry().load_entry_points()
+    message = str(info.value)
+    assert f"plugin 'ep_{case}' of {dist}" in message
+    for part in expected:
+        assert part in message, message
+    assert "Traceback" not in message
+
+
+CLASHES = {
+    "Count": (
+        '''
+        @visprog.module
+        def Count(box: Objects) -> int:
+            """Count again.
+
+            Args:
+                box: the objects.
+            """
+            return 0
+        ''',
+        "Count",
+        "Count",
+        "image_ops",
+    ),
+    "CROP": (
+        '''
+        @visprog.module(aliases=["CROP"])
+        def MyCrop(image: Image, box: Objects) -> Image:
+            """Crop differently.
+
+            Args:
+                image: the image.
+                box: the objects.
+            """
+            return image
+        ''',
+        "MyCrop",
+        "CROP",
+        "image_ops",
+    ),
+}
+
+
+def _clash_plugin(root: Path, case: str) -> str:
+    body = CLASHES[case][0]
+    package = f"visprog_plugin_clash_{case.lower()}"
+    source = "import visprog\nfrom visprog import Image, Objects\n" + textwrap.dedent(body)
+    return make_distribution(root, package, source, {"clash": package})
+
+
+@pytest.mark.parametrize("case", sorted(CLASHES))
+def test_plugin_clashing_with_a_builtin_name_is_refused(case: str, on_path: Path) -> None:
+    _, plugin_module, _, _ = CLASHES[case]
+    dist = _clash_plugin(on_path, case)
+    with pytest.raises(RegistrationError) as info:
+        Registry().load_entry_points()
+    message = str(info.value)
+    assert f"plugin 'clash' of {dist}" in message
+    assert f"module '{plugin_module}'" in message
+    assert "is already taken by module" in message
+
+
+@pytest.mark.parametrize("case", sorted(CLASHES))
+def test_plugin_earlier_on_sys_path_does_not_shadow_a_builtin(case: str, on_path: Path) -> None:
+    _, plugin_module, name, builtin_family = CLASHES[case]
+    dist = _clash_plugin(on_path, case)
+    registry = Registry()
+    with pytest.raises(RegistrationError) as info:
+        registry.load_entry_points()
+    builtin = "Crop" if case == "CROP" else "Count"
+    assert str(info.value).startswith(f"module '{plugin_module}' (from plugin 'clash' of {dist}): name '{name}'")
+    assert f"is already taken by module '{builtin}' (from plugin '{builtin_family}' of visprog)" in str(info.value)
+    assert registry.get(name) is not None and registry[name].source == f"plugin '{builtin_family}' of visprog"
+
+
+def test_clash_with_a_builtin_is_reported_against_the_plugin(on_path: Path) -> None:
+    """With built-ins already loaded, the plugin (not the built-in) is the one refused."""
+    registry = Registry()
+    registry.load_entry_points()  # built-ins only: the plugin is not on the path yet
+    body = CLASHES["CROP"][0]
+    package = "visprog_plugin_clash_late"
+    make_distribution(on_path, package, "import visprog\nfrom visprog import Image, Objects\n" + textwrap.dedent(body))
+    importlib.invalidate_caches()
+    with pytest.raises(RegistrationError) as info:
+        registry.load_entry_points()
+    message = str(info.value)
+    assert "module 'MyCrop' (from plugin 'demo' of visprog-plugin-clash-late)" in message
+    assert "name 'CROP' is already taken by module 'Crop' (from plugin 'image_ops' of visprog)" in message
+    assert registry["CROP"].name == "Crop"
+    assert "MyCrop" not in registry
+
+
+def test_plugin_whose_import_fails_names_the_entry_point(on_path: Path) -> None:
+    package = "visprog_plugin_broken"
+    dist = make_distribution(on_path, package, "import visprog_no_such_dependency_xyz\n", {"broken_ep": package})
+    with pytest.raises(RegistrationError) as info:
+        Registry().load_entry_points()
+    message = str(info.value)
+    assert f"plugin 'broken_ep' of {dist}" in message
+    assert f"cannot import {package}" in message
+    assert "ModuleNotFoundError" in message and "visprog_no_such_dependency_xyz" in message
+
+
+def test_entry_point_naming_a_missing_module(on_path: Path) -> None:
+    make_distribution(on_path, "visprog_plugin_typo", "", {"typo": "visprog_plugin_typo.nothing_here"})
+    with pytest.raises(RegistrationError, match=r"plugin 'typo' of visprog-plugin-typo: cannot import"):
+        Registry().load_entry_points()
+
+
+def test_plugin_that_declares_nothing(on_path: Path) -> None:
+    make_distribution(on_path, "visprog_plugin_empty", "X = 1\n", {"empty": "visprog_plugin_empty"})
+    with pytest.raises(RegistrationError, match=r"plugin 'empty' of visprog-plugin-empty: .*declares no modules"):
+        Registry().load_entry_points()
+
+
+def test_entry_point_naming_a_single_spec(on_path: Path) -> None:
+    make_distribution(on_path, "visprog_plugin_single", DEMO_PLUGIN, {"one": "visprog_plugin_single:Invert"})
+    registry = Registry()
+    assert "one" in registry.load_entry_points()
+    assert "Invert" in registry and "Brightness" not in registry
+    assert registry["invert"].source == "plugin 'one' of visprog-plugin-single"
+
+
+# --- the registry: names, suggestions, signatures, docstrings --------------------------------
+
+
+def _declare(name: str, aliases: tuple[str, ...] = ()) -> visprog.ModuleSpec:
+    def fn(image: Image, question: str) -> str:
+        """Answer a question.
+
+        Args:
+            image: the image.
+            question: the question.
+        """
+        return "yes"
+
+    return module(name=name, aliases=aliases)(fn)
+
+
+def test_name_normalisation() -> None:
+    assert normalize("V_Q_A") == normalize("Vqa") == normalize("VQA") == "vqa"
+    registry = Registry()
+    spec = registry.register(_declare("Vqa", ("VQA",)))
+    for spelling in ["VQA", "Vqa", "vqa", "V_Q_A", "v_qa"]:
+        assert registry.get(spelling) is spec
+        assert spelling in registry
+    assert registry.get("VQAX") is None
+    assert 42 not in registry
+    with pytest.raises(KeyError, match="unknown module 'Vqx'"):
+        registry["Vqx"]
+
+
+def test_builtin_aliases_resolve_in_every_spelling() -> None:
+    registry = Registry()
+    registry.load_entry_points()
+    for spelling in ["CROP_RIGHTOF", "CropRightOf", "croprightof", "Crop_Right_Of"]:
+        assert registry[spelling].name == "CropRightOf"
+    for spelling in ["CROP", "CROP_BEHIND", "crop_infrontof"]:
+        assert registry[spelling].name == "Crop"
+    assert registry["face_det"].name == "FaceDet"
+
+
+def test_registering_a_clashing_name_is_refused() -> None:
+    registry = Registry()
+    registry.register(_declare("Vqa", ("VQA",)), source="first")
+    with pytest.raises(RegistrationError, match=r"module 'V_QA' \(from second\): name 'V_QA' is already taken by"):
+        registry.register(_declare("V_QA"), source="second")
+    with pytest.raises(RegistrationError, match=r"declare it with @visprog\.module"):
+        registry.register(lambda: None)  # type: ignore[arg-type]
+    # the same spec twice is fine
+    spec = registry.get("vqa")
+    assert spec is not None
+    registry.register(spec)
+    assert len(registry) == 1
+
+
+def test_suggest() -> None:
+    registry = Registry()
+    registry.load_entry_points()
+    assert registry.suggest("Cropp") == "Crop"
+    assert registry.suggest("FaceDett") == "FaceDet"
+    assert registry.suggest("COLOR_POPP") == "ColorPop"
+    assert registry.suggest("crop_right_off") == "CropRightOf"
+    assert registry.suggest("Zzzzzzzz") is None
+    with pytest.raises(KeyError, match=r"did you mean 'Emoji'\?"):
+        registry["Emojii"]
+
+
+def test_signature_text_and_context_parameter() -> None:
+    def Find(image: Image, ctx: Context, query: str, limit: int = 3, category: str | None = None) -> Objects:
+        """Find things.
+
+        Args:
+            image: the image.
+            query: what to find.
+            limit: at most this many.
+            category: only this category.
+        """
+        return []
+
+    spec = module(Find)
+    assert [p.name for p in spec.params] == ["image", "query", "limit", "category"]
+    assert spec.context_param == "ctx"
+    assert spec.signature() == (
+        "Find(image: Image, query: str, limit: int = 3, category: str | None = None) -> Objects"
+    )
+    assert spec.param("ctx") is None
+    assert spec.param("limit").required is False  # type: ignore[union-attr]
+    assert spec.param("image").required is True  # type: ignore[union-attr]
+    registry = Registry()
+    registry.load_entry_points()
+    facedet = registry["FaceDet"]
+    assert [p.name for p in facedet.params] == ["image"]
+    assert facedet.context_param == "ctx"
+    assert facedet.signature() == "FaceDet(image: Image) -> Objects"
+    assert registry["Emoji"].signature() == "Emoji(image: Image, object: Objects, emoji: str) -> Image"
+    assert registry["Eval"].signature() == "Eval(expr: expression) -> any"
+
+
+def test_batch_must_be_callable() -> None:
+    def Thing(image: Image) -> Image:
+        """Do a thing.
+
+        Args:
+            image: the image.
+        """
+        return image
+
+    with pytest.raises(RegistrationError, match=r"module 'Thing' .*batch= must be a callable"):
+        module(batch=42)(Thing)  # type: ignore[arg-type]
+
+    def batch(calls: list[dict[str, Any]], ctx: Context) -> list[Any]:
+        return [c["image"] for c in calls]
+
+    assert module(batch=batch)(Thing).batch is batch
+
+
+def test_docstring_parsing() -> None:
+    def Describe(image: Image, style: str = "short", words: int = 10) -> str:
+        """Describe the image in words.
+
+        This summary's second paragraph is only in the description.
+
+        Args:
+            image: the image to describe; a long description
+                that goes on over
+                three lines.
+            style (str): 'short' or 'long'.
+            words: at most this many words.
+
+        Returns:
+            the description, one
+            sentence.
+        """
+        return ""
+
+    spec = module(Describe)
+    assert spec.summary == "Describe the image in words."
+    assert "second paragraph" in spec.description and "Args" not in spec.description
+    assert spec.param("image").description == (  # type: ignore[union-attr]
+        "the image to describe; a long description that goes on over three lines."
+    )
+    assert spec.param("style").description == "'short' or 'long'."  # type: ignore[union-attr]
+    assert spec.param("words").description == "at most this many words."  # type: ignore[union-attr]
+    assert spec.returns_description == "the description, one sentence."
+    registry = Registry()
+    registry.load_entry_points()
+    expr = registry["Eval"].param("expr")
+    assert expr is not None
+    assert "\n" not in expr.description
+    assert expr.description.startswith("an expression over earlier variables written as {NAME}, e.g.")
+    assert expr.description.endswith("strings, numbers and parentheses.")
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("def F(image: Image) -> Image:\n    return image\n", "needs a docstring"),
+        (
+            'def F(image: Image):\n    """F.\n\n    Args:\n        image: x.\n    """\n',
+            "the return type has no type hint",
+        ),
+        (
+            'def F(image: Image, *rest: str) -> Image:\n    """F.\n\n    Args:\n        image: x.\n    """\n',
+            "parameter 'rest': *args and **kwargs are not allowed",
+        ),
+        (
+            'def F(image: Image, /) -> Image:\n    """F.\n\n    Args:\n        image: x.\n    """\n',
+            "parameter 'image' must be usable as a keyword",
+        ),
+        (
+            'def F(image: Image) -> Image:\n    """F.\n\n    Args:\n        image: x.\n        size: y.\n    """\n',
+            "describes unknown parameter(s) size",
+        ),
+        (
+            'def F(image: Image) -> set:\n    """F.\n\n    Args:\n        image: x.\n    """\n',
+            "return type: unsupported type",
+        ),
+    ],
+)
+def test_declaration_errors(source: str, expected: str) -> None:
+    namespace: dict[str, Any] = {"Image": Image}
+    exec(source, namespace)
+    with pytest.raises(RegistrationError) as info:
+        module(namespace["F"])
+    assert "module 'F'" in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_invalid_module_name() -> None:
+    with pytest.raises(RegistrationError, match="letters, digits and underscores"):
+        module(name="not-a-name")(_declare("X").fn)
