@@ -185,8 +185,9 @@ def _cmd_models(args: argparse.Namespace, out: TextIO) -> int:
         print(f"{'module':<10} {'backend':<16} {'model':<52} cached", file=out)
         for r in rows:
             mark = "*" if r.selected else " "
-            model = r.model_id or "(no download)"
-            print(f"{r.module:<10} {mark}{r.backend:<15} {model:<52} {'yes' if r.cached else 'no'}", file=out)
+            model = r.model_id if r.downloadable else f"{r.model_id or ''} (no download)".strip()
+            cached = ("yes" if r.cached else "no") if r.downloadable else "-"
+            print(f"{r.module:<10} {mark}{r.backend:<15} {model:<52} {cached}", file=out)
         print("* the backend each module uses now (--backend, config file, or its default)", file=out)
         return 0
     names = args.modules or [s.name for s in specs]
@@ -196,7 +197,7 @@ def _cmd_models(args: argparse.Namespace, out: TextIO) -> int:
         if spec is None or not spec.backends:
             raise UsageError(f"models pull: '{name}' is not a module with a model{_hint(registry, name)}")
         for r in hub.model_statuses([spec], runtime.options):
-            if r.model_id and (r.selected or args.all_backends):
+            if r.downloadable and r.model_id and (r.selected or args.all_backends):
                 wanted.append(r)
     for r in wanted:
         assert r.model_id is not None

@@ -24,6 +24,7 @@ __all__ = [
     "ProgramError",
     "ProgramSyntaxError",
     "RegistrationError",
+    "ServiceError",
     "StepError",
     "VisprogError",
 ]
@@ -99,6 +100,10 @@ class RegistrationError(VisprogError):
 
 class ConfigError(VisprogError):
     """A configuration file or option is wrong; the message names it."""
+
+
+class ServiceError(VisprogError):
+    """A remote service (an LLM server) failed or could not be reached; names the URL and model."""
 
 
 class ImageError(VisprogError):

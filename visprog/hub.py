@@ -132,9 +132,12 @@ def pull(model_id: str) -> str:
 class ModelStatus:
     module: str
     backend: str
+    #: the model the backend uses (a hub id, a folder, or a service's model name)
     model_id: str | None
     selected: bool
     cached: bool
+    #: whether the model comes from the Hugging Face hub (False: nothing to download)
+    downloadable: bool = True
 
 
 def model_statuses(specs: Iterable[Any], options: Callable[[str], Any]) -> list[ModelStatus]:
@@ -146,5 +149,7 @@ def model_statuses(specs: Iterable[Any], options: Callable[[str], Any]) -> list[
         for backend, default_model in spec.backends.items():
             selected = backend == selected_backend
             model = (chosen.get("model") if selected else None) or default_model
-            out.append(ModelStatus(spec.name, backend, model, selected, True if model is None else is_cached(model)))
+            downloadable = default_model is not None and model is not None
+            cached = is_cached(model) if downloadable and model is not None else True
+            out.append(ModelStatus(spec.name, backend, model, selected, cached, downloadable))
     return out
