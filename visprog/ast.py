@@ -17,10 +17,16 @@ __all__ = [
     "Ref",
     "Step",
     "Value",
+    "split_lines",
 ]
 
 #: Targets that mark the program's output when assigned directly (``RESULT=X``).
 RESULT_NAMES = frozenset({"RESULT", "FINAL_RESULT", "FINAL_ANSWER"})
+
+
+def split_lines(text: str) -> list[str]:
+    """The program's lines as the grammar counts them: split at ``\n``, a ``\r`` before it dropped."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
 @dataclass(frozen=True)
@@ -89,9 +95,10 @@ class Step:
 
     @property
     def is_result(self) -> bool:
-        """Whether this step marks the program's output."""
-        if isinstance(self.expr, Call):
-            return self.expr.module.replace("_", "").lower() == "result"
+        """Whether this step marks the program's output: ``Result(...)``, or assigned to RESULT,
+        FINAL_RESULT or FINAL_ANSWER."""
+        if isinstance(self.expr, Call) and self.expr.module.replace("_", "").lower() == "result":
+            return True
         return self.target in RESULT_NAMES
 
 
@@ -103,7 +110,7 @@ class Program:
     steps: tuple[Step, ...]
 
     def source_line(self, line: int) -> str:
-        lines = self.source.splitlines()
+        lines = split_lines(self.source)
         return lines[line - 1] if 0 < line <= len(lines) else ""
 
     @property

@@ -111,6 +111,9 @@ class _Checker:
 
     def undefined(self, name: str, line: int, column: int, where: str = "") -> None:
         later = [n for n in self.assigned_at.get(name, []) if n >= line]
+        if later and later[0] == line:
+            self.error(line, column, f"'{name}' is used{where} in its own assignment before it has a value")
+            return
         if later:
             self.error(line, column, f"'{name}' is used{where} before it is assigned (on line {later[0]})")
             return
@@ -223,15 +226,21 @@ class _Checker:
                 )
             return None
         text = value.value
+        source_line = self.program.source_line(value.line)
+
+        def column_of(index: int) -> int:
+            """Source column of the expression's 1-based character ``index`` (escapes counted)."""
+            return _string_column(source_line, value.column, index)
+
         try:
             expression = parse_template(text)
         except EvalError as e:
-            column = value.column + (e.column or 0)
+            column = column_of(e.column or 1)
             self.error(value.line, column, f"bad expression for '{arg.name}' of {spec.name}: {e.detail}")
             return None
         ok = True
         for name in expression.variables:
-            column = value.column + expression.variable_columns.get(name, 0)
+            column = column_of(expression.variable_columns.get(name, 1))
             if name in self.defined:
                 sources[name] = self.defined[name][0]
             elif name in self.inputs:
@@ -256,7 +265,7 @@ class _Checker:
         results = [s.index for s in steps if s.step.is_result]
         if not results:
             last = self.program.steps[-1] if self.program.steps else None
-            example = f"FINAL_RESULT=Result(var={last.target})" if last else "FINAL_RESULT=Result(var=ANSWER0)"
+            example = f"FINAL_RESULT=Result(var={last.target if last else 'ANSWER0'})"
             line = last.line if last else 1
             self.error(line, 1, f"the program has no result: end it with a line such as {example}")
         if self.diagnostics:
@@ -267,6 +276,15 @@ class _Checker:
         used = {e.src for e in edges if isinstance(e.src, str)}
         inputs = {k: v for k, v in self.inputs.items() if k in used}
         return CheckedProgram(self.program, tuple(steps), inputs, results[-1], build(nodes, edges))
+
+
+def _string_column(source_line: str, quote_column: int, index: int) -> int:
+    """The column in ``source_line`` of the ``index``-th (1-based) character of the string
+    literal whose opening quote is at ``quote_column``, counting backslash escapes as written."""
+    col = quote_column  # the opening quote
+    for _ in range(index):
+        col += 2 if source_line[col : col + 1] == "\\" else 1
+    return col
 
 
 def _empty_list(value: ast.Value) -> bool:

@@ -34,6 +34,10 @@ class VisprogError(Exception):
     """Base class of every error raised by visprog."""
 
 
+# One visible character per control character, so the caret stays under its column.
+_VISIBLE = {c: 0x2400 + c for c in range(0x20)} | {0x09: 0x20, 0x7F: 0x2421}
+
+
 @dataclass(frozen=True)
 class Diagnostic:
     """One problem in a program, at a 1-based line and column."""
@@ -48,7 +52,7 @@ class Diagnostic:
         if not self.source_line:
             return head
         caret = " " * (max(self.column, 1) - 1) + "^"
-        return f"{head}\n  {self.source_line}\n  {caret}"
+        return f"{head}\n  {self.source_line.translate(_VISIBLE)}\n  {caret}"
 
     def __str__(self) -> str:
         return self.render()

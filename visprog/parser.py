@@ -39,7 +39,10 @@ def _unquote(token: str) -> str:
 def _number(text: str) -> int | float:
     if re.search(r"[.eE]", text):
         return float(text)
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts: as large as a float gets
+        return float(text)
 
 
 _CONSTANTS: dict[str, bool | None] = {"True": True, "False": False, "None": None}
@@ -110,6 +113,8 @@ _TERMINALS = {
 def _describe(token: Token) -> str:
     if token.type in ("$END", "_NL"):
         return "the end of the line"
+    if token.type == "STRING":
+        return f"the string {token}"
     return f"'{token}'"
 
 
@@ -126,7 +131,11 @@ def _message(err: UnexpectedInput, text: str) -> tuple[int, int, str]:
     """(line, column, message) for one Lark error on one line of text."""
     line, col = err.line or 1, err.column or 1
     if isinstance(err, UnexpectedCharacters):
-        ch = text.splitlines()[line - 1][col - 1] if text.splitlines() else ""
+        lines = ast.split_lines(text)
+        src = lines[line - 1] if 0 < line <= len(lines) else ""
+        ch = src[col - 1] if 0 < col <= len(src) else ""
+        if ch == "\r":
+            return line, col, "a carriage return inside a line: end lines with \\n or \\r\\n"
         if ch in "'\"":
             return line, col, f"unterminated string: add the closing {ch}"
         allowed = _expected(set(err.allowed or ()))
@@ -135,7 +144,7 @@ def _message(err: UnexpectedInput, text: str) -> tuple[int, int, str]:
         tok: Token = err.token
         expected: set[str] = set(err.expected)
         if tok.type in ("$END", "_NL"):
-            lines = text.splitlines()
+            lines = ast.split_lines(text)
             src = lines[line - 1] if 0 < line <= len(lines) else ""
             line, col = line, len(src.rstrip()) + 1
             if "RPAR" in expected:
@@ -145,13 +154,18 @@ def _message(err: UnexpectedInput, text: str) -> tuple[int, int, str]:
         if expected == {"EQUAL"}:
             if tok.type == "LPAR":
                 return line, col, "a step must assign its result: write NAME=Module(...)"
+            lines = ast.split_lines(text)
+            before = lines[line - 1][: col - 1] if 0 < line <= len(lines) else ""
+            if tok.type in ("COMMA", "RPAR") and "(" in before:
+                value = re.findall(r"[A-Za-z_][A-Za-z0-9_]*\s*$", before)
+                return line, col, f"arguments must be named: write name={value[0].strip() if value else 'value'}"
             return line, col, f"expected '=' after the name, got {_describe(tok)}"
         if "NAME" in expected and "RPAR" in expected and tok.type in ("STRING", "NUMBER", "LSQB"):
             return line, col, f"arguments must be named: write name={tok}"
-        if tok.type == "NAME" and "COMMA" in expected:
-            return line, col, f"missing ',' before '{tok}'"
         if tok.type == "NAME" and expected & {"_NL", "$END"}:
             return line, col, f"one step per line: put '{tok}' on a new line"
+        if tok.type == "NAME" and "COMMA" in expected:
+            return line, col, f"missing ',' before '{tok}'"
         if tok.type in ("$END", "_NL"):
             return line, col, f"unexpected end of the line, expected {_expected(expected)}"
         if tok.type == "EQUAL" and "RPAR" in expected:
@@ -171,11 +185,34 @@ def _parse_line(text: str, number: int, lines: list[str]) -> tuple[tuple[ast.Ste
     return _ToAst(lines, number - 1).transform(tree), None
 
 
+MAX_LIST_DEPTH = 32
+
+
+_STRINGS = re.compile(r"'(?:[^'\\\r\n]|\\.)*'|\"(?:[^\"\\\r\n]|\\.)*\"")
+
+
+def _too_deep(lines: list[str]) -> list[Diagnostic]:
+    """Lists nested deeper than MAX_LIST_DEPTH (checked before parsing, which recurses)."""
+    out = []
+    for number, line in enumerate(lines, start=1):
+        code = _STRINGS.sub(lambda m: " " * len(m.group()), line).split("#", 1)[0]
+        depth = 0
+        for col, ch in enumerate(code, start=1):
+            depth += {"[": 1, "]": -1}.get(ch, 0)
+            if depth > MAX_LIST_DEPTH:
+                out.append(Diagnostic(number, col, f"lists nested more than {MAX_LIST_DEPTH} deep", line))
+                break
+    return out
+
+
 def parse(text: str) -> ast.Program:
     """Parse a whole program. Raises :class:`ProgramSyntaxError` listing every bad line."""
     if not isinstance(text, str):
         raise TypeError(f"a program is text, got {type(text).__name__}")
-    lines = text.splitlines() or [""]
+    lines = ast.split_lines(text)
+    too_deep = _too_deep(lines)
+    if too_deep:
+        raise ProgramSyntaxError(too_deep)
     try:
         tree = _parser().parse(text + "\n", start="program")
     except UnexpectedInput as first:

@@ -389,7 +389,7 @@ def test_unknown_backend_module_is_a_usage_error(good: Path, photo: Path) -> Non
 def test_unknown_backend_name_is_a_usage_error(good: Path, photo: Path) -> None:
     code, _out, err = cli("exec", good, "--image", str(photo), "--backend", "facedet=nope")
     assert code == 2
-    assert "FaceDet has no backend 'nope'; choose one of cascade" in err
+    assert "FaceDet has no backend 'nope'; choose one of yunet, cascade" in err
 
 
 # --- demo -------------------------------------------------------------------------------------
