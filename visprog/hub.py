@@ -27,6 +27,7 @@ __all__ = [
     "load_model",
     "model_statuses",
     "pull",
+    "redundant_files",
 ]
 
 T = TypeVar("T")
@@ -121,11 +122,39 @@ def is_cached(model_id: str) -> bool:
     return True
 
 
-def pull(model_id: str) -> str:
-    """Download a model into the Hugging Face cache, with progress bars; returns its folder."""
-    from huggingface_hub import snapshot_download
+def redundant_files(files: Iterable[str]) -> list[str]:
+    """Weight files a download can skip: in each folder that has full-precision safetensors,
+    the pickled copies (``*.bin``, ``*.pt``, ``*.pth``) and the half-precision variants."""
+    files = list(files)
+    folders: dict[str, list[str]] = {}
+    for f in files:
+        folder, _, name = f.rpartition("/")
+        folders.setdefault(folder, []).append(name)
+    skip = []
+    for folder, names in folders.items():
+        if not any(n.endswith(".safetensors") and ".fp16." not in n for n in names):
+            continue
+        prefix = f"{folder}/" if folder else ""
+        skip += [
+            prefix + n
+            for n in names
+            if n.endswith((".bin", ".pt", ".pth")) or (".fp16." in n and n.endswith(".safetensors"))
+        ]
+    return skip
 
-    return str(snapshot_download(model_id, ignore_patterns=IGNORE_PATTERNS))
+
+def pull(model_id: str) -> str:
+    """Download a model into the Hugging Face cache, with progress bars; returns its folder.
+
+    Only one copy of each weight file is fetched (safetensors when the repo has them).
+    """
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    try:
+        skip = redundant_files(list_repo_files(model_id))
+    except Exception:  # listing is an optimisation: fall back to the plain download
+        skip = []
+    return str(snapshot_download(model_id, ignore_patterns=[*IGNORE_PATTERNS, *skip]))
 
 
 @dataclass(frozen=True)
