@@ -1,0 +1,347 @@
+"""Seg: split an image into segments, each with a mask.
+
+Backends (``--backend Seg=NAME``):
+
+- ``sam`` (default, ``facebook/sam-vit-base``): Segment Anything's automatic
+  mask generation, step for step the algorithm of transformers'
+  ``mask-generation`` pipeline (one crop layer): a grid of point prompts,
+  three masks per point, masks kept when their predicted IoU and their
+  stability score pass the thresholds, duplicates removed by non-maximum
+  suppression on the masks' boxes. Segments have no category (label ``''``);
+  the score is the predicted IoU. The image embedding is computed once per
+  image per run and shared through the run cache (:func:`sam_image_embedding`),
+  so other modules that prompt SAM on the same image get it for free.
+- ``mask2former`` (``facebook/mask2former-swin-base-coco-panoptic``): COCO
+  panoptic segmentation; each segment carries its COCO category (things and
+  stuff) from the model's ``id2label`` and its class probability as score.
+
+Options (``[modules.Seg]`` in the config file):
+
+- sam: ``points_per_side`` (32), ``points_per_batch`` (64; lower it to save
+  memory), ``pred_iou_thresh`` (0.88), ``stability_score_thresh`` (0.95),
+  ``stability_score_offset`` (1.0), ``mask_threshold`` (0.0),
+  ``box_nms_thresh`` (0.7; the pipeline calls it ``crops_nms_thresh``).
+- mask2former: ``threshold`` (0.5), ``mask_threshold`` (0.5),
+  ``overlap_mask_area_threshold`` (0.8), ``label_ids_to_fuse`` (none: a list
+  of class ids or names whose segments merge into one per class).
+
+Every backend returns segments best first: by score, descending, and by mask
+area, descending, among equal scores. Boxes are the masks' bounding boxes in
+pixels with exclusive ends (``x1 = last column + 1``), so a box's region
+covers its mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from visprog.hub import load_model
+from visprog.registry import module
+from visprog.runtime import Context
+from visprog.types import Detection, Image, Objects
+
+__all__ = ["SAM_EMBEDDING_CACHE", "Seg", "load_sam", "sam_image_embedding", "sam_input_size"]
+
+SAM_DEFAULT = "facebook/sam-vit-base"
+MASK2FORMER_DEFAULT = "facebook/mask2former-swin-base-coco-panoptic"
+
+#: Run-cache name of a SAM image embedding; formatted with the model id.
+SAM_EMBEDDING_CACHE = "sam-image-embedding:{model_id}"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _option(options: Mapping[str, Any], names: Iterable[str], default: float) -> float:
+    """The first of ``names`` set in ``options``, as a number; ``default`` when none is."""
+    for name in names:
+        value = options.get(name)
+        if value is not None:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"Seg option '{name}' must be a number, got {value!r}") from None
+    return float(default)
+
+
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The bounding box (x0, y0, x1, y1) of a boolean mask, exclusive ends; None when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _best_first(found: list[tuple[Detection, int]]) -> list[Detection]:
+    """Detections by score descending, then mask area descending (stable)."""
+    return [d for d, _ in sorted(found, key=lambda item: (-item[0].score, -item[1]))]
+
+
+def _detection(mask: np.ndarray, score: float, label: str) -> tuple[Detection, int] | None:
+    box = _mask_box(mask)
+    if box is None:
+        return None
+    score = min(max(float(score), 0.0), 1.0)
+    return Detection(box, score, label, mask), int(mask.sum())
+
+
+# ---------------------------------------------------------------- SAM
+
+
+def _load_sam(model_id: str) -> tuple[Any, Any]:
+    from transformers import SamModel
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    processor = SamImageProcessorPil.from_pretrained(model_id)
+    model = SamModel.from_pretrained(model_id)
+    return model, processor
+
+
+def load_sam(ctx: Context, model_id: str | None = None) -> tuple[Any, Any]:
+    """SAM's model and (PIL) image processor, loaded once per process.
+
+    ``model_id`` defaults to ``ctx``'s model, which is right inside Seg; other
+    modules pass the SAM checkpoint they use.
+    """
+    return load_model(ctx, _load_sam, model_id=model_id or ctx.model_id)
+
+
+def sam_input_size(processor: Any, size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) the SAM processor resizes an image of ``size`` (width, height) to, before padding."""
+    w, h = size
+    longest = processor.size.get("longest_edge", processor.size.get("height"))
+    scale = longest * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def sam_image_embedding(image: Image, ctx: Context, model_id: str | None = None) -> Any:
+    """SAM's image embedding of ``image``, computed once per image per run.
+
+    The vision encoder runs the first time a run asks for an image's embedding
+    with a given model; later calls in the same run (from Seg or any other
+    module) get the cached tensor, on the runtime's device and dtype. Feed it
+    to ``model(image_embeddings=..., input_points=...)``.
+    """
+    model_id = model_id or ctx.model_id
+    model, processor = load_sam(ctx, model_id)
+
+    def compute() -> Any:
+        import torch
+
+        inputs = processor(images=image.convert("RGB"), return_tensors="pt")
+        pixel_values = inputs["pixel_values"].to(device=model.device, dtype=model.dtype)
+        with torch.inference_mode():
+            return model.get_image_embeddings(pixel_values)
+
+    return ctx.cache.get(image, SAM_EMBEDDING_CACHE.format(model_id=model_id), compute)
+
+
+def _sam_filter(
+    masks: Any,
+    iou_scores: Any,
+    mask_threshold: float,
+    iou_thresh: float,
+    stability_thresh: float,
+    stability_offset: float,
+) -> tuple[Any, Any, Any]:
+    """Keep masks by predicted IoU and stability score; binarize; their inclusive xyxy boxes.
+
+    The steps of ``SamImageProcessorPil.filter_masks`` for a crop that is the
+    whole image (where its crop-edge filter and padding change nothing),
+    keeping masks as boolean tensors instead of run-length codes.
+    """
+    import torch
+
+    masks = masks.flatten(0, 1)
+    iou_scores = iou_scores.flatten(0, 1).to(masks.device)
+    keep = torch.ones(masks.shape[0], dtype=torch.bool, device=masks.device)
+    if iou_thresh > 0.0:
+        keep &= iou_scores > iou_thresh
+    if stability_thresh > 0.0:
+        # Stability: IoU of the mask binarized at threshold + offset with the one at threshold - offset.
+        inter = (masks > (mask_threshold + stability_offset)).sum(-1, dtype=torch.int32).sum(-1, dtype=torch.int32)
+        union = (masks > (mask_threshold - stability_offset)).sum(-1, dtype=torch.int32).sum(-1, dtype=torch.int32)
+        keep &= (inter / union) > stability_thresh
+    binary = masks[keep] > mask_threshold
+    scores = iou_scores[keep]
+    h, w = binary.shape[-2:]
+    rows, cols = binary.any(dim=-1), binary.any(dim=-2)
+    ys = torch.arange(h, device=binary.device)
+    xs = torch.arange(w, device=binary.device)
+    top = torch.where(rows, ys, h).min(dim=-1).values
+    bottom = torch.where(rows, ys, -1).max(dim=-1).values
+    left = torch.where(cols, xs, w).min(dim=-1).values
+    right = torch.where(cols, xs, -1).max(dim=-1).values
+    boxes = torch.stack([left, top, right, bottom], dim=-1)
+    boxes = boxes * rows.any(dim=-1, keepdim=True)  # [0, 0, 0, 0] for an empty mask, as transformers does
+    return binary, scores, boxes
+
+
+def _sam(image: Image, ctx: Context) -> list[Detection]:
+    import torch
+    from visprog.modules._ops import batched_nms
+
+    opts = ctx.options
+    points_per_side = _option(opts, ["points_per_side"], 32)
+    points_per_batch = _option(opts, ["points_per_batch"], 64)
+    for name, value in (("points_per_side", points_per_side), ("points_per_batch", points_per_batch)):
+        if value < 1 or not value.is_integer():
+            raise ValueError(f"Seg option '{name}' must be a whole number of at least 1, got {value:g}")
+    iou_thresh = _option(opts, ["pred_iou_thresh"], 0.88)
+    stability_thresh = _option(opts, ["stability_score_thresh"], 0.95)
+    stability_offset = _option(opts, ["stability_score_offset"], 1.0)
+    mask_threshold = _option(opts, ["mask_threshold"], 0.0)
+    nms_thresh = _option(opts, ["box_nms_thresh", "crops_nms_thresh"], 0.7)
+
+    model, processor = load_sam(ctx)
+    device = model.device
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    longest = processor.size.get("longest_edge", processor.size.get("height"))
+    # The pipeline's point grid: one crop (the whole image), points in the resized image's pixels.
+    _, grid, _, labels = processor.generate_crop_boxes(rgb, longest, 0, 512 / 1500, int(points_per_side), 1)
+    # Points stay float64 like the pipeline's (the prompt encoder casts after normalizing); mps has no float64.
+    grid = grid.to(device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
+    labels = labels.to(device)
+    embedding = sam_image_embedding(image, ctx)
+    reshaped = sam_input_size(processor, (w, h))
+
+    # Masks that pass the filters wait for NMS bit-packed on the cpu (an eighth of a bool array).
+    packed: list[np.ndarray] = []
+    all_scores, all_boxes = [], []
+    with torch.inference_mode():
+        step = int(points_per_batch)
+        for i in range(0, grid.shape[1], step):
+            out = model(
+                image_embeddings=embedding,
+                input_points=grid[:, i : i + step],
+                input_labels=labels[:, i : i + step],
+                multimask_output=True,
+            )
+            masks = processor.post_process_masks(
+                out.pred_masks,
+                [(h, w)],
+                reshaped_input_sizes=[reshaped],
+                mask_threshold=mask_threshold,
+                binarize=False,
+            )[0]
+            kept, scores, boxes = _sam_filter(
+                masks, out.iou_scores[0], mask_threshold, iou_thresh, stability_thresh, stability_offset
+            )
+            packed.append(np.packbits(kept.cpu().numpy(), axis=-1))
+            all_scores.append(scores.float().cpu())
+            all_boxes.append(boxes.cpu())
+            del out, masks
+        scores_t = torch.cat(all_scores)
+        boxes_t = torch.cat(all_boxes)
+        keep = batched_nms(boxes_t.float(), scores_t, torch.zeros(len(boxes_t)), nms_thresh)
+
+    bits = np.concatenate(packed)
+    found = []
+    for k in keep.tolist():
+        d = _detection(np.unpackbits(bits[k], axis=-1, count=w).astype(bool), float(scores_t[k]), "")
+        if d is not None:
+            found.append(d)
+    return _best_first(found)
+
+
+# ---------------------------------------------------------------- Mask2Former
+
+
+def _load_mask2former(model_id: str) -> tuple[Any, Any]:
+    from transformers import Mask2FormerForUniversalSegmentation
+    from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
+
+    processor = Mask2FormerImageProcessorPil.from_pretrained(model_id)
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(model_id)
+    return model, processor
+
+
+def _label_ids(values: Any, label2id: Mapping[str, int]) -> set[int]:
+    if values is None:
+        return set()
+    if isinstance(values, (str, int)):
+        values = [values]
+    out = set()
+    for v in values:
+        if isinstance(v, int) or (isinstance(v, str) and v.strip().isdigit()):
+            out.add(int(v))
+        elif v in label2id:
+            out.add(int(label2id[v]))
+        else:
+            raise ValueError(f"Seg: label_ids_to_fuse: '{v}' is not one of the model's labels")
+    return out
+
+
+def _mask2former(image: Image, ctx: Context) -> list[Detection]:
+    import types
+
+    import torch
+
+    opts = ctx.options
+    model, processor = load_model(ctx, _load_mask2former)
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    inputs = processor(images=rgb, return_tensors="pt")
+    with torch.inference_mode():
+        outputs = model(
+            pixel_values=inputs["pixel_values"].to(device=model.device, dtype=model.dtype),
+            pixel_mask=inputs["pixel_mask"].to(model.device),
+        )
+        logits = types.SimpleNamespace(
+            class_queries_logits=outputs.class_queries_logits.float(),
+            masks_queries_logits=outputs.masks_queries_logits.float(),
+        )
+        result = processor.post_process_panoptic_segmentation(
+            logits,
+            threshold=_option(opts, ["threshold"], 0.5),
+            mask_threshold=_option(opts, ["mask_threshold"], 0.5),
+            overlap_mask_area_threshold=_option(opts, ["overlap_mask_area_threshold"], 0.8),
+            label_ids_to_fuse=_label_ids(opts.get("label_ids_to_fuse"), model.config.label2id),
+            target_sizes=[(h, w)],
+        )[0]
+    segmentation = result["segmentation"].cpu().numpy()
+    # A fused class lists one entry per query under the same id: keep one segment, its best score.
+    segments: dict[int, tuple[int, float]] = {}
+    for info in result["segments_info"]:
+        sid, label_id, score = int(info["id"]), int(info["label_id"]), float(info["score"])
+        if sid not in segments or score > segments[sid][1]:
+            segments[sid] = (label_id, score)
+    id2label = model.config.id2label
+    found = []
+    for sid, (label_id, score) in segments.items():
+        label = str(id2label.get(label_id, id2label.get(str(label_id), label_id)))
+        d = _detection(segmentation == sid, score, label)
+        if d is not None:
+            found.append(d)
+    return _best_first(found)
+
+
+BACKENDS: dict[str, Callable[[Image, Context], list[Detection]]] = {"sam": _sam, "mask2former": _mask2former}
+
+
+@module(
+    aliases=["SEG", "Segment"],
+    backends={"sam": SAM_DEFAULT, "mask2former": MASK2FORMER_DEFAULT},
+    default_backend="sam",
+)
+def Seg(image: Image, ctx: Context) -> Objects:
+    """Segment the image into regions (objects and background parts), each with a pixel mask and a box.
+
+    The default backend (SAM) returns class-agnostic segments labelled '' and
+    scored by the model's predicted mask quality; the 'mask2former' backend
+    labels each segment with its COCO category (e.g. 'person', 'dog', 'sky',
+    'grass'). Segments come best first: highest score first, larger mask first
+    among equal scores. Select picks segments by a text query afterwards.
+
+    Args:
+        image: the image to segment.
+
+    Returns:
+        The segments, each a Detection with a mask of the image's size.
+    """
+    return BACKENDS[ctx.backend](image, ctx)
