@@ -92,7 +92,9 @@ class Trace:
     def to_text(self) -> str:
         lines = [r.summary() for r in sorted(self.records, key=lambda r: r.index)]
         if self.error is not None:
-            lines.append(f"run failed: {self.error}")
+            failed = [r for r in self.records if not r.ok]
+            where = f" at line {failed[0].line} ({failed[0].module})" if failed else ""
+            lines.append(f"run failed{where}; the steps before it are kept")
         else:
             lines.append(f"result: {_show(self.result)}  (total {self.seconds * 1000:.1f} ms)")
         return "\n".join(lines)
