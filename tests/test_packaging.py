@@ -87,6 +87,11 @@ def test_wheel_contents(wheel: Path) -> None:
         "visprog/fonts/DejaVuSans.ttf",
         "visprog/py.typed",
         "visprog/modules/image_ops.py",
+        # the planner's prompt sets ship as package data (importlib.resources.files("visprog.prompts"))
+        "visprog/prompts/gqa.toml",
+        "visprog/prompts/nlvr.toml",
+        "visprog/prompts/edit.toml",
+        "visprog/prompts/tag.toml",
     ]:
         assert name in names, name
     assert MODULE_FILES and "__init__.py" in MODULE_FILES

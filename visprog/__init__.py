@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from visprog.api import check, run
+from visprog.api import ask, check, create_planner, edit, run, solve, tag, verify
 from visprog.errors import (
     Diagnostic,
     EvalError,
@@ -53,9 +53,15 @@ __all__ = [
     "Type",
     "VisprogError",
     "__version__",
+    "ask",
     "check",
+    "create_planner",
     "default_registry",
+    "edit",
     "module",
     "parse",
     "run",
+    "solve",
+    "tag",
+    "verify",
 ]

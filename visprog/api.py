@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visprog.checker import CheckedProgram
 from visprog.checker import check as _check
@@ -13,7 +13,10 @@ from visprog.runtime import Runtime
 from visprog.trace import Trace
 from visprog.types import Type
 
-__all__ = ["check", "run"]
+if TYPE_CHECKING:
+    from visprog.planner.core import Planner, Solution
+
+__all__ = ["ask", "check", "create_planner", "edit", "run", "solve", "tag", "verify"]
 
 
 def check(
@@ -62,3 +65,78 @@ def _is_image_like(value: Any) -> bool:
     if isinstance(value, str):
         return os.path.exists(value) or "." in os.path.basename(value)
     return hasattr(value, "size") and (hasattr(value, "mode") or hasattr(value, "shape"))
+
+
+# -- planning: natural language in -------------------------------------------------------------
+
+
+def create_planner(
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    style: str = "chat",
+    local: str | None = None,
+    registry: Registry | None = None,
+    repair_rounds: int = 2,
+    cache: bool = True,
+    **llm_options: Any,
+) -> Planner:
+    """A planner on an OpenAI-compatible server (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
+    ``VISPROG_LLM_MODEL`` as the openai client reads them) or, with ``local=``, a local
+    transformers causal LM (a hub id or folder)."""
+    from visprog.planner.backends import backend_from_options
+    from visprog.planner.core import Planner
+
+    backend = backend_from_options(
+        model=model, base_url=base_url, api_key=api_key, style=style, local=local, **llm_options
+    )
+    return Planner(backend, registry=registry, repair_rounds=repair_rounds, cache=cache)
+
+
+def solve(
+    task: str,
+    text: str,
+    images: Mapping[str, Any],
+    *,
+    planner: Planner | None = None,
+    samples: int = 1,
+    temperature: float | None = None,
+    feed_errors: bool = False,
+    registry: Registry | None = None,
+    runtime: Runtime | None = None,
+    max_pixels: int | None = None,
+    max_batch: int | None = None,
+    **planner_options: Any,
+) -> Solution:
+    """Plan a program for ``text`` with the ``task``'s prompts, run it on ``images``, return the
+    :class:`~visprog.planner.core.Solution` (``.result``, ``.program``, ``.trace``, ``.agreement``)."""
+    from visprog.images import load_image
+    from visprog.interpreter import Interpreter
+
+    loaded = {name: load_image(value, max_pixels=max_pixels, name=name) for name, value in images.items()}
+    planner = planner or create_planner(registry=registry, **planner_options)
+    interpreter = Interpreter(planner.registry, runtime, max_batch=max_batch)
+    return planner.solve(
+        task, text, loaded, interpreter.run, samples=samples, temperature=temperature, feed_errors=feed_errors
+    )
+
+
+def ask(image: Any, question: str, **options: Any) -> Solution:
+    """Answer a question about one image (GQA style)."""
+    return solve("gqa", question, {"IMAGE": image}, **options)
+
+
+def verify(left: Any, right: Any, statement: str, **options: Any) -> Solution:
+    """Decide whether a statement about two images holds (NLVR style); ``.result`` is True or False."""
+    return solve("nlvr", statement, {"LEFT": left, "RIGHT": right}, **options)
+
+
+def edit(image: Any, instruction: str, **options: Any) -> Solution:
+    """Edit an image by instruction; ``.result`` is the edited image."""
+    return solve("edit", instruction, {"IMAGE": image}, **options)
+
+
+def tag(image: Any, instruction: str, **options: Any) -> Solution:
+    """Tag objects in an image with knowledge ("Tag the main characters of ..."); ``.result`` is an image."""
+    return solve("tag", instruction, {"IMAGE": image}, **options)

@@ -6,6 +6,7 @@
     visprog modules
     visprog models list | pull [MODULE ...]
     visprog demo [-o OUTDIR]
+    visprog ask IMAGE "question" | verify LEFT RIGHT "statement" | edit IMAGE "instruction" -o out.png | tag ...
 
 PROGRAM is a file, ``-`` for standard input, or the program text itself.
 Exit status: 0 on success, 1 when the program or a step fails, 2 on a usage error.
@@ -267,6 +268,114 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return _execute(DEMO_PROGRAM, {"IMAGE": image}, args, out)
 
 
+TASKS = {
+    "ask": ("gqa", ["IMAGE"], "question"),
+    "verify": ("nlvr", ["LEFT", "RIGHT"], "statement"),
+    "edit": ("edit", ["IMAGE"], "instruction"),
+    "tag": ("tag", ["IMAGE"], "instruction"),
+}
+
+
+def _cmd_task(args: argparse.Namespace, out: TextIO) -> int:
+    from visprog.api import create_planner
+    from visprog.images import load_image, save_image
+    from visprog.interpreter import Interpreter
+    from visprog.types import Image, describe_value
+
+    task, names, _ = TASKS[args.command]
+    llm_models = [m for m in args.model or [] if "=" not in m]
+    args.model = [m for m in args.model or [] if "=" in m]  # MODULE=ID: a module's model
+    llm_options = {
+        k: v
+        for k, v in {
+            "temperature": args.temperature,
+            "max_tokens": args.max_tokens,
+            "timeout": args.timeout,
+        }.items()
+        if v is not None
+    }
+    planner = create_planner(
+        model=llm_models[-1] if llm_models else None,
+        base_url=args.base_url,
+        style=args.style,
+        local=args.local,
+        repair_rounds=args.repair,
+        cache=not args.no_cache,
+        **llm_options,
+    )
+    if args.plan_only:
+        plan = planner.plan(task, args.text)
+        print(plan.program.strip(), file=out)
+        return 0
+    images = {name: load_image(getattr(args, name.lower()), max_pixels=args.max_pixels) for name in names}
+    interpreter = Interpreter(planner.registry, _runtime(args))
+    solution = planner.solve(
+        task,
+        args.text,
+        images,
+        interpreter.run,
+        samples=args.samples,
+        feed_errors=args.feed_errors,
+        progress=None if args.quiet or args.samples == 1 else _progress(out),
+    )
+    print("program:", file=out)
+    print(solution.program.strip(), file=out)
+    if not args.quiet:
+        print(file=out)
+        print(solution.trace.to_text(), file=out)
+    result = solution.result
+    shown = result if isinstance(result, (str, int, float, bool)) else describe_value(result)
+    print(f"result: {shown}", file=out)
+    if args.samples > 1:
+        valid = sum(1 for p, t in solution.samples if not isinstance(t, Exception) and t is not None)
+        print(f"agreement: {solution.agreement:.0%} of {valid} valid sample(s) out of {args.samples}", file=out)
+    if isinstance(result, Image):
+        target = args.output or f"{task}_result.png"
+        print(f"wrote {save_image(result, target)}", file=out)
+    return 0
+
+
+def _progress(out: TextIO) -> Any:
+    def show(done: int, total: int) -> None:
+        bar = "#" * (20 * done // total)
+        print(f"\rsamples [{bar:<20}] {done}/{total}", end="\n" if done == total else "", file=sys.stderr)
+
+    return show
+
+
+def _add_task_options(p: argparse.ArgumentParser, names: list[str], what: str, image_out: bool) -> None:
+    for name in names:
+        p.add_argument(name.lower(), metavar=name, help=f"the {name} image file")
+    p.add_argument("text", help=f"the {what}")
+    p.add_argument("--plan-only", action="store_true", help="print the program and stop")
+    p.add_argument("--samples", type=int, default=1, help="draw K programs, run the valid ones, vote (default 1)")
+    p.add_argument("--feed-errors", action="store_true", help="send a failing step's error back for a new plan")
+    p.add_argument("--repair", type=int, default=2, metavar="N", help="repair rounds for invalid programs (default 2)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the plan cache")
+    p.add_argument("--base-url", help="an OpenAI-compatible server (default: $OPENAI_BASE_URL)")
+    p.add_argument("--style", choices=["chat", "completion"], default="chat", help="the server's API style")
+    p.add_argument("--local", metavar="MODEL", help="plan with a local transformers causal LM (hub id or folder)")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the LLM")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the program and the result")
+    p.add_argument("--device", default=None, help="cuda, mps, cpu or cuda:1 (default: the best available)")
+    p.add_argument("--fp32", action="store_true", help="full precision on a GPU (default: half)")
+    p.add_argument("--backend", action="append", metavar="MODULE=NAME", help="choose a module's backend")
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="LLM|MODULE=ID",
+        help="the LLM (default: $VISPROG_LLM_MODEL), or MODULE=ID for a module's model",
+    )
+    p.add_argument("--max-pixels", type=int, default=None, help="reject input images larger than this")
+    p.add_argument("--config", metavar="FILE", help="a TOML config file (default: $VISPROG_CONFIG)")
+    if image_out:
+        p.add_argument("-o", "--output", metavar="FILE", help="where to write the edited image")
+    else:
+        p.set_defaults(output=None)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="OUTDIR", help="write the result image and every image step here")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
@@ -281,6 +390,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visprog", description="Check and run VisProg programs on images.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for command, (_task, names, what) in TASKS.items():
+        helps = {
+            "ask": "answer a question about an image",
+            "verify": "is a statement about two images true?",
+            "edit": "edit an image by instruction",
+            "tag": "tag objects in an image with knowledge",
+        }
+        p = sub.add_parser(command, help=helps[command])
+        _add_task_options(p, names, what, image_out=command in ("edit", "tag"))
+        p.set_defaults(func=_cmd_task)
 
     p = sub.add_parser("exec", help="run a program on images")
     p.add_argument("program", help="program file, '-' for stdin, or the program text")

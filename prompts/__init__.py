@@ -1,0 +1,1 @@
+"""Planner prompts as data, installed as ``visprog.prompts``: one TOML file per task."""

@@ -1,0 +1,1 @@
+"""The planner: natural language to a checked program."""

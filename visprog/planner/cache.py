@@ -1,0 +1,104 @@
+"""An on-disk cache of plans: the program an LLM wrote, by a key over everything that shaped it.
+
+One SQLite file, ``$VISPROG_CACHE_DIR/plans.sqlite`` (else
+``~/.cache/visprog/plans.sqlite``), created on first use. Each call opens its
+own connection, so instances can be shared by threads and the file by
+processes. A cache that cannot be used (a file that is not a database, a
+folder that cannot be written) never stops planning: it warns once and acts as
+an empty cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+__all__ = ["PlanCache", "default_cache_path"]
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS plans (key TEXT PRIMARY KEY, program TEXT NOT NULL, created REAL NOT NULL)"
+#: Seconds a call waits for another process's write lock.
+_BUSY_TIMEOUT = 10.0
+
+
+def default_cache_path() -> Path:
+    """``$VISPROG_CACHE_DIR/plans.sqlite``, else ``~/.cache/visprog/plans.sqlite``."""
+    folder = os.environ.get("VISPROG_CACHE_DIR")
+    base = Path(folder).expanduser() if folder else Path.home() / ".cache" / "visprog"
+    return base / "plans.sqlite"
+
+
+class PlanCache:
+    """Programs by key, in one SQLite file."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_cache_path()
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def __repr__(self) -> str:
+        return f"PlanCache({str(self.path)!r})"
+
+    @staticmethod
+    def key(*parts: str) -> str:
+        """A hex SHA-256 over ``parts``; each part is length-prefixed, so ("ab", "c") and ("a", "bc") differ."""
+        digest = hashlib.sha256()
+        for part in parts:
+            data = part.encode("utf-8", "surrogatepass")
+            digest.update(len(data).to_bytes(8, "big"))
+            digest.update(data)
+        return digest.hexdigest()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection in a transaction (committed on success); the table exists."""
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT)) as conn, conn:
+                conn.execute(_SCHEMA)
+                yield conn
+
+    def _unusable(self, e: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"the plan cache {self.path} cannot be used ({type(e).__name__}: {e}); planning without it. "
+                "Delete the file or set VISPROG_CACHE_DIR to another folder.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def get(self, key: str) -> str | None:
+        """The program stored under ``key``, or None."""
+        try:
+            with self._connect() as conn:
+                row = conn.execute("SELECT program FROM plans WHERE key = ?", (key,)).fetchone()
+        except (sqlite3.Error, OSError) as e:
+            self._unusable(e)
+            return None
+        return None if row is None else str(row[0])
+
+    def put(self, key: str, program: str) -> None:
+        """Store ``program`` under ``key`` (replacing what was there)."""
+        try:
+            with self._connect() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO plans (key, program, created) VALUES (?, ?, ?)",
+                    (key, program, time.time()),
+                )
+        except (sqlite3.Error, OSError) as e:
+            self._unusable(e)
+
+    def clear(self) -> None:
+        """Forget every plan."""
+        try:
+            with self._connect() as conn:
+                conn.execute("DELETE FROM plans")
+        except (sqlite3.Error, OSError) as e:
+            self._unusable(e)
