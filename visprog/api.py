@@ -75,7 +75,7 @@ def create_planner(
     model: str | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
-    style: str = "chat",
+    style: str | None = None,
     local: str | None = None,
     registry: Registry | None = None,
     repair_rounds: int = 2,
@@ -89,7 +89,7 @@ def create_planner(
     from visprog.planner.core import Planner
 
     backend = backend_from_options(
-        model=model, base_url=base_url, api_key=api_key, style=style, local=local, **llm_options
+        model=model, base_url=base_url, api_key=api_key, style=style or "chat", local=local, **llm_options
     )
     return Planner(backend, registry=registry, repair_rounds=repair_rounds, cache=cache)
 

@@ -285,30 +285,25 @@ def _cmd_task(args: argparse.Namespace, out: TextIO) -> int:
     task, names, _ = TASKS[args.command]
     llm_models = [m for m in args.model or [] if "=" not in m]
     args.model = [m for m in args.model or [] if "=" in m]  # MODULE=ID: a module's model
-    llm_options = {
-        k: v
-        for k, v in {
-            "temperature": args.temperature,
-            "max_tokens": args.max_tokens,
-            "timeout": args.timeout,
-        }.items()
-        if v is not None
+    runtime = _runtime(args)
+    given = {
+        "model": llm_models[-1] if llm_models else None,
+        "base_url": args.base_url,
+        "style": args.style,
+        "local": args.local,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "timeout": args.timeout,
+        "stop": args.stop,
     }
-    planner = create_planner(
-        model=llm_models[-1] if llm_models else None,
-        base_url=args.base_url,
-        style=args.style,
-        local=args.local,
-        repair_rounds=args.repair,
-        cache=not args.no_cache,
-        **llm_options,
-    )
+    options = {**runtime.llm, **{k: v for k, v in given.items() if v is not None}}
+    planner = create_planner(repair_rounds=args.repair, cache=not args.no_cache, **options)
     if args.plan_only:
         plan = planner.plan(task, args.text)
         print(plan.program.strip(), file=out)
         return 0
     images = {name: load_image(getattr(args, name.lower()), max_pixels=args.max_pixels) for name in names}
-    interpreter = Interpreter(planner.registry, _runtime(args))
+    interpreter = Interpreter(planner.registry, runtime)
     solution = planner.solve(
         task,
         args.text,
@@ -353,11 +348,12 @@ def _add_task_options(p: argparse.ArgumentParser, names: list[str], what: str, i
     p.add_argument("--repair", type=int, default=2, metavar="N", help="repair rounds for invalid programs (default 2)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the plan cache")
     p.add_argument("--base-url", help="an OpenAI-compatible server (default: $OPENAI_BASE_URL)")
-    p.add_argument("--style", choices=["chat", "completion"], default="chat", help="the server's API style")
+    p.add_argument("--style", choices=["chat", "completion"], default=None, help="the server's API style (chat)")
     p.add_argument("--local", metavar="MODEL", help="plan with a local transformers causal LM (hub id or folder)")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the LLM")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="a stop sequence for the LLM (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the program and the result")
     p.add_argument("--device", default=None, help="cuda, mps, cpu or cuda:1 (default: the best available)")
     p.add_argument("--fp32", action="store_true", help="full precision on a GPU (default: half)")

@@ -97,6 +97,8 @@ class Runtime:
     device_request: str | None = None
     half: bool = True
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: planner settings from a config file's [llm] table (model, base_url, style, temperature, ...)
+    llm: dict[str, Any] = field(default_factory=dict)
     pool: ModelPool = field(default_factory=ModelPool)
     _device: str | None = field(default=None, init=False, repr=False)
 
@@ -133,6 +135,9 @@ class Runtime:
             [modules.Loc]
             backend = "owlv2"
             model = "google/owlv2-base-patch16-ensemble"
+            [llm]                # the planner (and List): any OpenAI-compatible server
+            model = "qwen2.5:7b"
+            base_url = "http://localhost:11434/v1"
 
         Keyword overrides that are not None win over the file.
         """
@@ -152,14 +157,19 @@ class Runtime:
                 raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
-            unknown = set(data) - {"device", "half", "modules"}
+            unknown = set(data) - {"device", "half", "modules", "llm"}
             if unknown:
                 raise ConfigError(
                     f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}; "
-                    "expected device, half, [modules.NAME]"
+                    "expected device, half, [modules.NAME], [llm]"
                 )
         modules = {str(k): dict(v) for k, v in dict(data.get("modules", {})).items()}
-        runtime = cls(device_request=data.get("device"), half=bool(data.get("half", True)), modules=modules)
+        runtime = cls(
+            device_request=data.get("device"),
+            half=bool(data.get("half", True)),
+            modules=modules,
+            llm=dict(data.get("llm", {})),
+        )
         if overrides.get("device_request") is not None:
             runtime.device_request = overrides["device_request"]
         if overrides.get("half") is not None:

@@ -219,3 +219,43 @@ def test_a_local_model_plans_through_the_same_loop(tmp_path: Path, monkeypatch: 
     assert "Loc(image=IMAGE," in prompts[0]  # the module reference and examples reached the model
     assert len(prompts[1]) > len(prompts[0])
     assert "after 2 attempt(s)" in str(info.value)
+
+
+def test_python_api_verify_plans_runs_and_returns_a_boolean(llm_server: ScriptedServer) -> None:
+    import visprog
+
+    program = (
+        "ANSWER0=Vqa(image=LEFT, question='Is there a face?')\n"
+        "ANSWER1=Vqa(image=RIGHT, question='Is there a face?')\n"
+        "ANSWER2=Eval(expr='{ANSWER0} xor {ANSWER1}')\nFINAL_ANSWER=Result(var=ANSWER2)"
+    )
+    llm_server.script([program])
+    fakes.reset()
+    fakes.VQA_ANSWERS["Is there a face?"] = "yes"
+    planner = planner_for(llm_server)
+    solution = visprog.verify(data.astronaut(), data.chelsea(), "One image shows a face.", planner=planner)
+    assert solution.result is False  # 'yes' xor 'yes'
+    assert solution.program == program and solution.agreement == 1.0
+    assert [r.target for r in solution.trace.records][:2] == ["ANSWER0", "ANSWER1"]
+    fakes.reset()
+
+
+def test_the_config_file_holds_the_llm_settings(
+    llm_server: ScriptedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    config = tmp_path / "visprog.toml"
+    config.write_text(f'[llm]\nmodel = "from-config"\nbase_url = "{llm_server.url}"\ntemperature = 0.25\n')
+    photo = tmp_path / "astronaut.png"
+    PILImage.fromarray(data.astronaut()).save(photo)
+    llm_server.script([GOOD, GOOD])
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["ask", str(photo), "How many dogs?", "--plan-only", "--no-cache", "--config", str(config)]
+    assert main(argv, out, err) == 0
+    body = llm_server.requests[0].body
+    assert body["model"] == "from-config" and body["temperature"] == 0.25
+    # the command line wins over the file
+    assert main([*argv, "--model", "from-cli", "--stop", "END"], out, err) == 0
+    assert llm_server.requests[1].body["model"] == "from-cli"
+    assert llm_server.requests[1].body["stop"] == ["END"]
