@@ -166,7 +166,9 @@ def _failure(e: Exception, s: _Settings) -> ServiceError:
 def _ask(ctx: Context, query: str, limit: int) -> list[str]:
     import openai
 
-    s = _settings(ctx.options)
+    # the planner's [llm] settings (config file) first, then List's own options
+    llm = {k: v for k, v in ctx.runtime.llm.items() if k in ("model", "base_url", "api_key", "timeout", "max_retries")}
+    s = _settings({**llm, **ctx.options})
     client = _client(ctx, s)
     try:
         response = client.chat.completions.create(

@@ -300,3 +300,12 @@ def test_real_llm_lists_big_bang_theory_characters() -> None:
     items = List_(query=QUERY, max=7, ctx=make_ctx())
     assert 3 <= len(items) <= 7
     assert any("sheldon" in item.lower() for item in items)
+
+
+def test_the_planners_llm_settings_are_used_when_list_has_none(server: FakeServer) -> None:
+    """A config file's [llm] table (Runtime.llm) reaches List."""
+    server.replies.append(Reply("- Sheldon\n- Leonard"))
+    runtime = Runtime(llm={"model": "from-llm-table", "base_url": server.url, "timeout": 5})
+    ctx = Context(runtime, RunCache(), "List", List_.backends, List_.default_backend)
+    assert List_(query="characters", max=5, ctx=ctx) == ["Sheldon", "Leonard"]
+    assert server.requests[-1]["body"]["model"] == "from-llm-table"
