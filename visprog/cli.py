@@ -77,6 +77,9 @@ def _runtime(args: argparse.Namespace) -> Any:
         device_request=getattr(args, "device", None),
         half=False if getattr(args, "fp32", False) else None,
     )
+    if getattr(args, "quiet", False):
+        _silence_progress()
+        runtime.progress = False
     registry = default_registry()
     for name in list(runtime.modules):  # config files may spell names any way
         spec = registry.get(name)
@@ -97,6 +100,15 @@ def _runtime(args: argparse.Namespace) -> Any:
                 )
             runtime.set_option(spec.name, option, value)
     return runtime
+
+
+def _silence_progress() -> None:
+    """-q: no model-load lines, no download or weight-loading progress bars."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def _hint(registry: Any, name: str) -> str:
@@ -354,7 +366,9 @@ def _add_task_options(p: argparse.ArgumentParser, names: list[str], what: str, i
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the LLM")
     p.add_argument("--stop", action="append", metavar="TEXT", help="a stop sequence for the LLM (repeatable)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the program and the result")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the program and the result; no progress output"
+    )
     p.add_argument("--device", default=None, help="cuda, mps, cpu or cuda:1 (default: the best available)")
     p.add_argument("--fp32", action="store_true", help="full precision on a GPU (default: half)")
     p.add_argument("--backend", action="append", metavar="MODULE=NAME", help="choose a module's backend")
@@ -374,7 +388,7 @@ def _add_task_options(p: argparse.ArgumentParser, names: list[str], what: str, i
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="OUTDIR", help="write the result image and every image step here")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the result; no progress output")
     p.add_argument("--device", default=None, help="cuda, mps, cpu or cuda:1 (default: the best available)")
     p.add_argument("--fp32", action="store_true", help="full precision on a GPU (default: half)")
     p.add_argument("--backend", action="append", metavar="MODULE=NAME", help="choose a module's backend")

@@ -12,6 +12,8 @@ model and the command that fetches it.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -78,6 +80,10 @@ def load_model(
     key = (name, model_id, runtime.device if on_device else "-", runtime.dtype_name if on_device else "-")
 
     def load() -> T:
+        started = time.perf_counter()
+        if runtime.progress:
+            where = f" on {runtime.device} ({runtime.dtype_name})" if on_device else ""
+            print(f"{ctx.module}: loading {model_id}{where} ...", file=sys.stderr, flush=True)
         try:
             loaded = loader(model_id)
         except ModelUnavailableError:
@@ -94,6 +100,10 @@ def load_model(
             raise ModelUnavailableError(ctx.module, model_id, reason, fetch_command(ctx.module, model_id)) from e
         if on_device:
             _to_device(loaded, runtime.device, runtime.torch_dtype())
+        if runtime.progress:
+            print(
+                f"{ctx.module}: loaded {model_id} in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True
+            )
         return loaded
 
     return ctx.pool.get(key, load)

@@ -99,6 +99,8 @@ class Runtime:
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: planner settings from a config file's [llm] table (model, base_url, style, temperature, ...)
     llm: dict[str, Any] = field(default_factory=dict)
+    #: report model loads (and let download progress bars show) on standard error
+    progress: bool = True
     pool: ModelPool = field(default_factory=ModelPool)
     _device: str | None = field(default=None, init=False, repr=False)
 

@@ -83,3 +83,13 @@ def test_models_list_reports_backends_and_cache(tmp_path: Path, monkeypatch: pyt
     assert rows["FaceDet", "cascade"].selected and not rows["FaceDet", "cascade"].downloadable
     assert not rows["FaceDet", "yunet"].selected and not rows["FaceDet", "yunet"].cached
     assert not rows["List", "openai"].downloadable
+
+
+def test_model_loads_are_reported_unless_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runtime = Runtime(device_request="cpu")
+    load_model(_ctx(runtime, str(tmp_path)), lambda model_id: object())
+    err = capsys.readouterr().err
+    assert f"Thing: loading {tmp_path}" in err and f"Thing: loaded {tmp_path} in " in err
+    quiet = Runtime(device_request="cpu", progress=False)
+    load_model(_ctx(quiet, str(tmp_path)), lambda model_id: object())
+    assert capsys.readouterr().err == ""
