@@ -27,6 +27,7 @@ out, delays end when the fixture shuts the server down, and shutdown is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -37,7 +38,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["RecordedRequest", "Reply", "ScriptedServer"]
+__all__ = ["RecordedRequest", "Reply", "ScriptedServer", "serve_scripted"]
 
 #: Seconds a handler waits for a request's bytes before giving up.
 _SOCKET_TIMEOUT = 5.0
@@ -200,9 +201,9 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def llm_server() -> Iterator[ScriptedServer]:
-    """A scripted OpenAI-compatible server on an ephemeral port of 127.0.0.1, for one test."""
+@contextlib.contextmanager
+def serve_scripted() -> Iterator[ScriptedServer]:
+    """A scripted OpenAI-compatible server on an ephemeral port of 127.0.0.1, while the block runs."""
     server = ScriptedServer()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
     httpd.daemon_threads = True
@@ -217,6 +218,13 @@ def llm_server() -> Iterator[ScriptedServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def llm_server() -> Iterator[ScriptedServer]:
+    """A scripted OpenAI-compatible server on an ephemeral port of 127.0.0.1, for one test."""
+    with serve_scripted() as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)
