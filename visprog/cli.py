@@ -233,7 +233,9 @@ def _write_images(trace: Any, outdir: Path, out: TextIO) -> None:
         print(f"wrote {path}", file=out)
 
 
-def _execute(text: str, images: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
+def _execute(
+    text: str, images: dict[str, Any], args: argparse.Namespace, out: TextIO, label: str | None = None
+) -> int:
     from visprog.interpreter import Interpreter
     from visprog.types import describe_value
 
@@ -245,7 +247,9 @@ def _execute(text: str, images: dict[str, Any], args: argparse.Namespace, out: T
             _write_images(e.trace, Path(args.output), out)
         if e.trace is not None:
             print(e.trace.to_text(), file=out)
+            _save_trace(e.trace, args, out, text=label)
         raise
+    _save_trace(trace, args, out, text=label)
     if not args.quiet:
         print(trace.to_text(), file=out)
     result = trace.result
@@ -256,6 +260,13 @@ def _execute(text: str, images: dict[str, Any], args: argparse.Namespace, out: T
     if args.output:
         _write_images(trace, Path(args.output), out)
     return 0
+
+
+def _save_trace(trace: Any, args: argparse.Namespace, out: TextIO, text: str | None = None) -> None:
+    """--trace FILE: the run as one self-contained HTML page (also for a failed run)."""
+    if getattr(args, "trace", None):
+        path = trace.save_html(args.trace, text=text)
+        print(f"wrote {path}", file=out)
 
 
 def _cmd_exec(args: argparse.Namespace, out: TextIO) -> int:
@@ -277,7 +288,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     print("program:", file=out)
     print(DEMO_PROGRAM, file=out)
     image = load_image(data.astronaut(), name="astronaut (scikit-image)")
-    return _execute(DEMO_PROGRAM, {"IMAGE": image}, args, out)
+    return _execute(DEMO_PROGRAM, {"IMAGE": image}, args, out, label="Hide the astronaut's face with an emoji.")
 
 
 TASKS = {
@@ -316,15 +327,26 @@ def _cmd_task(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     images = {name: load_image(getattr(args, name.lower()), max_pixels=args.max_pixels) for name in names}
     interpreter = Interpreter(planner.registry, runtime)
+
+    def run(checked: Any, inputs: Any) -> Any:
+        try:
+            trace = interpreter.run(checked, inputs)
+        except StepError as e:
+            if e.trace is not None:  # kept if no sample succeeds; the winner's replaces it
+                _save_trace(e.trace, args, out, text=args.text)
+            raise
+        return trace
+
     solution = planner.solve(
         task,
         args.text,
         images,
-        interpreter.run,
+        run,
         samples=args.samples,
         feed_errors=args.feed_errors,
         progress=None if args.quiet or args.samples == 1 else _progress(out),
     )
+    _save_trace(solution.trace, args, out, text=args.text)
     print("program:", file=out)
     print(solution.program.strip(), file=out)
     if not args.quiet:
@@ -380,6 +402,7 @@ def _add_task_options(p: argparse.ArgumentParser, names: list[str], what: str, i
     )
     p.add_argument("--max-pixels", type=int, default=None, help="reject input images larger than this")
     p.add_argument("--config", metavar="FILE", help="a TOML config file (default: $VISPROG_CONFIG)")
+    p.add_argument("--trace", metavar="FILE", help="write the step-by-step trace as a self-contained HTML page")
     if image_out:
         p.add_argument("-o", "--output", metavar="FILE", help="where to write the edited image")
     else:
@@ -395,6 +418,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", metavar="MODULE=ID", help="choose a module's model (hub id or folder)")
     p.add_argument("--max-pixels", type=int, default=None, help="reject input images larger than this")
     p.add_argument("--config", metavar="FILE", help="a TOML config file (default: $VISPROG_CONFIG)")
+    p.add_argument("--trace", metavar="FILE", help="write the step-by-step trace as a self-contained HTML page")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@ before it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
 from visprog.types import Template, describe_value
@@ -101,3 +103,25 @@ class Trace:
 
     def __str__(self) -> str:
         return self.to_text()
+
+    def to_html(self, *, title: str | None = None, text: str | None = None) -> str:
+        """The run as one self-contained HTML page: every step's inputs and output drawn as pictures.
+
+        ``text`` is the question, statement or instruction; see :mod:`visprog.render`.
+        """
+        from visprog.render import trace_html
+
+        return trace_html(self, title=title, text=text)
+
+    def save_html(self, path: str | PathLike[str], *, title: str | None = None, text: str | None = None) -> Path:
+        """Write :meth:`to_html` to ``path`` (UTF-8, parent folders created) and return the path."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(self.to_html(title=title, text=text), encoding="utf-8")
+        return out
+
+    def _repr_html_(self) -> str:
+        """The trace rendered inline in a notebook cell (the page's body, with scoped CSS)."""
+        from visprog.render import trace_fragment
+
+        return trace_fragment(self)

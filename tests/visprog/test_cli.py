@@ -520,3 +520,19 @@ def test_check_and_modules_import_no_torch(good: Path, tmp_path: Path) -> None:
     assert report["codes"] == [0, 0, 0, 0]
     assert all(str(stubs) in origin for origin in report["stubs"].values())  # an import would have succeeded
     assert report["imported"] == {"torch": False, "transformers": False}
+
+
+def test_trace_option_writes_a_self_contained_html_page_also_for_a_failed_run(tmp_path: Path) -> None:
+    photo = tmp_path / "astronaut.png"
+    PILImage.fromarray(data.astronaut()).save(photo)
+    page = tmp_path / "trace.html"
+    program = "OBJ0=FaceDet(image=IMAGE)\nN=Count(box=OBJ0)\nFINAL_RESULT=Result(var=N)"
+    code, out, _ = cli("exec", program, "--image", photo, "--backend", "FaceDet=cascade", "--trace", page)
+    assert code == 0 and f"wrote {page}" in out
+    html = page.read_text(encoding="utf-8")
+    assert html.count('class="step ') == 3 and "data:image/png;base64," in html
+    failing = "OBJ0=FaceDet(image=IMAGE)\nX=Eval(expr='1 / 0')\nFINAL_RESULT=Result(var=X)"
+    code, out, _ = cli("exec", failing, "--image", photo, "--backend", "FaceDet=cascade", "--trace", page)
+    assert code == 1
+    html = page.read_text(encoding="utf-8")
+    assert 'data-status="failed"' in html and "division by zero" in html and 'data-module="FaceDet"' in html

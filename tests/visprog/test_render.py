@@ -1,0 +1,538 @@
+"""The HTML visual rationale: real programs run on the fakes, the page parsed and checked."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections.abc import Iterator, Sequence
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from skimage import data
+
+from tests import fakes
+from visprog.errors import StepError
+from visprog.interpreter import Interpreter
+from visprog.registry import module
+from visprog.render import MAX_SIDE, THUMB_SIDE, draw_objects, highlight_program, trace_fragment, trace_html
+from visprog.runtime import Context, Runtime
+from visprog.trace import Trace
+from visprog.types import Detection, Image, Objects
+
+GQA = """\
+# What colour is the wolf, if there is one?
+BOX0=Loc(image=IMAGE, object='wolf')
+IMAGE0=Crop(image=IMAGE, box=BOX0)
+ANSWER0=Vqa(image=IMAGE0, question='What color is the wolf?')
+ANSWER1=Count(box=BOX0)
+ANSWER2=Eval(expr="'{ANSWER0}' if {ANSWER1} > 0 else 'no wolf'")
+FINAL_RESULT=Result(var=ANSWER2)
+"""
+
+EMOJI = """\
+OBJ0=FaceDet(image=IMAGE)
+IMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='smiling_face_with_sunglasses')
+FINAL_RESULT=Result(var=IMAGE0)
+"""
+
+COLORPOP = """\
+OBJ0=Seg(image=IMAGE)
+OBJ1=Select(image=IMAGE, object=OBJ0, query='person')
+IMAGE0=ColorPop(image=IMAGE, object=OBJ1)
+FINAL_RESULT=Result(var=IMAGE0)
+"""
+
+NLVR = """\
+ANSWER0=Vqa(image=LEFT, question='Is there an astronaut?')
+ANSWER1=Vqa(image=RIGHT, question='Is there an astronaut?')
+ANSWER2=Eval(expr='{ANSWER0} xor {ANSWER1}')
+FINAL_ANSWER=Result(var=ANSWER2)
+"""
+
+DIVIDE_BY_ZERO = """\
+BOX0=Loc(image=IMAGE, object='wolf')
+ANSWER0=Count(box=BOX0)
+ANSWER1=Eval(expr='{ANSWER0} / 0')
+FINAL_RESULT=Result(var=ANSWER1)
+"""
+
+
+# --- a small DOM over html.parser ----------------------------------------------------------
+
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class Node:
+    def __init__(self, tag: str, attrs: dict[str, str], parent: Node | None) -> None:
+        self.tag, self.attrs, self.parent = tag, attrs, parent
+        self.children: list[Node | str] = []
+
+    @property
+    def classes(self) -> list[str]:
+        return self.attrs.get("class", "").split()
+
+    def iter(self) -> Iterator[Node]:
+        for c in self.children:
+            if isinstance(c, Node):
+                yield c
+                yield from c.iter()
+
+    def find_all(self, tag: str | None = None, cls: str | None = None, **attrs: str) -> list[Node]:
+        return [
+            n
+            for n in self.iter()
+            if (tag is None or n.tag == tag)
+            and (cls is None or cls in n.classes)
+            and all(n.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())
+        ]
+
+    def find(self, tag: str | None = None, cls: str | None = None, **attrs: str) -> Node:
+        found = self.find_all(tag, cls, **attrs)
+        assert found, f"no <{tag or '*'} class={cls!r} {attrs}> under <{self.tag} {self.attrs.get('class', '')}>"
+        return found[0]
+
+    def text(self) -> str:
+        return "".join(c if isinstance(c, str) else c.text() for c in self.children)
+
+
+class _TreeBuilder(HTMLParser):
+    """Builds a tree and fails on any mismatched end tag: the page must be well formed."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#document", {}, None)
+        self.current = self.root
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, {k: v or "" for k, v in attrs}, self.current)
+        self.current.children.append(node)
+        if tag not in _VOID:
+            self.current = node
+
+    def handle_endtag(self, tag: str) -> None:
+        assert tag not in _VOID, f"end tag for void element <{tag}>"
+        assert self.current.tag == tag, f"</{tag}> closes <{self.current.tag}>"
+        assert self.current.parent is not None
+        self.current = self.current.parent
+
+    def handle_data(self, text: str) -> None:
+        self.current.children.append(text)
+
+
+def parse_html(text: str) -> Node:
+    builder = _TreeBuilder()
+    builder.feed(text)
+    builder.close()
+    assert builder.current is builder.root, f"<{builder.current.tag}> never closed"
+    return builder.root
+
+
+def decode_png(img: Node) -> PILImage.Image:
+    src = img.attrs["src"]
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix), src[:40]
+    raw = base64.b64decode(src[len(prefix) :], validate=True)
+    assert raw.startswith(b"\x89PNG\r\n\x1a\n")
+    image = PILImage.open(io.BytesIO(raw))
+    image.load()
+    assert image.format == "PNG"
+    return image
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    fakes.reset()
+    yield
+    fakes.reset()
+
+
+@pytest.fixture(scope="module")
+def interpreter() -> Interpreter:
+    return Interpreter(fakes.registry(), Runtime(modules={"FaceDet": {"backend": "cascade"}}))
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> Image:
+    return PILImage.fromarray(data.astronaut())
+
+
+@pytest.fixture(scope="module")
+def cat() -> Image:
+    return PILImage.fromarray(data.chelsea())
+
+
+@pytest.fixture(scope="module")
+def gqa(interpreter: Interpreter, astronaut: Image) -> tuple[Trace, Node, str]:
+    fakes.VQA_ANSWERS["What color is the wolf?"] = "grey"
+    try:
+        trace = interpreter.run(GQA, {"IMAGE": astronaut})
+    finally:
+        fakes.reset()
+    page = trace.to_html(title="GQA", text="What color is the wolf?")
+    return trace, parse_html(page), page
+
+
+def sections(doc: Node) -> list[Node]:
+    return doc.find_all("section", cls="step")
+
+
+def section(doc: Node, target: str) -> Node:
+    return doc.find("section", cls="step", data_target=target)
+
+
+# --- a GQA-style run ------------------------------------------------------------------------
+
+
+def test_one_section_per_step_in_program_order(gqa: tuple[Trace, Node, str]) -> None:
+    trace, doc, _ = gqa
+    got = [(s.attrs["data-line"], s.attrs["data-module"], s.attrs["data-status"]) for s in sections(doc)]
+    want = [(str(r.line), r.module, "ok") for r in sorted(trace.records, key=lambda r: r.index)]
+    assert got == want
+    assert [g[1] for g in got] == ["Loc", "Crop", "Vqa", "Count", "Eval", "Result"]
+    assert got[0][0] == "2"  # the comment is line 1
+    assert doc.find("div", cls="visprog-trace").attrs["data-status"] == "ok"
+
+
+def test_question_title_and_result_at_the_top(gqa: tuple[Trace, Node, str]) -> None:
+    trace, doc, page = gqa
+    assert doc.find("h1", cls="title").text() == "GQA"
+    assert doc.find("p", cls="question").text() == "What color is the wolf?"
+    assert doc.find("title").text() == "GQA"
+    result = doc.find("div", cls="result")
+    assert trace.result == "grey"
+    assert result.find("div", cls="answer").text() == "grey"
+    assert "FINAL_RESULT" in result.text()
+    assert page.index('class="result"') < page.index('class="step ')
+
+
+def test_every_image_is_an_embedded_png_of_its_stated_size(gqa: tuple[Trace, Node, str]) -> None:
+    _, doc, _ = gqa
+    imgs = doc.find_all("img")
+    assert len(imgs) >= 6
+    for img in imgs:
+        image = decode_png(img)
+        assert image.size == (int(img.attrs["width"]), int(img.attrs["height"]))
+        assert max(image.size) <= MAX_SIDE
+        assert img.attrs["alt"]
+    # The crop is shown at its own size (the fake wolf box enlarged 1.5x, clipped to the image).
+    crop = decode_png(section(doc, "IMAGE0").find("img", cls="output"))
+    assert crop.size == (167, 384)
+    # ...and is the image the Vqa step looked at, as a thumbnail.
+    vqa_input = section(doc, "ANSWER0").find("dd", data_arg="image").find("img", cls="input")
+    assert decode_png(vqa_input).size == (round(167 * THUMB_SIDE / 384), THUMB_SIDE)
+
+
+def test_loc_output_is_the_input_image_with_labelled_boxes(gqa: tuple[Trace, Node, str], astronaut: Image) -> None:
+    trace, doc, _ = gqa
+    loc = section(doc, "BOX0")
+    drawn = np.asarray(decode_png(loc.find("img", cls="output")).convert("RGB")).astype(int)
+    plain = np.asarray(astronaut).astype(int)
+    assert drawn.shape == plain.shape  # 512x512: drawn at full size
+    changed = np.abs(drawn - plain).sum(axis=2) > 0
+    assert 0.005 < changed.mean() < 0.2  # boxes and tags, not a different picture
+    # The first (best) box, (2, 128, 134, 384), has a blue outline on its left edge.
+    box = trace.step("BOX0").output[0].box
+    assert box == (2, 128, 134, 384)
+    assert tuple(drawn[250, 3]) == (31, 119, 180)
+    # The boxes are listed with label, score and coordinates.
+    items = [li.text() for li in loc.find("ol", cls="objects").find_all("li")]
+    assert items == ["wolf 0.90 [2, 128, 134, 384]", "wolf 0.80 [258, 128, 390, 384]"]
+    assert loc.find("dd", data_arg="object").text() == "'wolf'"
+
+
+def test_objects_used_later_are_drawn_on_the_image_they_were_found_on(gqa: tuple[Trace, Node, str]) -> None:
+    _, doc, _ = gqa
+    count = section(doc, "ANSWER1")
+    thumb = decode_png(count.find("dd", data_arg="box").find("img", cls="input"))
+    assert thumb.size == (THUMB_SIDE, THUMB_SIDE)
+    assert count.find("div", cls="answer").text() == "2"
+    assert count.find("div", cls="output").attrs["data-type"] == "number"
+
+
+def test_eval_shows_its_expression_with_the_bound_values(gqa: tuple[Trace, Node, str]) -> None:
+    trace, doc, _ = gqa
+    expr = section(doc, "ANSWER2").find("code", cls="bound-expr").text()
+    assert expr == str(trace.step("ANSWER2").inputs["expr"])
+    assert "ANSWER0='grey'" in expr and "ANSWER1=2" in expr
+    assert section(doc, "ANSWER2").find("div", cls="answer").text() == "grey"
+
+
+def test_timings_are_shown_for_every_step(gqa: tuple[Trace, Node, str]) -> None:
+    trace, doc, _ = gqa
+    for s, r in zip(sections(doc), sorted(trace.records, key=lambda r: r.index), strict=True):
+        timing = s.find("span", cls="timing")
+        assert float(timing.attrs["data-ms"]) == pytest.approx(r.seconds * 1000, abs=1e-3)
+        assert re.fullmatch(r"(<0\.01|\d+\.\d+) ms|\d+\.\d\d s", timing.text())
+        assert not s.find_all(cls="batch")  # each ran alone
+    assert "total" in doc.find("div", cls="summary").text()
+
+
+def test_program_is_highlighted_line_by_line(gqa: tuple[Trace, Node, str]) -> None:
+    _, doc, _ = gqa
+    program = doc.find("pre", cls="program")
+    lines = program.find_all("span", cls="line")
+    assert [ln.attrs["data-line"] for ln in lines] == [str(i) for i in range(1, 8)]
+    assert lines[0].find("span", cls="tok-comment").text() == "# What colour is the wolf, if there is one?"
+    assert all("ran" in ln.classes for ln in lines[1:])
+    kinds = {k: [t.text() for t in program.find_all("span", cls=f"tok-{k}")] for k in ("module", "target", "arg")}
+    assert kinds["module"] == ["Loc", "Crop", "Vqa", "Count", "Eval", "Result"]
+    assert kinds["target"] == ["BOX0", "IMAGE0", "ANSWER0", "ANSWER1", "ANSWER2", "FINAL_RESULT"]
+    assert kinds["arg"][:2] == ["image", "object"]
+    placeholders = [t.text() for t in program.find_all("span", cls="tok-placeholder")]
+    assert placeholders == ["{ANSWER0}", "{ANSWER1}"]
+    assert "".join(ln.text() for ln in lines) == GQA.replace("\n", "")
+
+
+def test_highlighter_names_every_token_kind() -> None:
+    doc = parse_html(highlight_program("X=Foo(a=1.5, b=[-2, 'x'], c=True, d=Y)  # note\n\nZ=X"))
+    got = [(t.attrs["class"], t.text()) for t in doc.iter() if t.tag == "span" and "line" not in t.classes]
+    assert got == [
+        ("tok-target", "X"),
+        ("tok-punct", "="),
+        ("tok-module", "Foo"),
+        ("tok-punct", "("),
+        ("tok-arg", "a"),
+        ("tok-punct", "="),
+        ("tok-num", "1.5"),
+        ("tok-punct", ","),
+        ("tok-arg", "b"),
+        ("tok-punct", "="),
+        ("tok-punct", "["),
+        ("tok-num", "-2"),
+        ("tok-punct", ","),
+        ("tok-str", "'x'"),
+        ("tok-punct", "]"),
+        ("tok-punct", ","),
+        ("tok-arg", "c"),
+        ("tok-punct", "="),
+        ("tok-const", "True"),
+        ("tok-punct", ","),
+        ("tok-arg", "d"),
+        ("tok-punct", "="),
+        ("tok-var", "Y"),
+        ("tok-punct", ")"),
+        ("tok-comment", "# note"),
+        ("tok-target", "Z"),
+        ("tok-punct", "="),
+        ("tok-var", "X"),
+    ]
+    assert len(doc.find_all("span", cls="line")) == 3  # the blank line is kept
+
+
+# --- image edits ------------------------------------------------------------------------------
+
+
+def test_face_emoji_edit_shows_faces_and_the_edited_image(interpreter: Interpreter, astronaut: Image) -> None:
+    trace = interpreter.run(EMOJI, {"IMAGE": astronaut})
+    doc = parse_html(trace_html(trace, text="Hide her face with a cool emoji"))
+    assert [s.attrs["data-module"] for s in sections(doc)] == ["FaceDet", "Emoji", "Result"]
+    faces = section(doc, "OBJ0")
+    assert faces.find("div", cls="output").find("div", cls="caption").text() == "1 object"
+    assert "mask" in faces.find("ol", cls="objects").text()
+    edited = np.asarray(decode_png(section(doc, "IMAGE0").find("img", cls="output")).convert("RGB"))
+    assert edited.shape == (512, 512, 3)
+    assert np.array_equal(edited, np.asarray(trace.result))
+    result = doc.find("div", cls="result")
+    assert result.attrs["data-type"] == "image"
+    assert np.array_equal(np.asarray(decode_png(result.find("img", cls="result-image")).convert("RGB")), edited)
+    # Result passes the image through: said in words, not embedded a third time.
+    assert "unchanged" in section(doc, "FINAL_RESULT").find("div", cls="output").text()
+    assert not section(doc, "FINAL_RESULT").find("div", cls="output").find_all("img")
+
+
+def test_masks_are_drawn_as_tinted_overlays(interpreter: Interpreter, astronaut: Image) -> None:
+    trace = interpreter.run(COLORPOP, {"IMAGE": astronaut})
+    doc = parse_html(trace.to_html())
+    seg = np.asarray(decode_png(section(doc, "OBJ0").find("img", cls="output")).convert("RGB")).astype(int)
+    plain = np.asarray(astronaut).astype(int)
+    # The fake Seg gives three vertical bands: each pixel moves towards its band's colour (blue, orange, green).
+    bands = [((20, 150), (31, 119, 180)), ((190, 320), (255, 127, 14)), ((360, 490), (44, 160, 44))]
+    for (x0, x1), colour in bands:
+        before = np.abs(plain[100:400, x0:x1] - colour).sum(axis=2)
+        after = np.abs(seg[100:400, x0:x1] - colour).sum(axis=2)
+        assert (after < before).mean() > 0.95
+        assert (before - after).mean() > 40
+    assert [li.find("span", cls="label").text() for li in section(doc, "OBJ0").find_all("li")] == [
+        "person",
+        "dog",
+        "sky",
+    ]
+    assert section(doc, "OBJ1").find("div", cls="output").find("div", cls="caption").text() == "1 object"
+    assert doc.find("div", cls="result").find("img", cls="result-image")
+
+
+def test_large_images_are_downscaled(interpreter: Interpreter) -> None:
+    big = PILImage.fromarray(np.tile(data.astronaut(), (2, 3, 1)))  # 1536x1024
+    trace = interpreter.run("BOX0=Loc(image=IMAGE, object='dog')\nRESULT=BOX0", {"IMAGE": big})
+    doc = parse_html(trace.to_html())
+    sizes = {decode_png(img).size for img in doc.find_all("img")}
+    assert (512, 341) in sizes and (THUMB_SIDE, 160) in sizes
+    assert all(max(s) <= MAX_SIDE for s in sizes)
+    assert section(doc, "RESULT").attrs["data-module"] == "="
+    assert doc.find("div", cls="result").attrs["data-type"] == "objects"
+
+
+# --- NLVR: two images -------------------------------------------------------------------------
+
+
+def test_left_and_right_images_are_both_shown(interpreter: Interpreter, astronaut: Image, cat: Image) -> None:
+    fakes.VQA_ANSWERS["Is there an astronaut?"] = "yes"
+    trace = interpreter.run(NLVR, {"LEFT": astronaut, "RIGHT": cat})
+    doc = parse_html(trace.to_html(text="Exactly one image shows an astronaut."))
+    inputs = doc.find("div", cls="program-inputs")
+    assert [n.text() for n in inputs.find_all("div", cls="input-name")] == ["LEFT", "RIGHT"]
+    assert [decode_png(i).size for i in inputs.find_all("img")] == [(240, 240), (240, 160)]
+    left, right = section(doc, "ANSWER0"), section(doc, "ANSWER1")
+    assert decode_png(left.find("img", cls="input")).size == (240, 240)
+    assert decode_png(right.find("img", cls="input")).size == (240, 160)
+    # The two Vqa steps ran as one batched call.
+    assert left.find("span", cls="batch").text() == "batch of 2"
+    assert left.find("span", cls="batch").attrs["data-batch"] == "2"
+    assert "ANSWER0='yes' xor ANSWER1='yes'" in section(doc, "ANSWER2").find("code", cls="bound-expr").text()
+    assert trace.result is False
+    assert doc.find("div", cls="result").find("div", cls="answer").text() == "False"
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+def test_failed_eval_is_red_with_its_error_and_the_steps_before_it_intact(
+    interpreter: Interpreter, astronaut: Image
+) -> None:
+    with pytest.raises(StepError) as info:
+        interpreter.run(DIVIDE_BY_ZERO, {"IMAGE": astronaut})
+    assert info.value.trace is not None
+    doc = parse_html(info.value.trace.to_html())
+    got = [(s.attrs["data-target"], s.attrs["data-status"]) for s in sections(doc)]
+    assert got == [("BOX0", "ok"), ("ANSWER0", "ok"), ("ANSWER1", "failed")]
+    failed = section(doc, "ANSWER1")
+    assert "failed" in failed.classes
+    assert "division by zero" in failed.find("div", cls="error").text()
+    assert failed.find("code", cls="bound-expr").text() == "ANSWER0=2 / 0"
+    assert not failed.find_all(cls="timing")
+    # The steps before it keep their pictures and answers.
+    assert decode_png(section(doc, "BOX0").find("img", cls="output")).size == (512, 512)
+    assert section(doc, "ANSWER0").find("div", cls="answer").text() == "2"
+    # The result names the failed line; the program marks it and the line that never ran.
+    result = doc.find("div", cls="result")
+    assert "failed" in result.classes and "line 3 (Eval)" in result.text()
+    assert "division by zero" in result.text()
+    lines = doc.find("pre", cls="program").find_all("span", cls="line")
+    assert [ln.classes[1] for ln in lines] == ["ran", "ran", "failed", "not-run"]
+    assert doc.find("div", cls="visprog-trace").attrs["data-status"] == "failed"
+    css = doc.find("div", cls="visprog-trace").find("style").text()
+    assert "--red:#cf222e" in css and ".visprog-trace .step.failed{border-color:var(--red)" in css
+
+
+def test_unknown_emoji_fails_after_the_faces_were_found(interpreter: Interpreter, astronaut: Image) -> None:
+    program = EMOJI.replace("smiling_face_with_sunglasses", "smiling_face_with_sunglases")
+    with pytest.raises(StepError) as info:
+        interpreter.run(program, {"IMAGE": astronaut})
+    assert info.value.trace is not None
+    doc = parse_html(trace_html(info.value.trace))
+    assert [s.attrs["data-status"] for s in sections(doc)] == ["ok", "failed"]
+    error = section(doc, "IMAGE0").find("div", cls="error").text()
+    assert "unknown emoji 'smiling_face_with_sunglases'" in error and "did you mean" in error
+    assert section(doc, "OBJ0").find("img", cls="output")
+
+
+def _explode(calls: Sequence[dict[str, Any]], ctx: Context) -> list[Objects]:
+    raise RuntimeError("out of memory")
+
+
+@module(batch=_explode)
+def Boom(image: Image, object: str) -> Objects:
+    """Find nothing, loudly.
+
+    Args:
+        image: an image.
+        object: a name.
+    """
+    return []
+
+
+def test_steps_of_a_failed_batch_are_marked_not_run(astronaut: Image) -> None:
+    registry = fakes.registry()
+    registry.register(Boom)
+    program = "A=Boom(image=IMAGE, object='x')\nB=Boom(image=IMAGE, object='y')\nRESULT=Count(box=A)"
+    with pytest.raises(StepError) as info:
+        Interpreter(registry).run(program, {"IMAGE": astronaut})
+    assert info.value.trace is not None
+    doc = parse_html(info.value.trace.to_html())
+    assert [s.attrs["data-status"] for s in sections(doc)] == ["failed", "skipped"]
+    assert "out of memory" in section(doc, "A").find("div", cls="error").text()
+    assert "not run" in section(doc, "B").text()
+    lines = doc.find("pre", cls="program").find_all("span", cls="line")
+    assert [ln.classes[1] for ln in lines] == ["failed", "not-run", "not-run"]
+
+
+# --- safety and packaging ----------------------------------------------------------------------
+
+ATTACK = "<script>alert(1)</script>"
+
+
+def test_program_text_and_answers_cannot_inject_markup(interpreter: Interpreter, astronaut: Image) -> None:
+    fakes.VQA_ANSWERS[ATTACK] = ATTACK + '" onload="x'
+    program = f"# {ATTACK}\nANSWER0=Vqa(image=IMAGE, question='{ATTACK}')\nRESULT=Result(var=ANSWER0)"
+    trace = interpreter.run(program, {"IMAGE": astronaut})
+    page = trace.to_html(title=ATTACK, text=ATTACK)
+    assert "<script" not in page.lower()
+    assert not re.findall(r"<(?![a-zA-Z/!])", page)  # every '<' opens a tag: all text is escaped
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    doc = parse_html(page)
+    assert not doc.find_all("script")
+    assert not [n for n in doc.iter() if "onload" in n.attrs]
+    assert doc.find("p", cls="question").text() == ATTACK
+    assert doc.find("div", cls="result").find("div", cls="answer").text() == ATTACK + '" onload="x'
+    assert section(doc, "ANSWER0").find("dd", data_arg="question").text() == repr(ATTACK)
+    assert doc.find("pre", cls="program").find("span", cls="tok-comment").text() == f"# {ATTACK}"
+
+
+def test_page_is_self_contained(gqa: tuple[Trace, Node, str]) -> None:
+    _, doc, page = gqa
+    assert "http://" not in page and "https://" not in page
+    assert page.startswith("<!DOCTYPE html>")
+    assert not re.findall(r"<(?![a-zA-Z/!])", page)  # every '<' opens a tag ('<0.01 ms' is escaped)
+    for node in doc.iter():
+        for attr in ("src", "href"):
+            if attr in node.attrs:
+                assert node.attrs[attr].startswith(("data:image/png;base64,", "#")), node.attrs[attr][:60]
+    assert not doc.find_all("script") and not doc.find_all("link") and not doc.find_all("iframe")
+    assert "url(" not in "".join(s.text() for s in doc.find_all("style"))
+
+
+def test_notebook_repr_is_the_page_body(gqa: tuple[Trace, Node, str]) -> None:
+    trace, _, _ = gqa
+    fragment = trace._repr_html_()
+    assert fragment.startswith('<div class="visprog-trace"')
+    assert fragment == trace_fragment(trace)
+    assert fragment in trace.to_html()
+    assert fragment in trace_html(trace)
+    # Its CSS is scoped to the trace, so it does not restyle the notebook around it.
+    css = parse_html(fragment).find("style").text()
+    rules = [r.split("{", 1)[0].strip() for r in re.findall(r"[^{}]+\{[^{}]*\}", css) if "@media" not in r]
+    assert rules and all(sel.startswith(".visprog-trace") for r in rules for sel in r.split(","))
+
+
+def test_save_html_writes_the_page(gqa: tuple[Trace, Node, str], tmp_path: Path) -> None:
+    trace, _, _ = gqa
+    path = trace.save_html(tmp_path / "runs" / "trace.html", text="What color is the wolf?")
+    assert path == tmp_path / "runs" / "trace.html"
+    assert path.read_text(encoding="utf-8") == trace.to_html(text="What color is the wolf?")
+    assert trace.save_html(str(tmp_path / "t.html")).is_file()
+
+
+def test_draw_objects_skips_masks_of_another_size(astronaut: Image) -> None:
+    wrong = Detection((10, 10, 100, 100), 0.5, "cup", np.ones((20, 20), dtype=bool))
+    drawn = np.asarray(draw_objects(astronaut, [wrong])).astype(int)
+    plain = np.asarray(astronaut).astype(int)
+    assert np.array_equal(drawn[50:90, 50:90], plain[50:90, 50:90])  # inside the box: untouched
+    assert tuple(drawn[60, 11]) == (31, 119, 180)  # the box is drawn
