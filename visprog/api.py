@@ -53,17 +53,26 @@ def run(
     if not isinstance(images, Mapping):
         images = {"IMAGE": images}
     loaded = {
-        name: load_image(value, max_pixels=max_pixels, name=name) if _is_image_like(value) else value
+        name: load_image(value, max_pixels=max_pixels, name=_label(name, value)) if _is_image_like(value) else value
         for name, value in images.items()
     }
     return Interpreter(registry, runtime, max_batch=max_batch).run(program, loaded)
+
+
+def _label(name: str, value: Any) -> str | None:
+    """How an image error names the input: a file by its path, anything else by the input's name."""
+    return None if isinstance(value, (str, os.PathLike)) else name
 
 
 def _is_image_like(value: Any) -> bool:
     if isinstance(value, (bytes, os.PathLike)):
         return True
     if isinstance(value, str):
-        return os.path.exists(value) or "." in os.path.basename(value)
+        # a path: an existing file, or a name with an image suffix (reported as missing if it is)
+        from PIL import Image as PILImage
+
+        suffix = os.path.splitext(value)[1].lower()
+        return os.path.isfile(value) or ("\n" not in value and suffix in PILImage.registered_extensions())
     return hasattr(value, "size") and (hasattr(value, "mode") or hasattr(value, "shape"))
 
 
@@ -114,7 +123,9 @@ def solve(
     from visprog.images import load_image
     from visprog.interpreter import Interpreter
 
-    loaded = {name: load_image(value, max_pixels=max_pixels, name=name) for name, value in images.items()}
+    loaded = {
+        name: load_image(value, max_pixels=max_pixels, name=_label(name, value)) for name, value in images.items()
+    }
     planner = planner or create_planner(registry=registry, **planner_options)
     interpreter = Interpreter(planner.registry, runtime, max_batch=max_batch)
     return planner.solve(

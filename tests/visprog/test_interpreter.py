@@ -223,3 +223,17 @@ def test_a_shared_run_cache_and_pool_reach_modules(images: dict[str, Image]) -> 
         assert trace.result == 7
     # the model loads once per interpreter; features once per image per run
     assert computed == ["load", "feature", "feature", "feature", "feature"]
+
+
+def test_run_passes_text_inputs_through_and_loads_image_paths(tmp_path: Path, images: dict[str, Image]) -> None:
+    import visprog
+    from visprog.errors import ImageError
+
+    photo = tmp_path / "photo.png"
+    images["LEFT"].save(photo)
+    registry = fakes.registry()
+    program = "ANSWER0=Eval(expr=\"'{NOTE}'\")\nN=Count(box=[])\nFINAL_RESULT=Result(var=ANSWER0)"
+    trace = visprog.run(program, {"IMAGE": str(photo), "NOTE": "A sentence. With dots."}, registry=registry)
+    assert trace.result == "A sentence. With dots."
+    with pytest.raises(ImageError, match=r"missing\.jpg: no such file"):
+        visprog.run(program, {"IMAGE": str(tmp_path / "missing.jpg"), "NOTE": "x"}, registry=registry)
