@@ -7,6 +7,7 @@
     visprog models list | pull [MODULE ...]
     visprog demo [-o OUTDIR]
     visprog ask IMAGE "question" | verify LEFT RIGHT "statement" | edit IMAGE "instruction" -o out.png | tag ...
+    visprog serve [--host 127.0.0.1] [--port 7860]
 
 PROGRAM is a file, ``-`` for standard input, or the program text itself.
 Exit status: 0 on success, 1 when the program or a step fails, 2 on a usage error.
@@ -306,21 +307,8 @@ def _cmd_task(args: argparse.Namespace, out: TextIO) -> int:
     from visprog.types import Image, describe_value
 
     task, names, _ = TASKS[args.command]
-    llm_models = [m for m in args.model or [] if "=" not in m]
-    args.model = [m for m in args.model or [] if "=" in m]  # MODULE=ID: a module's model
-    runtime = _runtime(args)
-    given = {
-        "model": llm_models[-1] if llm_models else None,
-        "base_url": args.base_url,
-        "style": args.style,
-        "local": args.local,
-        "temperature": args.temperature,
-        "max_tokens": args.max_tokens,
-        "timeout": args.timeout,
-        "stop": args.stop,
-    }
-    options = {**runtime.llm, **{k: v for k, v in given.items() if v is not None}}
-    planner = create_planner(repair_rounds=args.repair, cache=not args.no_cache, **options)
+    runtime, options = _planner_options(args)
+    planner = create_planner(**options)
     if args.plan_only:
         plan = planner.plan(task, args.text)
         print(plan.program.strip(), file=out)
@@ -364,6 +352,42 @@ def _cmd_task(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _planner_options(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The runtime, and the planner's options: the config file's [llm] table, then the command line."""
+    llm_models = [m for m in args.model or [] if "=" not in m]
+    args.model = [m for m in args.model or [] if "=" in m]  # MODULE=ID: a module's model
+    runtime = _runtime(args)
+    given = {
+        "model": llm_models[-1] if llm_models else None,
+        "base_url": args.base_url,
+        "style": args.style,
+        "local": args.local,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "timeout": args.timeout,
+        "stop": args.stop,
+    }
+    options = {**runtime.llm, **{k: v for k, v in given.items() if v is not None}}
+    return runtime, {"repair_rounds": args.repair, "cache": not args.no_cache, **options}
+
+
+def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from visprog.api import create_planner
+    from visprog.webapp import serve
+
+    runtime, options = _planner_options(args)
+    print(f"visprog web app on http://{args.host}:{args.port} (Ctrl+C to stop)", file=out)
+    serve(
+        args.host,
+        args.port,
+        runtime=runtime,
+        planner_factory=lambda: create_planner(**options),
+        max_upload_bytes=int(args.max_upload_mb * 1_000_000),
+        max_pixels=args.max_pixels,
+    )
+    return 0
+
+
 def _progress(out: TextIO) -> Any:
     def show(done: int, total: int) -> None:
         bar = "#" * (20 * done // total)
@@ -379,6 +403,19 @@ def _add_task_options(p: argparse.ArgumentParser, names: list[str], what: str, i
     p.add_argument("--plan-only", action="store_true", help="print the program and stop")
     p.add_argument("--samples", type=int, default=1, help="draw K programs, run the valid ones, vote (default 1)")
     p.add_argument("--feed-errors", action="store_true", help="send a failing step's error back for a new plan")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the program and the result; no progress output"
+    )
+    p.add_argument("--trace", metavar="FILE", help="write the step-by-step trace as a self-contained HTML page")
+    _add_planner_options(p)
+    if image_out:
+        p.add_argument("-o", "--output", metavar="FILE", help="where to write the edited image")
+    else:
+        p.set_defaults(output=None)
+
+
+def _add_planner_options(p: argparse.ArgumentParser) -> None:
+    """The LLM's options and the modules' options (shared by the planning commands and serve)."""
     p.add_argument("--repair", type=int, default=2, metavar="N", help="repair rounds for invalid programs (default 2)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the plan cache")
     p.add_argument("--base-url", help="an OpenAI-compatible server (default: $OPENAI_BASE_URL)")
@@ -388,9 +425,6 @@ def _add_task_options(p: argparse.ArgumentParser, names: list[str], what: str, i
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the LLM")
     p.add_argument("--stop", action="append", metavar="TEXT", help="a stop sequence for the LLM (repeatable)")
-    p.add_argument(
-        "-q", "--quiet", action="store_true", help="print only the program and the result; no progress output"
-    )
     p.add_argument("--device", default=None, help="cuda, mps, cpu or cuda:1 (default: the best available)")
     p.add_argument("--fp32", action="store_true", help="full precision on a GPU (default: half)")
     p.add_argument("--backend", action="append", metavar="MODULE=NAME", help="choose a module's backend")
@@ -402,11 +436,6 @@ def _add_task_options(p: argparse.ArgumentParser, names: list[str], what: str, i
     )
     p.add_argument("--max-pixels", type=int, default=None, help="reject input images larger than this")
     p.add_argument("--config", metavar="FILE", help="a TOML config file (default: $VISPROG_CONFIG)")
-    p.add_argument("--trace", metavar="FILE", help="write the step-by-step trace as a self-contained HTML page")
-    if image_out:
-        p.add_argument("-o", "--output", metavar="FILE", help="where to write the edited image")
-    else:
-        p.set_defaults(output=None)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -435,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command, help=helps[command])
         _add_task_options(p, names, what, image_out=command in ("edit", "tag"))
         p.set_defaults(func=_cmd_task)
+
+    p = sub.add_parser("serve", help="the web app: upload images, ask, see the program and its trace")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MB (default 20)")
+    _add_planner_options(p)
+    p.set_defaults(func=_cmd_serve, quiet=False)
 
     p = sub.add_parser("exec", help="run a program on images")
     p.add_argument("program", help="program file, '-' for stdin, or the program text")

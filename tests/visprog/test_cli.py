@@ -536,3 +536,20 @@ def test_trace_option_writes_a_self_contained_html_page_also_for_a_failed_run(tm
     assert code == 1
     html = page.read_text(encoding="utf-8")
     assert 'data-status="failed"' in html and "division by zero" in html and 'data-module="FaceDet"' in html
+
+
+def test_serve_starts_the_web_app_with_the_command_line_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import visprog.webapp
+
+    seen: dict[str, object] = {}
+
+    def fake_serve(host: str, port: int, **kwargs: object) -> None:
+        seen.update(host=host, port=port, **kwargs)
+
+    monkeypatch.setattr(visprog.webapp, "serve", fake_serve)
+    code, out, _ = cli("serve", "--port", "7999", "--backend", "FaceDet=cascade", "--max-upload-mb", "5")
+    assert code == 0 and "http://127.0.0.1:7999" in out
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 7999 and seen["max_upload_bytes"] == 5_000_000
+    runtime = seen["runtime"]
+    assert runtime.options("FaceDet") == {"backend": "cascade"}  # type: ignore[attr-defined]
+    assert callable(seen["planner_factory"])
