@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/visprog demo -o out/demo
 
 lint: setup
-	$(BIN)/ruff check visprog modules tests
+	$(BIN)/ruff check visprog modules tests benchmarks
 	$(BIN)/mypy
 
 test: lint

@@ -8,6 +8,7 @@
     visprog demo [-o OUTDIR]
     visprog ask IMAGE "question" | verify LEFT RIGHT "statement" | edit IMAGE "instruction" -o out.png | tag ...
     visprog serve [--host 127.0.0.1] [--port 7860]
+    visprog eval DATA --task gqa --images DIR -o results.jsonl
 
 PROGRAM is a file, ``-`` for standard input, or the program text itself.
 Exit status: 0 on success, 1 when the program or a step fails, 2 on a usage error.
@@ -371,6 +372,32 @@ def _planner_options(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return runtime, {"repair_rounds": args.repair, "cache": not args.no_cache, **options}
 
 
+def _cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
+    from visprog.api import create_planner
+    from visprog.evaluate import evaluate, load_items
+    from visprog.interpreter import Interpreter
+
+    runtime, options = _planner_options(args)
+    planner = create_planner(**options)
+    items = load_items(args.data, args.task, images=args.images)
+    interpreter = Interpreter(planner.registry, runtime, max_batch=args.max_batch)
+    evaluate(
+        items,
+        planner,
+        interpreter,
+        out_path=args.output,
+        samples=args.samples,
+        temperature=args.temperature,
+        progress=not args.quiet,
+        batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
+        out=out,
+    )
+    results = Path(args.output)
+    print(f"wrote {results} and {results.with_name(results.stem + '.summary.json')}", file=out)
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from visprog.api import create_planner
     from visprog.webapp import serve
@@ -464,6 +491,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command, help=helps[command])
         _add_task_options(p, names, what, image_out=command in ("edit", "tag"))
         p.set_defaults(func=_cmd_task)
+
+    p = sub.add_parser("eval", help="evaluate on a data set: accuracy, failure kinds, latency, time per module")
+    p.add_argument("data", help="our JSONL, GQA question JSON or NLVR2 JSONL")
+    p.add_argument("--task", choices=["gqa", "nlvr", "edit", "tag"], required=True)
+    p.add_argument("--images", metavar="DIR", help="image folder (default: the data file's folder)")
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="results JSONL (appended; resumable)")
+    p.add_argument("--samples", type=int, default=1, help="draw K programs per item, run the valid ones, vote")
+    p.add_argument("--max-batch", type=int, default=None, metavar="N", help="largest batched module call")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="items planned then run together")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_planner_options(p)
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("serve", help="the web app: upload images, ask, see the program and its trace")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

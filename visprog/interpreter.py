@@ -4,12 +4,15 @@ Steps run in dependency order. Steps that become ready together and use the
 same module are handed to that module in one call when it declares a batch
 implementation. Every run returns a :class:`~visprog.trace.Trace`; a failing
 step raises :class:`~visprog.errors.StepError` carrying the trace so far.
+:meth:`Interpreter.run_many` runs many programs through the same engine and
+batches ready steps of one module across all of them.
 """
 
 from __future__ import annotations
 
+import graphlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from visprog import ast
@@ -30,6 +33,30 @@ class _Failure(Exception):
         super().__init__(message)
         self.message = message
         self.cause = cause
+
+
+class _Job:
+    """One program being run: its sorter, computed values, trace and failure."""
+
+    def __init__(self, checked: CheckedProgram, trace: Trace) -> None:
+        self.checked = checked
+        self.trace = trace
+        self.values: dict[int, Any] = {}
+        self.sorter = _sorter(checked)
+        self.error: StepError | None = None
+
+
+def _sorter(checked: CheckedProgram) -> graphlib.TopologicalSorter[int]:
+    """The program's dependency sorter, built in one pass over the edges."""
+    predecessors: dict[int, set[int]] = {n.index: set() for n in checked.graph.nodes}
+    for e in checked.graph.edges:
+        if isinstance(e.src, int):
+            predecessors[e.dst].add(e.src)
+    ts: graphlib.TopologicalSorter[int] = graphlib.TopologicalSorter()
+    for index, before in predecessors.items():
+        ts.add(index, *sorted(before))
+    ts.prepare()
+    return ts
 
 
 class Interpreter:
@@ -64,92 +91,155 @@ class Interpreter:
         cache: RunCache | None = None,
     ) -> Trace:
         """Run ``program`` on ``inputs`` (``{"IMAGE": <PIL image>}``) and return its trace."""
+        job = self._job(program, inputs)
+        self._execute([job], Context(self.runtime, cache or RunCache()))
+        if job.error is not None:
+            raise job.error
+        return job.trace
+
+    def run_many(
+        self,
+        jobs: Sequence[tuple[CheckedProgram | str | ast.Program, Mapping[str, Any]]],
+        *,
+        cache: RunCache | None = None,
+    ) -> list[Trace | VisprogError]:
+        """Run many programs at once; results in job order.
+
+        Ready steps of the same batch-capable module across all jobs share batched calls of at most
+        ``max_batch`` argument sets. A job that fails to check gets its
+        :class:`~visprog.errors.ProgramError`, a job whose step fails gets its
+        :class:`~visprog.errors.StepError` (with its partial trace); the other jobs go on. One
+        :class:`~visprog.runtime.RunCache` serves every job of the call.
+        """
+        results: list[Trace | VisprogError | None] = [None] * len(jobs)
+        running: list[tuple[int, _Job]] = []
+        for k, (program, inputs) in enumerate(jobs):
+            try:
+                running.append((k, self._job(program, inputs)))
+            except VisprogError as e:
+                results[k] = e
+        self._execute([job for _, job in running], Context(self.runtime, cache or RunCache()))
+        for k, job in running:
+            results[k] = job.error if job.error is not None else job.trace
+        out: list[Trace | VisprogError] = []
+        for r in results:
+            assert r is not None
+            out.append(r)
+        return out
+
+    def _job(self, program: CheckedProgram | str | ast.Program, inputs: Mapping[str, Any]) -> _Job:
         checked = program if isinstance(program, CheckedProgram) else self.check(program, inputs)
         missing = [name for name in checked.used_inputs if name not in inputs]
         if missing:
             raise VisprogError(
                 f"the program uses input(s) {', '.join(missing)} but only {', '.join(inputs) or 'none'} were given"
             )
-        trace = Trace(checked.source, {k: inputs[k] for k in checked.used_inputs})
-        ctx = Context(self.runtime, cache or RunCache())
-        values: dict[int, Any] = {}
-        sorter = checked.graph.sorter()
-        start = time.perf_counter()
-        try:
-            while sorter.is_active():
-                ready = sorted(sorter.get_ready())
-                for group in self._groups(checked, ready):
-                    self._run_group(checked, group, values, trace, ctx)
-                    sorter.done(*group)
-        except StepError as e:
-            trace.seconds = time.perf_counter() - start
-            trace.error = str(e)
-            e.trace = trace
-            raise
-        trace.seconds = time.perf_counter() - start
-        trace.result = values[checked.result]
-        trace.result_var = checked.steps[checked.result].step.target
-        return trace
+        return _Job(checked, Trace(checked.source, {k: inputs[k] for k in checked.used_inputs}))
 
-    def _groups(self, checked: CheckedProgram, ready: list[int]) -> list[list[int]]:
-        """Ready steps in line order; steps of one batch-capable module share a group."""
-        groups: dict[Any, list[int]] = {}
-        for i in ready:
-            spec = checked.steps[i].spec
-            key = spec.name if spec is not None and spec.batch is not None else ("single", i)
-            groups.setdefault(key, []).append(i)
-        out: list[list[int]] = []
+    def _execute(self, jobs: list[_Job], ctx: Context) -> None:
+        """Run every job to its end or its first failing step (recorded on the job, never raised)."""
+        start = time.perf_counter()
+        active = list(jobs)
+        while active:
+            ready = [(job, i) for job in active for i in sorted(job.sorter.get_ready())]
+            for group in self._groups(ready):
+                members = [(job, i) for job, i in group if job.error is None]
+                if members:
+                    self._run_group(members, ctx)
+                for job, i in members:
+                    if job.error is None:
+                        job.sorter.done(i)
+            still = []
+            for job in active:
+                if job.error is not None:
+                    job.trace.seconds = time.perf_counter() - start
+                    job.trace.error = str(job.error)
+                elif not job.sorter.is_active():
+                    job.trace.seconds = time.perf_counter() - start
+                    job.trace.result = job.values[job.checked.result]
+                    job.trace.result_var = job.checked.steps[job.checked.result].step.target
+                else:
+                    still.append(job)
+            active = still
+
+    def _groups(self, ready: list[tuple[_Job, int]]) -> list[list[tuple[_Job, int]]]:
+        """Ready steps in job and line order; steps of one batch-capable module share a group across jobs."""
+        if len(ready) == 1:
+            return [ready]
+        groups: dict[Any, list[tuple[_Job, int]]] = {}
+        order = {id(job): n for n, job in enumerate(dict.fromkeys(job for job, _ in ready))}
+        for job, i in ready:
+            spec = job.checked.steps[i].spec
+            key = spec.name if spec is not None and spec.batch is not None else ("single", id(job), i)
+            groups.setdefault(key, []).append((job, i))
+        out: list[list[tuple[_Job, int]]] = []
         cap = self.max_batch or len(ready) or 1
         for group in groups.values():
             out.extend(group[k : k + cap] for k in range(0, len(group), cap))
-        return sorted(out, key=lambda g: g[0])
+        return sorted(out, key=lambda g: (order[id(g[0][0])], g[0][1]))
 
-    def _run_group(
-        self,
-        checked: CheckedProgram,
-        group: list[int],
-        values: dict[int, Any],
-        trace: Trace,
-        ctx: Context,
-    ) -> None:
-        steps = [checked.steps[i] for i in group]
+    def _run_group(self, members: list[tuple[_Job, int]], ctx: Context) -> None:
+        """Run one module call for ``members``; a failure is recorded on the job(s) it belongs to."""
+        steps = [job.checked.steps[i] for job, i in members]
         records = [StepRecord(s.index, s.step.line, s.step.target, s.module, s.step.source) for s in steps]
-        trace.records.extend(records)
-        current = records[0]
+        for (job, _), r in zip(members, records, strict=True):
+            job.trace.records.append(r)
+        calls: list[tuple[_Job, CheckedStep, StepRecord, dict[str, Any]]] = []
+        for (job, _), s, r in zip(members, steps, records, strict=True):
+            if job.error is not None:
+                continue
+            try:
+                arguments = self._arguments(s, job.values, job.trace.inputs)
+            except _Failure as f:
+                self._fail(job, r, f)
+                continue
+            r.inputs = dict(arguments)
+            calls.append((job, s, r, arguments))
+        calls = [c for c in calls if c[0].error is None]
+        if not calls:
+            return
+        spec = calls[0][1].spec
+        t0 = time.perf_counter()
         try:
-            arguments = []
-            for s, r in zip(steps, records, strict=True):
-                current = r
-                arguments.append(self._arguments(s, values, trace.inputs))
-                r.inputs = dict(arguments[-1])
-            t0 = time.perf_counter()
-            spec = steps[0].spec
             if spec is None:  # bare assignment: RESULT=X
-                outputs = [arguments[0]["value"]]
-            elif len(steps) > 1 and spec.batch is not None:
-                current = records[0]
-                outputs = self._call_batch(spec, arguments, ctx)
+                outputs = [calls[0][3]["value"]]
+            elif len(calls) > 1 and spec.batch is not None:
+                outputs = self._call_batch(spec, [c[3] for c in calls], ctx)
             else:
-                current = records[0]
-                outputs = [self._call(spec, arguments[0], ctx)]
-            elapsed = time.perf_counter() - t0
-            for s, r, out in zip(steps, records, outputs, strict=True):
-                current = r
-                r.output = self._check_output(s, out)
-                r.seconds = elapsed / len(steps)
-                r.batch = len(steps)
-                values[s.index] = r.output
+                outputs = [self._call(spec, calls[0][3], ctx)]
         except _Failure as f:
-            current.error = f.message
-            raise StepError(
-                f.message,
-                line=current.line,
-                module=current.module,
-                target=current.target,
-                source_line=current.source,
-                trace=trace,
-                cause=f.cause,
-            ) from f.cause
+            for job, _, r, _ in calls:
+                if job.error is None:  # the first step of each job in the call carries the failure
+                    self._fail(job, r, f)
+            return
+        elapsed = time.perf_counter() - t0
+        for (job, s, r, _), out in zip(calls, outputs, strict=True):
+            if job.error is not None:
+                continue
+            try:
+                r.output = self._check_output(s, out)
+            except _Failure as f:
+                self._fail(job, r, f)
+                continue
+            r.seconds = elapsed / len(calls)
+            r.batch = len(calls)
+            job.values[s.index] = r.output
+
+    @staticmethod
+    def _fail(job: _Job, record: StepRecord, f: _Failure) -> None:
+        record.error = f.message
+        error = StepError(
+            f.message,
+            line=record.line,
+            module=record.module,
+            target=record.target,
+            source_line=record.source,
+            trace=job.trace,
+            cause=f.cause,
+        )
+        error.__cause__ = f.cause
+        error.__suppress_context__ = True
+        job.error = error
 
     def _arguments(self, s: CheckedStep, values: dict[int, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
         def resolve(v: ast.Value) -> Any:

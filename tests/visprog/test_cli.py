@@ -553,3 +553,36 @@ def test_serve_starts_the_web_app_with_the_command_line_settings(monkeypatch: py
     runtime = seen["runtime"]
     assert runtime.options("FaceDet") == {"backend": "cascade"}  # type: ignore[attr-defined]
     assert callable(seen["planner_factory"])
+
+
+def test_eval_command_scores_a_data_set_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.visprog.planner.conftest import serve_scripted
+
+    PILImage.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg")
+    PILImage.fromarray(data.coffee()).save(tmp_path / "coffee.jpg")
+    items = [
+        {"id": "a", "image": "astronaut.jpg", "question": "How many faces are there?", "answer": "one"},
+        {"id": "b", "image": "coffee.jpg", "question": "How many faces are there?", "answer": "1"},
+        {"id": "c", "image": "coffee.jpg", "question": "How many faces are there?", "answer": "0"},
+    ]
+    dataset = tmp_path / "faces.jsonl"
+    dataset.write_text("".join(json.dumps(i) + "\n" for i in items))
+    count = "OBJ0=FaceDet(image=IMAGE)\nANSWER0=Count(box=OBJ0)\nFINAL_RESULT=Result(var=ANSWER0)"
+    results = tmp_path / "results.jsonl"
+    monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path / "cache"))
+    with serve_scripted() as server:
+        server.script([count, count, count])
+        argv = ["eval", dataset, "--task", "gqa", "-o", results, "--base-url", server.url, "--model", "tiny"]
+        code, _, err = cli(*argv, "--backend", "FaceDet=cascade", "--no-cache", "-q")
+        assert code == 0, err
+        records = [json.loads(line) for line in results.read_text().splitlines()]
+        assert [(r["id"], r["correct"], r["failure"]) for r in records] == [
+            ("a", True, None),
+            ("b", False, "wrong_answer"),
+            ("c", True, None),
+        ]
+        summary = json.loads((tmp_path / "results.summary.json").read_text())
+        assert summary["n"] == 3 and summary["accuracy"] == pytest.approx(2 / 3)
+        # a second run finds every item done and asks the LLM nothing
+        code, _, _ = cli(*argv, "--backend", "FaceDet=cascade", "--no-cache", "-q")
+        assert code == 0 and len(server.requests) == 3

@@ -1,0 +1,1 @@
+"""Benchmarks for visprog: run ``python benchmarks/run_all.py`` (see README.md)."""

@@ -1,0 +1,181 @@
+"""Tests for ``Interpreter.run_many``: many programs, one engine, batches across programs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from PIL import Image as PILImage
+from skimage import data
+
+from tests import fakes
+from visprog.errors import ProgramCheckError, StepError
+from visprog.interpreter import Interpreter
+from visprog.registry import Registry, module
+from visprog.runtime import Context
+from visprog.trace import Trace
+from visprog.types import Image
+
+NLVR = """\
+ANSWER0=Vqa(image=LEFT, question='How many wolves are in the image?')
+ANSWER1=Vqa(image=RIGHT, question='How many wolves are in the image?')
+ANSWER2=Vqa(image=LEFT, question='Is it snowing?')
+ANSWER3=Vqa(image=RIGHT, question='Is it snowing?')
+ANSWER4=Eval(expr='{ANSWER0} + {ANSWER1} == 4 and ({ANSWER2} xor {ANSWER3})')
+FINAL_ANSWER=Result(var=ANSWER4)
+"""
+
+CHAIN = """\
+BOX0=Loc(image=IMAGE, object='{obj}')
+IMAGE0=Crop(image=IMAGE, box=BOX0)
+ANSWER0=Vqa(image=IMAGE0, question='What is the {obj} doing?')
+FINAL_RESULT=Result(var=ANSWER0)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    fakes.reset()
+    yield
+    fakes.reset()
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return fakes.registry()
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, Image]:
+    return {"LEFT": PILImage.fromarray(data.astronaut()), "RIGHT": PILImage.fromarray(data.chelsea())}
+
+
+def gqa(k: int) -> str:
+    return f"ANSWER0=Vqa(image=IMAGE, question='Question {k}?')\nFINAL_RESULT=Result(var=ANSWER0)"
+
+
+def traces(results: list[Trace | Any]) -> list[Trace]:
+    assert all(isinstance(r, Trace) for r in results), results
+    return list(results)
+
+
+def test_eight_programs_are_one_vqa_call(registry: Registry, images: dict[str, Image]) -> None:
+    for k in range(8):
+        fakes.VQA_ANSWERS[f"Question {k}?"] = f"answer {k}"
+    jobs = [(gqa(k), {"IMAGE": images["LEFT"]}) for k in range(8)]
+    results = traces(Interpreter(registry).run_many(jobs))
+    assert fakes.CALLS == [("Vqa", 8)]
+    assert [t.result for t in results] == [f"answer {k}" for k in range(8)]
+    assert all(t.records[0].batch == 8 for t in results)
+    fakes.reset()
+    Interpreter(registry, max_batch=3).run_many(jobs)
+    assert fakes.CALLS == [("Vqa", 3), ("Vqa", 3), ("Vqa", 2)]
+
+
+def test_four_nlvr_programs_are_one_call_of_sixteen(registry: Registry, images: dict[str, Image]) -> None:
+    fakes.VQA_ANSWERS["Is it snowing?"] = "no"
+    fakes.VQA_ANSWERS["How many wolves are in the image?"] = "two"
+    results = traces(Interpreter(registry).run_many([(NLVR, images)] * 4))
+    assert fakes.CALLS == [("Vqa", 16)]
+    assert [t.result for t in results] == [False] * 4
+    assert len({id(t) for t in results}) == 4  # one trace per job
+
+
+def test_dependent_steps_keep_each_programs_order(registry: Registry, images: dict[str, Image]) -> None:
+    jobs = [(CHAIN.format(obj=obj), {"IMAGE": images["LEFT"]}) for obj in ("dog", "wolf", "cat")]
+    results = traces(Interpreter(registry).run_many(jobs))
+    # every program's Loc before its Vqa; across programs, one Loc call and one Vqa call
+    assert fakes.CALLS == [("Loc", 3), ("Vqa", 3)]
+    for t in results:
+        assert [r.target for r in t.records] == ["BOX0", "IMAGE0", "ANSWER0", "FINAL_RESULT"]
+        crop = t.step("IMAGE0")
+        assert t.step("ANSWER0").inputs["image"] is crop.output
+
+
+def test_results_equal_running_each_program_alone(registry: Registry, images: dict[str, Image]) -> None:
+    fakes.VQA_ANSWERS["Is it snowing?"] = "no"
+    fakes.VQA_ANSWERS["How many wolves are in the image?"] = "2"
+    programs = [
+        (NLVR, images),
+        (CHAIN.format(obj="wolf"), {"IMAGE": images["RIGHT"]}),
+        (gqa(1), {"IMAGE": images["LEFT"]}),
+        ("BOX0=Loc(image=IMAGE, object='wolf')\nANSWER0=Count(box=BOX0)\nRESULT=ANSWER0", {"IMAGE": images["LEFT"]}),
+    ]
+    interpreter = Interpreter(registry)
+    together = traces(interpreter.run_many(programs))
+    alone = [interpreter.run(p, inputs) for p, inputs in programs]
+    for t, u in zip(together, alone, strict=True):
+        assert t.result == u.result and t.result_var == u.result_var
+        assert [(r.target, r.module, r.error) for r in t.records] == [(r.target, r.module, r.error) for r in u.records]
+        assert list(t.values) == list(u.values)
+    assert [t.result for t in together] == [False, "yes", "yes", 2]
+
+
+def test_a_failing_program_does_not_stop_the_others(registry: Registry, images: dict[str, Image]) -> None:
+    failing = (
+        "ANSWER0=Vqa(image=IMAGE, question='What is it?')\n"
+        "ANSWER1=Eval(expr='{ANSWER0} / 0')\n"
+        "FINAL_RESULT=Result(var=ANSWER1)\n"
+    )
+    fakes.VQA_ANSWERS["What is it?"] = "3"
+    bad_check = "ANSWER0=Vqa(image=IMAGE, questio='What?')\nFINAL_RESULT=Result(var=ANSWER0)"
+    jobs = [
+        (gqa(0), {"IMAGE": images["LEFT"]}),
+        (failing, {"IMAGE": images["LEFT"]}),
+        (bad_check, {"IMAGE": images["LEFT"]}),
+    ]
+    jobs.append((gqa(1), {"IMAGE": images["RIGHT"]}))
+    ok0, failed, unchecked, ok1 = Interpreter(registry).run_many(jobs)
+    assert isinstance(ok0, Trace) and ok0.ok and ok0.result == "yes"
+    assert isinstance(ok1, Trace) and ok1.ok and ok1.result == "yes"
+    assert fakes.CALLS == [("Vqa", 3)]
+    assert isinstance(failed, StepError)
+    assert (failed.line, failed.module, failed.target) == (2, "Eval", "ANSWER1")
+    assert str(failed).startswith("line 2, Eval (step ANSWER1) failed: division by zero")
+    assert failed.trace is not None and not failed.trace.ok
+    assert failed.partial_results["ANSWER0"] == "3" and "FINAL_RESULT" not in failed.trace.values
+    assert isinstance(unchecked, ProgramCheckError)
+    assert "questio" in str(unchecked)
+
+
+def test_a_failing_batch_call_fails_every_member(registry: Registry, images: dict[str, Image]) -> None:
+    programs = [gqa(k) for k in range(3)]
+    results = Interpreter(registry).run_many([(p, {"IMAGE": images["LEFT"]}) for p in programs])
+    assert all(isinstance(r, Trace) for r in results)
+    fakes.VQA_ANSWERS["Question 1?"] = None  # type: ignore[assignment]  # Vqa returns a wrong value
+    results = Interpreter(registry).run_many([(p, {"IMAGE": images["LEFT"]}) for p in programs])
+    assert isinstance(results[1], StepError) and "Vqa returned a wrong value" in str(results[1])
+    assert isinstance(results[0], Trace) and isinstance(results[2], Trace)
+
+
+def _broken_batch(calls: Sequence[dict[str, Any]], ctx: Context) -> list[str]:
+    raise RuntimeError("out of memory")
+
+
+@module(batch=_broken_batch)
+def Ask(image: Image, question: str) -> str:
+    """Answer a question (batched: always fails).
+
+    Args:
+        image: the image.
+        question: the question.
+    """
+    return "yes"
+
+
+def test_a_batch_exception_gives_each_job_its_own_step_error(images: dict[str, Image]) -> None:
+    registry = fakes.registry()
+    registry.register(Ask)
+    program = "ANSWER0=Ask(image=IMAGE, question='Q?')\nFINAL_RESULT=Result(var=ANSWER0)"
+    results = Interpreter(registry).run_many([(program, {"IMAGE": images["LEFT"]})] * 3)
+    errors = [r for r in results if isinstance(r, StepError)]
+    assert len(errors) == 3 and len({id(e) for e in errors}) == 3
+    for e in errors:
+        assert "in a batch of 3: RuntimeError: out of memory" in str(e)
+        assert e.trace is not None and e.trace.step("ANSWER0").error is not None
+    assert len({id(e.trace) for e in errors}) == 3
+
+
+def test_run_many_of_nothing(registry: Registry) -> None:
+    assert Interpreter(registry).run_many([]) == []

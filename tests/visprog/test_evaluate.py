@@ -1,0 +1,343 @@
+"""Dataset evaluation end to end: scripted planner (loopback OpenAI-compatible server) and fake modules.
+
+The modules are ``tests/fakes.py`` stand-ins with scripted answers (not tiny
+models), so accuracies and failure counts are known exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image as PILImage
+
+from tests import fakes
+from tests.visprog.planner.conftest import ScriptedServer, serve_scripted
+from visprog.errors import ConfigError
+from visprog.evaluate import Item, evaluate, is_correct, load_items, normalize_answer
+from visprog.interpreter import Interpreter
+from visprog.planner.backends import backend_from_options
+from visprog.planner.core import Planner
+from visprog.runtime import RunCache
+from visprog.trace import Trace
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "eval"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VISPROG_LLM_MODEL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path / "visprog-cache"))
+    fakes.reset()
+    yield
+    fakes.reset()
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    with serve_scripted() as s:
+        yield s
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    from skimage import data
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        PILImage.fromarray(getattr(data, name)()).resize((64, 48)).save(folder / f"{name}.png")
+    return folder
+
+
+def _planner(server: ScriptedServer) -> Planner:
+    backend = backend_from_options(base_url=server.url, model="tiny", max_retries=0, timeout=5)
+    return Planner(backend, registry=fakes.registry(), cache=False, repair_rounds=0)
+
+
+class _OneByOne:
+    """An interpreter without ``run_many``: evaluate falls back to ``run``."""
+
+    def __init__(self, inner: Interpreter) -> None:
+        self.inner = inner
+
+    def run(self, program: Any, inputs: Mapping[str, Any], *, cache: RunCache | None = None) -> Trace:
+        return self.inner.run(program, inputs, cache=cache)
+
+
+def _interpreter(kind: str) -> Any:
+    interpreter = Interpreter(fakes.registry(), max_batch=4)
+    return interpreter if kind == "native" else _OneByOne(interpreter)
+
+
+def _vqa_program(question: str, image: str = "IMAGE") -> str:
+    return f"ANSWER0=Vqa(image={image}, question='{question}')\nFINAL_RESULT=Result(var=ANSWER0)"
+
+
+# 14 correct (some only after normalisation), 3 wrong, 2 unknown modules (plan_check), 1 garbage (plan_parse)
+_GQA: list[tuple[str | None, str, str]] = [
+    # (scripted fake answer or None for a planning failure, reply kind, expected answer)
+    *[(f"answer {i}", "ok", f"answer {i}") for i in range(10)],
+    ("2", "ok", "two"),
+    ("The red car.", "ok", "red car"),
+    ("yes", "ok", "Yes"),
+    ("three", "ok", "3"),
+    ("blue", "ok", "green"),
+    ("left", "ok", "right"),
+    ("4", "ok", "five"),
+    (None, "unknown", "x"),
+    (None, "unknown", "y"),
+    (None, "garbage", "z"),
+]
+
+
+def _gqa_file(tmp_path: Path, photos: Path) -> tuple[Path, list[str]]:
+    lines, replies = [], []
+    names = ["astronaut.png", "coffee.png", "chelsea.png"]
+    for i, (answer, kind, expected) in enumerate(_GQA):
+        question = f"What is in region {i}?"
+        lines.append(json.dumps({"id": f"q{i:02d}", "image": names[i % 3], "question": question, "answer": expected}))
+        if kind == "ok":
+            assert answer is not None
+            fakes.VQA_ANSWERS[question] = answer
+            replies.append(_vqa_program(question))
+        elif kind == "unknown":
+            replies.append("ANSWER0=Teleport(image=IMAGE, where='moon')\nFINAL_RESULT=Result(var=ANSWER0)")
+        else:
+            replies.append("I am sorry ((( => not @@ a program")
+    path = tmp_path / "gqa.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, replies
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["native", "one_by_one"])
+def test_gqa_style_accuracy_and_failures(
+    kind: str, server: ScriptedServer, tmp_path: Path, photos: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, replies = _gqa_file(tmp_path, photos)
+    server.script(replies)
+    items = load_items(data, "gqa", images=photos)
+    out = tmp_path / "results.jsonl"
+    summary = evaluate(items, _planner(server), _interpreter(kind), out_path=out, batch_size=8, progress=True)
+
+    assert summary.n == 20
+    assert summary.correct == 14
+    assert summary.accuracy == pytest.approx(0.7)
+    assert summary.failures == {"plan_parse": 1, "plan_check": 2, "execution": 0, "wrong_answer": 3}
+    assert summary.failure_rates["wrong_answer"] == pytest.approx(0.15)
+    assert len(server.requests) == 20 and server.pending == 0
+    assert set(summary.module_seconds) >= {"Vqa", "Result"}
+    assert summary.latency["p50"] <= summary.latency["p90"] <= summary.latency["p99"]
+
+    records = _records(out)
+    assert [r["id"] for r in records] == [f"q{i:02d}" for i in range(20)]
+    by_id = {r["id"]: r for r in records}
+    assert by_id["q10"]["answer"] == "2" and by_id["q10"]["correct"] is True
+    assert by_id["q14"]["failure"] == "wrong_answer" and by_id["q14"]["expected"] == "green"
+    assert by_id["q17"]["failure"] == "plan_check" and "Teleport" in by_id["q17"]["error"]
+    assert by_id["q19"]["failure"] == "plan_parse" and by_id["q19"]["program"] is None
+    assert by_id["q00"]["program"].startswith("ANSWER0=Vqa(") and "Vqa" in by_id["q00"]["timings"]
+
+    saved = json.loads((tmp_path / "results.summary.json").read_text())
+    assert saved["n"] == 20 and saved["accuracy"] == pytest.approx(0.7) and saved["failures"]["plan_check"] == 2
+    captured = capsys.readouterr()
+    assert "20/20" in captured.err and "accuracy 70.0%" in captured.err  # progress bar
+    assert "accuracy" in captured.out and "plan_parse" in captured.out  # the table
+    if kind == "native" and hasattr(Interpreter, "run_many"):
+        # Vqa steps of one chunk are batched across programs (at most max_batch=4 each)
+        assert max(n for name, n in fakes.CALLS if name == "Vqa") > 1
+
+
+def test_nlvr_style_with_bool_and_string_labels(server: ScriptedServer, tmp_path: Path, photos: Path) -> None:
+    # 10 statements: 7 correct, 2 wrong, 1 whose right image is missing (execution)
+    cases: list[tuple[str, str, str, Any]] = [
+        # (left answer, right answer, operator, label)
+        ("yes", "no", "xor", True),
+        ("yes", "yes", "xor", "False"),
+        ("no", "no", "xor", False),
+        ("yes", "yes", "and", "True"),
+        ("yes", "no", "and", "False"),
+        ("no", "yes", "xor", "true"),
+        ("no", "no", "and", False),
+        ("yes", "no", "and", True),  # wrong: the program says False
+        ("no", "no", "xor", "True"),  # wrong
+        ("yes", "yes", "and", True),  # right image missing
+    ]
+    lines, replies = [], []
+    for i, (left, right, op, label) in enumerate(cases):
+        ql, qr = f"Left question {i}?", f"Right question {i}?"
+        fakes.VQA_ANSWERS[ql], fakes.VQA_ANSWERS[qr] = left, right
+        right_file = "missing.png" if i == 9 else "coffee.png"
+        row = {"id": f"n{i}", "left": "astronaut.png", "right": right_file, "statement": f"s{i}", "answer": label}
+        lines.append(json.dumps(row))
+        replies.append(
+            f"ANSWER0=Vqa(image=LEFT, question='{ql}')\nANSWER1=Vqa(image=RIGHT, question='{qr}')\n"
+            f"ANSWER2=Eval(expr='{{ANSWER0}} {op} {{ANSWER1}}')\nFINAL_RESULT=Result(var=ANSWER2)"
+        )
+    data = tmp_path / "nlvr.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    server.script(replies[:9])  # the item whose image fails to load is never planned
+    items = load_items(data, "nlvr", images=photos)
+    assert set(items[0].images) == {"LEFT", "RIGHT"}
+    out = tmp_path / "nlvr_results.jsonl"
+    summary = evaluate(items, _planner(server), _interpreter("native"), out_path=out, progress=False)
+
+    assert (summary.n, summary.correct) == (10, 7)
+    assert summary.failures == {"plan_parse": 0, "plan_check": 0, "execution": 1, "wrong_answer": 2}
+    records = {r["id"]: r for r in _records(out)}
+    assert records["n0"]["answer"] is True and records["n0"]["expected"] is True
+    assert records["n3"]["answer"] is True and records["n3"]["expected"] == "True" and records["n3"]["correct"]
+    assert records["n7"]["failure"] == "wrong_answer"
+    assert records["n9"]["failure"] == "execution" and "missing.png" in records["n9"]["error"]
+    assert len(server.requests) == 9
+
+
+def test_resume_plans_only_the_remaining_items(server: ScriptedServer, tmp_path: Path, photos: Path) -> None:
+    data, replies = _gqa_file(tmp_path, photos)
+    items = load_items(data, "gqa", images=photos)
+    out = tmp_path / "resume.jsonl"
+    server.script(replies[:10])
+    first = evaluate(items[:10], _planner(server), _interpreter("native"), out_path=out, progress=False)
+    assert (first.n, first.correct, len(server.requests)) == (10, 10, 10)
+
+    server.script(replies[10:])
+    full = evaluate(items, _planner(server), _interpreter("native"), out_path=out, progress=False, batch_size=3)
+    assert len(server.requests) == 20  # only the 10 new items were planned
+    assert full.skipped == 10
+    assert (full.n, full.correct) == (20, 14)
+    assert full.failures == {"plan_parse": 1, "plan_check": 2, "execution": 0, "wrong_answer": 3}
+    assert sorted(r["id"] for r in _records(out)) == [f"q{i:02d}" for i in range(20)]
+    # a third run does nothing and asks nothing
+    again = evaluate(items, _planner(server), _interpreter("native"), out_path=out, progress=False)
+    assert (again.n, again.skipped, len(server.requests)) == (20, 20, 20)
+
+
+def test_resume_ignores_a_line_cut_short(server: ScriptedServer, tmp_path: Path, photos: Path) -> None:
+    data, replies = _gqa_file(tmp_path, photos)
+    items = load_items(data, "gqa", images=photos)[:2]
+    out = tmp_path / "cut.jsonl"
+    out.write_text('{"id": "q00", "correct": tr')  # a crash mid-write
+    server.script(replies[:2])
+    summary = evaluate(items, _planner(server), _interpreter("native"), out_path=out, progress=False)
+    assert (summary.n, summary.correct, summary.skipped) == (2, 2, 0)
+    lines = out.read_text().splitlines()
+    assert lines[0] == '{"id": "q00", "correct": tr' and [json.loads(x)["id"] for x in lines[1:]] == ["q00", "q01"]
+
+
+def test_samples_vote(server: ScriptedServer, tmp_path: Path, photos: Path) -> None:
+    fakes.VQA_ANSWERS.update({"A?": "cat", "B?": "dog"})
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"id": "v", "image": "chelsea.png", "question": "What?", "answer": "dog"}) + "\n")
+    server.script([_vqa_program("A?"), _vqa_program("B?"), _vqa_program("B?")])
+    out = tmp_path / "vote.jsonl"
+    items = load_items(data, "gqa", images=photos)
+    summary = evaluate(items, _planner(server), _interpreter("native"), out_path=out, samples=3, progress=False)
+    assert summary.correct == 1
+    (rec,) = _records(out)
+    assert rec["answer"] == "dog" and rec["agreement"] == pytest.approx(2 / 3) and len(rec["programs"]) == 3
+    assert all(r.body.get("temperature") == pytest.approx(0.7) for r in server.requests)
+
+
+def test_answers_are_json_safe(server: ScriptedServer, tmp_path: Path, photos: Path) -> None:
+    data = tmp_path / "crop.jsonl"
+    data.write_text(json.dumps({"id": "c", "image": "coffee.png", "question": "Crop it"}) + "\n")
+    server.script(
+        ["BOX0=Loc(image=IMAGE, object='cup')\nIMAGE0=Crop(image=IMAGE, box=BOX0)\nFINAL_RESULT=Result(var=IMAGE0)"]
+    )
+    out = tmp_path / "crop_results.jsonl"
+    summary = evaluate(
+        load_items(data, "gqa", images=photos), _planner(server), _interpreter("native"), out_path=out, progress=False
+    )
+    (rec,) = _records(out)
+    assert rec["failure"] is None, rec["error"]
+    assert rec["answer"].startswith("<image ") and rec["correct"] is None and summary.n == 1
+
+
+# -- loaders -----------------------------------------------------------------------
+
+
+def test_gqa_question_json_as_distributed(tmp_path: Path) -> None:
+    items = load_items(DATA / "gqa_testdev_questions.json", "gqa", images=tmp_path)
+    assert [i.id for i in items] == ["20968379", "201640614"]
+    car = items[0]
+    assert (car.text, car.answer, car.task) == ("What color is the car?", "red", "gqa")
+    assert car.images == {"IMAGE": str(tmp_path / "n288870.jpg")}
+
+
+def test_nlvr2_jsonl_as_distributed(tmp_path: Path) -> None:
+    (tmp_path / "dev-850-0-img0.png").write_bytes(b"")
+    (tmp_path / "dev-850-0-img1.png").write_bytes(b"")
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "train-10171-0-img0.png").write_bytes(b"")
+    items = load_items(DATA / "nlvr2_dev.jsonl", "nlvr", images=tmp_path)
+    assert [i.id for i in items] == ["dev-850-0-0", "dev-112-3-3", "train-10171-0-0"]
+    first = items[0]
+    assert first.answer == "False" and first.text.startswith("The left image contains twice")
+    assert first.images == {"LEFT": str(tmp_path / "dev-850-0-img0.png"), "RIGHT": str(tmp_path / "dev-850-0-img1.png")}
+    # no local file: the URL is kept
+    assert items[1].images["LEFT"] == "https://example.org/nlvr2/dev-112-3-img0.jpg"
+    # the train split's numbered sub-folders
+    assert items[2].images["LEFT"] == str(tmp_path / "7" / "train-10171-0-img0.png")
+    assert items[2].images["RIGHT"] == "https://example.org/nlvr2/train-10171-0-img1.jpg"
+
+
+def test_our_jsonl_paths_and_errors(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": 1, "image": "a.png", "question": "Q?", "answer": "yes"}\n\n')
+    (item,) = load_items(data, "gqa")
+    assert item == Item("1", "gqa", "Q?", {"IMAGE": str(tmp_path / "a.png")}, "yes")
+    data.write_text('{"id": 1, "question": "Q?"}\n')
+    with pytest.raises(ConfigError, match=r"d.jsonl:1: missing key 'left'"):
+        load_items(data, "gqa")
+    data.write_text('{"id": 1, "image": "a", "question": "Q"}\n{"id": 1, "image": "b", "question": "R"}\n')
+    with pytest.raises(ConfigError, match="occurs more than once"):
+        load_items(data, "gqa")
+    with pytest.raises(ConfigError, match="unknown task 'vqa'"):
+        load_items(data, "vqa")
+
+
+# -- answers -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Yes", "yes"),
+        ("The red car.", "red car"),
+        ("a dog", "dog"),
+        ("an apple!", "apple"),
+        ("Two", "2"),
+        ("two dogs", "2 dogs"),
+        (2, "2"),
+        (2.0, "2"),
+        (2.5, "2.5"),
+        ("2.5", "2.5"),
+        ("1,000", "1000"),
+        (True, "yes"),
+        (False, "no"),
+        ("True", "yes"),
+        ("false", "no"),
+        ("  Left-Side ", "left side"),
+        ("there", "there"),
+        (None, ""),
+    ],
+)
+def test_normalize_answer(value: Any, expected: str) -> None:
+    assert normalize_answer(value) == expected
+
+
+def test_is_correct() -> None:
+    assert is_correct(True, "True") and is_correct("no", False) and is_correct("2", "two")
+    assert is_correct("grey", ["gray", "grey"])
+    assert not is_correct("yes", "False") and not is_correct("cat", "cats")
