@@ -268,13 +268,17 @@ def describe_value(value: Any) -> str:
     return f"{t} {value!r}"
 
 
+#: Values of exactly these Python types need no conversion (the common case, checked first).
+_EXACT: dict[Type, type] = {Type.STR: str, Type.INT: int, Type.FLOAT: float, Type.BOOL: bool}
+
+
 def coerce(value: Any, expected: Type, optional: bool = False) -> Any:
     """Convert a run-time value to ``expected``; raise ``TypeError`` saying expected vs. got.
 
     Strings answered by models become numbers ('2', 'two') or booleans
     ('yes', 'no') where those are expected; an empty list is a valid Objects.
     """
-    if expected is Type.ANY or expected is Type.TEMPLATE:
+    if expected is Type.ANY or expected is Type.TEMPLATE or type(value) is _EXACT.get(expected):
         return value
     if value is None:
         if optional:
