@@ -381,6 +381,11 @@ def _cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     planner = create_planner(**options)
     items = load_items(args.data, args.task, images=args.images)
     interpreter = Interpreter(planner.registry, runtime, max_batch=args.max_batch)
+    settings = None
+    if args.engine == "ray":
+        from visprog.engines import WorkerSettings
+
+        settings = WorkerSettings.from_runtime(runtime, options, max_batch=args.max_batch)
     evaluate(
         items,
         planner,
@@ -392,6 +397,10 @@ def _cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
         batch_size=args.batch_size,
         max_pixels=args.max_pixels,
         out=out,
+        engine=args.engine,
+        address=args.address,
+        workers=args.workers,
+        settings=settings,
     )
     results = Path(args.output)
     print(f"wrote {results} and {results.with_name(results.stem + '.summary.json')}", file=out)
@@ -500,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1, help="draw K programs per item, run the valid ones, vote")
     p.add_argument("--max-batch", type=int, default=None, metavar="N", help="largest batched module call")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="items planned then run together")
+    p.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="run here, or on Ray actors (one per GPU)"
+    )
+    p.add_argument("--address", default=None, help="a Ray cluster to join (default: start Ray on this machine)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="Ray actors (default: one per GPU, else 2)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_planner_options(p)
     p.set_defaults(func=_cmd_eval)

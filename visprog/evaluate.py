@@ -39,13 +39,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from visprog.checker import CheckedProgram
 from visprog.errors import ConfigError, ProgramError, VisprogError
 from visprog.planner.core import Plan, Planner, PlanningError, vote
 from visprog.runtime import RunCache
 from visprog.trace import Trace
+
+if TYPE_CHECKING:
+    from visprog.engines import WorkerSettings
 
 __all__ = [
     "FAILURES",
@@ -56,6 +59,7 @@ __all__ = [
     "is_correct",
     "load_items",
     "normalize_answer",
+    "process_chunk",
     "summarize",
 ]
 
@@ -415,12 +419,22 @@ def evaluate(
     batch_size: int = 16,
     max_pixels: int | None = None,
     out: TextIO | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    settings: WorkerSettings | None = None,
 ) -> Summary:
     """Plan and run every item not yet in ``out_path``, append one JSON line each, return the :class:`Summary`.
 
     With ``samples`` > 1 every item gets that many plans (temperature 0.7 unless
     given); the valid ones run and the answers are voted on as
-    :meth:`Planner.solve` does. The summary covers every item of ``items`` with a
+    :meth:`Planner.solve` does.
+
+    ``engine="ray"`` spreads the chunks over Ray actors (one per GPU, else
+    ``workers`` CPU actors, default 2; ``address``: an existing cluster), each
+    building its own planner and interpreter from ``settings`` (a
+    :class:`visprog.engines.WorkerSettings`; ``planner`` and ``interpreter`` are
+    then not used); the records and the summary are the same. The summary covers every item of ``items`` with a
     record in the file, is printed as a table (to ``out``; stdout when
     ``progress``), and saved as ``<stem>.summary.json`` next to ``out_path``.
     """
@@ -428,6 +442,10 @@ def evaluate(
         raise ValueError(f"samples must be at least 1, got {samples}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"unknown engine '{engine}': expected local or ray")
+    if engine == "ray" and settings is None:
+        raise ConfigError("engine 'ray' needs worker settings (visprog.engines.WorkerSettings)")
     if samples > 1 and temperature is None:
         temperature = 0.7
     path = Path(out_path)
@@ -443,11 +461,29 @@ def evaluate(
     if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
         with path.open("a", encoding="utf-8") as f:
             f.write("\n")  # a line cut short by a crash stays on its own
+    chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    results: Iterable[list[dict[str, Any]]]
+    if engine == "ray" and chunks:
+        from visprog.engines import ray_chunks
+
+        assert settings is not None
+        results = ray_chunks(
+            chunks,
+            settings,
+            samples=samples,
+            temperature=temperature,
+            max_pixels=max_pixels,
+            address=address,
+            workers=workers,
+        )
+    else:
+        results = (
+            process_chunk(c, planner, interpreter, samples=samples, temperature=temperature, max_pixels=max_pixels)
+            for c in chunks
+        )
     with path.open("a", encoding="utf-8") as f:
-        for start in range(0, len(todo), batch_size):
-            for rec in _evaluate_chunk(
-                todo[start : start + batch_size], planner, interpreter, samples, temperature, max_pixels
-            ):
+        for records in results:  # chunk by chunk, in item order
+            for rec in records:
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
                 done[rec["id"]] = rec
@@ -460,14 +496,19 @@ def evaluate(
     return summary
 
 
-def _evaluate_chunk(
+def process_chunk(
     chunk: Sequence[Item],
     planner: Planner,
     interpreter: _Runner,
-    samples: int,
-    temperature: float | None,
-    max_pixels: int | None,
+    *,
+    samples: int = 1,
+    temperature: float | None = None,
+    max_pixels: int | None = None,
 ) -> list[dict[str, Any]]:
+    """One output record per item of ``chunk``, in order: plan every item, then run the valid programs together.
+
+    The unit of work of both engines (a Ray actor calls it with its own planner and interpreter).
+    """
     from visprog.images import load_image
 
     pending = [_Pending(it) for it in chunk]

@@ -586,3 +586,15 @@ def test_eval_command_scores_a_data_set_and_resumes(tmp_path: Path, monkeypatch:
         # a second run finds every item done and asks the LLM nothing
         code, _, _ = cli(*argv, "--backend", "FaceDet=cascade", "--no-cache", "-q")
         assert code == 0 and len(server.requests) == 3
+        # the same data on local Ray actors gives the same records
+        pytest.importorskip("ray")
+        server.script([count, count, count])
+        on_ray = tmp_path / "on_ray.jsonl"
+        argv = ["eval", dataset, "--task", "gqa", "-o", on_ray, "--base-url", server.url, "--model", "tiny"]
+        ray_flags = ["--engine", "ray", "--workers", "1", "--backend", "FaceDet=cascade", "--no-cache", "-q"]
+        code, _, err = cli(*argv, *ray_flags)
+        assert code == 0, err
+        ray_records = [json.loads(line) for line in on_ray.read_text().splitlines()]
+        assert [(r["id"], r["correct"], r["failure"], r["answer"]) for r in ray_records] == [
+            (r["id"], r["correct"], r["failure"], r["answer"]) for r in records
+        ]

@@ -1,0 +1,267 @@
+"""The Ray engine of ``visprog eval`` gets exactly the local engine's records and summary.
+
+Local Ray with two CPU actors; the planner's server runs in this process on
+127.0.0.1 and answers by the question in the request (actors plan
+concurrently, so replies cannot depend on the order of requests). The fake
+modules live in the actors' processes: their scripted answers are set by the
+registry factory (:func:`registry`), which every process calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image as PILImage
+
+from tests import fakes
+from visprog.engines import WorkerSettings
+from visprog.errors import ConfigError
+from visprog.evaluate import Summary, evaluate, load_items
+
+ray = pytest.importorskip("ray", reason="the ray engine needs Ray (pip install 'visprog[ray]')")
+
+#: The fake Vqa's answers by question, set in every process by :func:`registry`.
+ANSWERS = {
+    **{f"What is in region {i:02d}?": f"answer {i}" for i in range(4)},
+    "Which color?": "The Blue.",
+    "Which side?": "left",
+    "Left one?": "yes",
+    "Right one?": "no",
+}
+
+
+def registry() -> Any:
+    """``tests.fakes.registry()`` with this file's scripted answers (called in the actors too)."""
+    fakes.VQA_ANSWERS.update(ANSWERS)
+    return fakes.registry()
+
+
+def _vqa(question: str) -> str:
+    return f"ANSWER0=Vqa(image=IMAGE, question='{question}')\nFINAL_RESULT=Result(var=ANSWER0)"
+
+
+def _nlvr(op: str) -> str:
+    return (
+        "ANSWER0=Vqa(image=LEFT, question='Left one?')\nANSWER1=Vqa(image=RIGHT, question='Right one?')\n"
+        f"ANSWER2=Eval(expr='{{ANSWER0}} {op} {{ANSWER1}}')\nFINAL_RESULT=Result(var=ANSWER2)"
+    )
+
+
+# (item text, LLM reply, expected answer): 8 GQA-style items
+_GQA = [
+    ("Q00 what?", _vqa("What is in region 00?"), "answer 0"),
+    ("Q01 what?", _vqa("What is in region 01?"), "answer 1"),
+    ("Q02 what?", _vqa("What is in region 02?"), "wrong"),  # wrong_answer
+    ("Q03 how many?", _vqa("How many cats are there?"), "two"),  # the fake says '2'
+    ("Q04 color?", _vqa("Which color?"), "blue"),  # after normalisation
+    ("Q05 side?", _vqa("Which side?"), "right"),  # wrong_answer
+    ("Q06 teleport?", "ANSWER0=Teleport(image=IMAGE, where='moon')\nFINAL_RESULT=Result(var=ANSWER0)", "x"),
+    ("Q07 garbage?", "I am sorry ((( => not @@ a program", "y"),  # plan_parse
+]
+# (statement, reply, label, right image): 4 NLVR-style items; left 'yes', right 'no'
+_NLVR = [
+    ("S0 xor", _nlvr("xor"), True, "coffee.png"),
+    ("S1 and", _nlvr("and"), "False", "coffee.png"),
+    ("S2 or wrong", _nlvr("or"), "False", "coffee.png"),  # wrong_answer
+    ("S3 missing", _nlvr("and"), False, "missing.png"),  # execution: never planned
+]
+REPLIES: dict[str, str] = {**{t: r for t, r, _ in _GQA}, **{t: r for t, r, _, _ in _NLVR}}
+
+
+@contextlib.contextmanager
+def _keyed_server() -> Iterator[tuple[str, list[str]]]:
+    """An OpenAI-compatible chat server that answers by which item text the request contains."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 5.0
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0) or 0)) or b"{}")
+            last = str(body.get("messages", [{}])[-1].get("content", ""))
+            keys = [k for k in REPLIES if k in last]
+            asked.extend(keys)
+            content = REPLIES[max(keys, key=len)] if keys else "no scripted reply"
+            choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            payload = {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", ""),
+                "choices": [choice],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+            data = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", asked
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VISPROG_LLM_MODEL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path / "visprog-cache"))
+    fakes.reset()
+    yield
+    fakes.reset()
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[Any]:
+    root = str(Path(__file__).resolve().parents[2])  # the actors import tests.visprog.test_engines
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        ignore_reinit_error=True,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": root, "NO_PROXY": "127.0.0.1,localhost"}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+def _data(tmp_path: Path) -> tuple[Path, Path, Path]:
+    from skimage import data
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        PILImage.fromarray(getattr(data, name)()).resize((64, 48)).save(images / f"{name}.png")
+    names = ["astronaut.png", "coffee.png", "chelsea.png"]
+    gqa = tmp_path / "gqa.jsonl"
+    gqa.write_text(
+        "".join(
+            json.dumps({"id": f"g{i}", "image": names[i % 3], "question": text, "answer": answer}) + "\n"
+            for i, (text, _, answer) in enumerate(_GQA)
+        )
+    )
+    nlvr = tmp_path / "nlvr.jsonl"
+    nlvr.write_text(
+        "".join(
+            json.dumps({"id": f"n{i}", "left": "astronaut.png", "right": right, "statement": text, "answer": label})
+            + "\n"
+            for i, (text, _, label, right) in enumerate(_NLVR)
+        )
+    )
+    return images, gqa, nlvr
+
+
+def _settings(url: str) -> WorkerSettings:
+    planner = {"base_url": url, "model": "tiny", "max_retries": 0, "timeout": 5, "repair_rounds": 0, "cache": False}
+    return WorkerSettings(planner=planner, device="cpu", registry="tests.visprog.test_engines:registry", max_batch=4)
+
+
+def _comparable(path: Path) -> list[dict[str, Any]]:
+    """The records without their timings."""
+    out = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        rec.pop("timings")
+        rec.pop("seconds")
+        out.append(rec)
+    return out
+
+
+def _counts(s: Summary) -> tuple[int, int, dict[str, int], int]:
+    return s.n, s.correct, s.failures, s.skipped
+
+
+def _both_engines(tmp_path: Path, task: str, data: Path, images: Path, url: str) -> tuple[Summary, Summary]:
+    settings = _settings(url)
+    items = load_items(data, task, images=images)
+    planner, interpreter = settings.build()
+    common: dict[str, Any] = {"batch_size": 3, "progress": False}
+    local = evaluate(items, planner, interpreter, out_path=tmp_path / f"{task}_local.jsonl", **common)
+    remote = evaluate(
+        items,
+        planner,
+        interpreter,
+        out_path=tmp_path / f"{task}_ray.jsonl",
+        engine="ray",
+        workers=2,
+        settings=settings,
+        **common,
+    )
+    assert _comparable(tmp_path / f"{task}_ray.jsonl") == _comparable(tmp_path / f"{task}_local.jsonl")
+    assert _counts(remote) == _counts(local)
+    return local, remote
+
+
+def test_ray_engine_matches_local(tmp_path: Path, local_ray: Any) -> None:
+    images, gqa, nlvr = _data(tmp_path)
+    with _keyed_server() as (url, asked):
+        _, remote = _both_engines(tmp_path, "gqa", gqa, images, url)
+        assert (remote.n, remote.correct) == (8, 4)
+        assert remote.failures == {"plan_parse": 1, "plan_check": 1, "execution": 0, "wrong_answer": 2}
+        assert sorted(asked) == sorted(2 * [text for text, *_ in _GQA])  # every item planned once per engine
+
+        _, remote = _both_engines(tmp_path, "nlvr", nlvr, images, url)
+        assert (remote.n, remote.correct) == (4, 2)
+        assert remote.failures == {"plan_parse": 0, "plan_check": 0, "execution": 1, "wrong_answer": 1}
+
+    records = {r["id"]: r for r in _comparable(tmp_path / "gqa_ray.jsonl")}
+    assert list(records) == [f"g{i}" for i in range(8)]  # item order
+    assert records["g3"]["answer"] == "2" and records["g3"]["correct"] is True
+    assert records["g4"]["answer"] == "The Blue." and records["g4"]["correct"] is True
+    assert records["g6"]["failure"] == "plan_check" and "Teleport" in records["g6"]["error"]
+    nlvr_records = {r["id"]: r for r in _comparable(tmp_path / "nlvr_ray.jsonl")}
+    assert nlvr_records["n0"]["answer"] is True and nlvr_records["n1"]["answer"] is False
+    assert nlvr_records["n3"]["failure"] == "execution" and "missing.png" in nlvr_records["n3"]["error"]
+
+
+def test_ray_engine_resumes(tmp_path: Path, local_ray: Any) -> None:
+    images, gqa, _ = _data(tmp_path)
+    items = load_items(gqa, "gqa", images=images)
+    out = tmp_path / "resume.jsonl"
+    with _keyed_server() as (url, asked):
+        settings = _settings(url)
+        planner, interpreter = settings.build()
+        evaluate(items[:3], planner, interpreter, out_path=out, progress=False)
+        summary = evaluate(
+            items, planner, interpreter, out_path=out, progress=False, engine="ray", workers=2, settings=settings
+        )
+    assert (summary.n, summary.skipped, summary.correct) == (8, 3, 4)
+    assert len(asked) == 8  # the 3 finished items were not planned again
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"g{i}" for i in range(8)]
+
+
+def test_ray_engine_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs worker settings"):
+        evaluate([], None, None, out_path=tmp_path / "x.jsonl", engine="ray", progress=False)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown engine 'spark'"):
+        evaluate([], None, None, out_path=tmp_path / "x.jsonl", engine="spark", progress=False)  # type: ignore[arg-type]
+    from visprog.engines import load_factory, ray_chunks
+
+    with pytest.raises(ConfigError, match="no function nope"):
+        load_factory("tests.fakes:nope")
+    with pytest.raises(ConfigError, match="expected 'module:function'"):
+        next(ray_chunks([[]], WorkerSettings(registry="tests.fakes")))
+    with pytest.raises(ConfigError, match=r"cannot connect to the Ray cluster at 127\.0\.0\.1:1"):
+        next(ray_chunks([[]], WorkerSettings(), address="127.0.0.1:1"))

@@ -1,0 +1,242 @@
+"""Engines for :func:`visprog.evaluate.evaluate`: the chunks of items run here (``local``) or on Ray actors (``ray``).
+
+The Ray engine starts one actor per GPU of the cluster (``num_gpus=1`` each;
+Ray gives each its own ``CUDA_VISIBLE_DEVICES``), or ``workers`` CPU actors
+(default 2) when the cluster has no GPU. Each actor builds its planner,
+interpreter and runtime once, from :class:`WorkerSettings` (plain, picklable
+values: the registry is named by an importable ``"module:function"``), and
+runs chunks with :func:`visprog.evaluate.process_chunk`, the local engine's
+unit of work. The driver gets the chunks' records back in item order, as they
+finish, and writes them as the local engine does.
+
+Ray is imported only here, inside the functions that need it: ``import
+visprog`` and ``visprog check`` never import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from visprog.errors import ConfigError
+
+if TYPE_CHECKING:
+    from visprog.evaluate import Item
+    from visprog.interpreter import Interpreter
+    from visprog.planner.core import Planner
+    from visprog.registry import Registry
+    from visprog.runtime import Runtime
+
+__all__ = ["DEFAULT_REGISTRY", "WorkerSettings", "load_factory", "ray_chunks"]
+
+#: The registry factory a worker calls unless told otherwise.
+DEFAULT_REGISTRY = "visprog.registry:default_registry"
+
+#: CPU actors started when the cluster has no GPU and ``workers`` is not given.
+DEFAULT_CPU_WORKERS = 2
+
+_INSTALL = "pip install 'visprog[ray]'"
+
+
+def load_factory(spec: str) -> Callable[[], Registry]:
+    """The function a ``"module:function"`` string names (a :class:`ConfigError` when it cannot be found)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"registry factory '{spec}': expected 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"registry factory '{spec}': cannot import {module_name}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"registry factory '{spec}': {module_name} has no function {attr}")
+    return factory
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker needs to build its planner, interpreter and runtime: plain values only.
+
+    ``planner``: keyword options of :func:`visprog.api.create_planner` (``model``,
+    ``base_url``, ``style``, ``local``, ``repair_rounds``, ``cache``,
+    ``temperature``, ...; not ``registry``). ``device``, ``half``, ``modules``
+    and ``llm`` are the :class:`~visprog.runtime.Runtime`'s settings;
+    ``registry`` a ``"module:function"`` returning the
+    :class:`~visprog.registry.Registry`; ``max_batch`` the interpreter's.
+    """
+
+    planner: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    half: bool = True
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    llm: dict[str, Any] = field(default_factory=dict)
+    registry: str = DEFAULT_REGISTRY
+    max_batch: int | None = None
+
+    @classmethod
+    def from_runtime(
+        cls,
+        runtime: Runtime,
+        planner: dict[str, Any],
+        *,
+        registry: str = DEFAULT_REGISTRY,
+        max_batch: int | None = None,
+    ) -> WorkerSettings:
+        """The settings that rebuild ``runtime`` (its plain fields, not its model pool) in a worker."""
+        return cls(
+            planner=dict(planner),
+            device=runtime.device_request,
+            half=runtime.half,
+            modules={k: dict(v) for k, v in runtime.modules.items()},
+            llm=dict(runtime.llm),
+            registry=registry,
+            max_batch=max_batch,
+        )
+
+    def build(self, *, device: str | None = None) -> tuple[Planner, Interpreter]:
+        """A planner and an interpreter sharing one registry and a new runtime (``device`` wins over the settings')."""
+        from visprog.api import create_planner
+        from visprog.interpreter import Interpreter
+        from visprog.runtime import Runtime
+
+        if "registry" in self.planner:
+            raise ConfigError("WorkerSettings.planner cannot hold 'registry': name a factory in .registry")
+        registry = load_factory(self.registry)()
+        runtime = Runtime(
+            device_request=device or self.device,
+            half=self.half,
+            modules={k: dict(v) for k, v in self.modules.items()},
+            llm=dict(self.llm),
+            progress=False,
+        )
+        planner = create_planner(registry=registry, **self.planner)
+        return planner, Interpreter(registry, runtime, max_batch=self.max_batch)
+
+
+class _Worker:
+    """A Ray actor's state: its own planner and interpreter, built once (models load on first use)."""
+
+    def __init__(self, settings: WorkerSettings, device: str | None) -> None:
+        self.planner, self.interpreter = settings.build(device=device)
+
+    def ready(self) -> bool:
+        return True
+
+    def run(
+        self, chunk: Sequence[Item], samples: int, temperature: float | None, max_pixels: int | None
+    ) -> list[dict[str, Any]]:
+        from visprog.evaluate import process_chunk
+
+        return process_chunk(
+            chunk, self.planner, self.interpreter, samples=samples, temperature=temperature, max_pixels=max_pixels
+        )
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"the ray engine needs Ray: {_INSTALL}") from None
+    return ray
+
+
+def _gpu_device(requested: str | None) -> str | None:
+    """An actor's device: the GPU Ray gave it (``cuda``) unless the settings ask for something else than cuda."""
+    if requested is None or requested == "auto" or requested.startswith("cuda"):
+        return "cuda"
+    return requested
+
+
+def _reachable(address: str) -> None:
+    """A quick TCP check of a ``host:port`` address (Ray itself waits a minute or more on a dead one)."""
+    import socket
+
+    if "://" in address or address == "auto" or ":" not in address:
+        return  # ray:// client addresses and "auto" are left to Ray
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {e}") from None
+
+
+def ray_chunks(
+    chunks: Sequence[Sequence[Item]],
+    settings: WorkerSettings,
+    *,
+    samples: int = 1,
+    temperature: float | None = None,
+    max_pixels: int | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """The records of each chunk, in chunk order, run on Ray actors (see the module's docstring).
+
+    Connects to the cluster at ``address`` (local Ray when None) unless Ray is
+    already initialised in this process; a Ray started here is shut down at the end.
+    """
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    ray = _import_ray()
+    load_factory(settings.registry)  # a wrong name fails here, not in every actor
+    if address:
+        _reachable(address)
+    started = False
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False)
+        except Exception as e:  # ConnectionError, RuntimeError, ValueError: all mean "no cluster there"
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise ConfigError(f"cannot connect to {where}: {e}") from None
+        started = True
+    try:
+        yield from _run_on_actors(ray, chunks, settings, samples, temperature, max_pixels, workers)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_on_actors(
+    ray: Any,
+    chunks: Sequence[Sequence[Item]],
+    settings: WorkerSettings,
+    samples: int,
+    temperature: float | None,
+    max_pixels: int | None,
+    workers: int | None,
+) -> Iterator[list[dict[str, Any]]]:
+    from ray.util import ActorPool
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1.0))
+    if gpus:
+        n = workers or gpus
+        if n > gpus:
+            raise ConfigError(f"{n} workers asked for, but the Ray cluster has {gpus} GPU(s): one worker per GPU")
+        options: dict[str, Any] = {"num_gpus": 1, "num_cpus": min(1.0, cpus / n)}
+        device = _gpu_device(settings.device)
+    else:
+        n = workers or DEFAULT_CPU_WORKERS
+        options = {"num_cpus": min(1.0, cpus / n)}
+        device = settings.device
+    n = min(n, len(chunks)) or 1
+    remote = ray.remote(_Worker).options(**options)
+    actors = [remote.remote(settings, device) for _ in range(n)]
+    try:
+        try:
+            ray.get([a.ready.remote() for a in actors])
+        except ray.exceptions.RayError as e:
+            raise ConfigError(f"a Ray worker failed to start: {e}") from None
+        pool = ActorPool(actors)
+        work: Any = list(chunks)
+        yield from pool.map(lambda actor, chunk: actor.run.remote(list(chunk), samples, temperature, max_pixels), work)
+    finally:
+        for a in actors:
+            ray.kill(a)
