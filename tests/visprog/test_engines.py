@@ -265,3 +265,67 @@ def test_ray_engine_errors(tmp_path: Path) -> None:
         next(ray_chunks([[]], WorkerSettings(registry="tests.fakes")))
     with pytest.raises(ConfigError, match=r"cannot connect to the Ray cluster at 127\.0\.0\.1:1"):
         next(ray_chunks([[]], WorkerSettings(), address="127.0.0.1:1"))
+
+
+# Items answered by a tiny random BLIP: the expected answers are what the model itself answers when
+# each program runs alone, so the evaluation's accuracy is known (3 right, 1 deliberately wrong).
+_TINY = [
+    ("T0 what is it?", _vqa("what is this")),
+    ("T1 colour?", _vqa("what color is it")),
+    ("T2 where?", _vqa("where is the cat")),
+    ("T3 count?", _vqa("how many dogs")),
+]
+REPLIES.update(dict(_TINY))
+
+
+def test_ray_engine_matches_local_with_a_tiny_model(tmp_path: Path, local_ray: Any) -> None:
+    from tests.modules.test_vqa import _build_blip
+    from visprog.interpreter import Interpreter
+    from visprog.registry import default_registry
+    from visprog.runtime import Runtime
+
+    blip = tmp_path / "tiny-blip"
+    _build_blip(blip)
+    images, _, _ = _data(tmp_path)
+    names = ["astronaut.png", "coffee.png", "chelsea.png", "astronaut.png"]
+    reference = Interpreter(default_registry(), Runtime(device_request="cpu", modules={"Vqa": {"model": str(blip)}}))
+    expected = [
+        str(reference.run(reply, {"IMAGE": PILImage.open(images / name).convert("RGB")}).result)
+        for (_, reply), name in zip(_TINY, names, strict=True)
+    ]
+    expected[3] = "certainly not " + expected[3]  # one wrong answer
+    data = tmp_path / "tiny.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "image": name, "question": text, "answer": answer}) + "\n"
+            for i, ((text, _), name, answer) in enumerate(zip(_TINY, names, expected, strict=True))
+        )
+    )
+    with _keyed_server() as (url, _asked):
+        planner_options = {
+            "base_url": url, "model": "tiny", "max_retries": 0, "timeout": 5, "repair_rounds": 0, "cache": False
+        }  # fmt: skip
+        settings = WorkerSettings(
+            planner=planner_options,
+            device="cpu",
+            modules={"Vqa": {"model": str(blip)}},
+            registry="visprog.registry:default_registry",
+            max_batch=4,
+        )
+        items = load_items(data, "gqa", images=images)
+        planner, interpreter = settings.build()
+        local = evaluate(items, planner, interpreter, out_path=tmp_path / "local.jsonl", progress=False)
+        remote = evaluate(
+            items,
+            planner,
+            interpreter,
+            out_path=tmp_path / "ray.jsonl",
+            progress=False,
+            engine="ray",
+            workers=2,
+            settings=settings,
+            batch_size=2,
+        )
+    assert _comparable(tmp_path / "ray.jsonl") == _comparable(tmp_path / "local.jsonl")
+    assert (local.n, local.correct, local.failures.get("wrong_answer")) == (4, 3, 1)
+    assert _counts(remote) == _counts(local)
