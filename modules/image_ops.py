@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib.resources
 import io
 from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageDraw, ImageFilter, ImageFont
+from PIL import ImageDraw, ImageFilter
 
+from visprog.drawing import PALETTE
+from visprog.drawing import font as _font
 from visprog.registry import module
 from visprog.types import Detection, Image, Objects
 
@@ -284,27 +285,6 @@ def Emoji(image: Image, object: Objects, emoji: str) -> Image:
 
 # --- tags -----------------------------------------------------------------------
 
-_FONT_FILE = importlib.resources.files("visprog") / "fonts" / "DejaVuSans.ttf"
-
-#: Distinct box colours (Tableau 10), given to labels in order of appearance.
-_PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-]
-
-
-@functools.lru_cache(maxsize=32)
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    """The packaged DejaVu Sans at ``size`` pixels."""
-    return ImageFont.truetype(io.BytesIO(_FONT_FILE.read_bytes()), size)
 
 
 def _tag_text(obj: Detection) -> str:
@@ -333,7 +313,7 @@ def Tag(image: Image, object: Objects) -> Image:
     pad = max(2, width)
     colours: dict[str, tuple[int, int, int]] = {}
     for obj in object:
-        colour = colours.setdefault(obj.label, _PALETTE[len(colours) % len(_PALETTE)])
+        colour = colours.setdefault(obj.label, PALETTE[len(colours) % len(PALETTE)])
         x0, y0, x1, y1 = obj.int_box(out.size)
         draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=colour, width=width)
         text = _tag_text(obj)

@@ -29,9 +29,7 @@ Drawing uses PIL with the packaged DejaVu Sans; nothing here imports torch.
 from __future__ import annotations
 
 import base64
-import functools
 import html
-import importlib.resources
 import io
 import re
 from collections.abc import Sequence
@@ -39,9 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageDraw, ImageFilter, ImageFont
+from PIL import ImageDraw, ImageFilter
 
 from visprog.ast import split_lines
+from visprog.drawing import PALETTE
+from visprog.drawing import font as _font
 from visprog.types import Detection, Template
 
 if TYPE_CHECKING:
@@ -56,21 +56,6 @@ THUMB_SIDE = 240
 #: At most this many items of a list (or objects of an Objects value) are listed.
 MAX_ITEMS = 40
 
-_FONT_FILE = importlib.resources.files("visprog") / "fonts" / "DejaVuSans.ttf"
-
-#: Distinct colours (Tableau 10), one per object in order.
-_PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-]
 
 
 def _esc(value: object) -> str:
@@ -157,13 +142,8 @@ def highlight_program(source: str, line_status: dict[int, str] | None = None) ->
 # --- pictures -------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(io.BytesIO(_FONT_FILE.read_bytes()), size)
-
-
 def _colour(i: int) -> tuple[int, int, int]:
-    return _PALETTE[i % len(_PALETTE)]
+    return PALETTE[i % len(PALETTE)]
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:

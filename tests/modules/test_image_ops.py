@@ -26,6 +26,7 @@ from visprog.modules.image_ops import (
 )
 
 import visprog
+from visprog import drawing
 from visprog.registry import ModuleSpec, Registry
 from visprog.types import Detection
 
@@ -331,7 +332,7 @@ def test_tag_text_and_colours() -> None:
 
 def test_tag_font_ships_with_the_package() -> None:
     package_dir = pathlib.Path(visprog.__file__).parent.resolve()
-    font_file = pathlib.Path(str(image_ops._FONT_FILE)).resolve()
+    font_file = pathlib.Path(str(drawing.FONT_FILE)).resolve()
     assert font_file.is_relative_to(package_dir)
     assert font_file.name == "DejaVuSans.ttf" and font_file.is_file()
     font = image_ops._font(20)
