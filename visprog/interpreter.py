@@ -10,7 +10,6 @@ batches ready steps of one module across all of them.
 
 from __future__ import annotations
 
-import graphlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from visprog.errors import StepError, VisprogError
 from visprog.registry import ModuleSpec, Registry, default_registry
 from visprog.runtime import Context, RunCache, Runtime, default_runtime
 from visprog.trace import StepRecord, Trace
-from visprog.types import Type, coerce, type_of_value
+from visprog.types import Type, coerce, exact_type, type_of_value
 
 __all__ = ["Interpreter", "run"]
 
@@ -35,28 +34,113 @@ class _Failure(Exception):
         self.cause = cause
 
 
+class _Arg:
+    """How one argument of a step gets its value: worked out once per checked program."""
+
+    __slots__ = ("coerce", "exact", "kind", "name", "optional", "payload", "type")
+
+    LITERAL, INPUT, VALUE, OTHER = range(4)
+
+    def __init__(self, name: str, kind: int, payload: Any, type_: Type | None, optional: bool) -> None:
+        self.name = name
+        self.kind = kind
+        self.payload = payload
+        self.type = type_
+        self.optional = optional
+        #: whether the value still has to go through :func:`coerce` when the step runs
+        self.coerce = type_ is not None and type_ is not Type.ANY and type_ is not Type.TEMPLATE
+        #: values of exactly this Python type need no coercion
+        self.exact = exact_type(type_) if type_ is not None else None
+
+
+class _Plan:
+    """What running a checked program needs, computed once and kept on the program.
+
+    ``successors`` and ``indegree`` replace a topological sorter (the checker guarantees the graph
+    is acyclic); ``args`` says for each step where each argument comes from.
+    """
+
+    __slots__ = ("args", "indegree", "result_var", "returns", "successors")
+
+    def __init__(self, checked: CheckedProgram) -> None:
+        n = len(checked.steps)
+        preds: list[set[int]] = [set() for _ in range(n)]
+        for e in checked.graph.edges:
+            if isinstance(e.src, int):
+                preds[e.dst].add(e.src)
+        self.successors: list[list[int]] = [[] for _ in range(n)]
+        for dst, before in enumerate(preds):
+            for src in sorted(before):
+                self.successors[src].append(dst)
+        self.indegree = [len(p) for p in preds]
+        self.args = [_step_args(s) for s in checked.steps]
+        #: per step: the Python type whose outputs need no check (``None``: check every output)
+        self.returns = [exact_type(s.spec.returns) if s.spec is not None else None for s in checked.steps]
+        self.result_var = checked.steps[checked.result].step.target
+
+    @staticmethod
+    def of(checked: CheckedProgram) -> _Plan:
+        # Kept in the frozen program's instance dict (like functools.cached_property does).
+        plan = checked.__dict__.get("_interpreter_plan")
+        if plan is None:
+            plan = checked.__dict__["_interpreter_plan"] = _Plan(checked)
+        assert isinstance(plan, _Plan)
+        return plan
+
+
+def _step_args(s: CheckedStep) -> tuple[_Arg, ...]:
+    if s.spec is None:
+        assert not isinstance(s.step.expr, ast.Call)
+        return (_arg("value", s.step.expr, s, None, False),)
+    call = s.step.call
+    assert call is not None
+    out = []
+    for arg in call.args:
+        param = s.spec.param(arg.name)
+        assert param is not None  # the checker guarantees it
+        if param.type is Type.TEMPLATE:
+            out.append(_Arg(arg.name, _Arg.OTHER, arg.value, Type.TEMPLATE, param.optional))
+        else:
+            out.append(_arg(arg.name, arg.value, s, param.type, param.optional))
+    return tuple(out)
+
+
+def _arg(name: str, value: ast.Value, s: CheckedStep, type_: Type | None, optional: bool) -> _Arg:
+    if isinstance(value, ast.Literal):
+        if type_ is None:
+            return _Arg(name, _Arg.LITERAL, value.value, None, optional)
+        try:  # a literal converts the same way every run: do it once
+            return _Arg(name, _Arg.LITERAL, coerce(value.value, type_, optional), None, optional)
+        except TypeError:  # reported when the step runs
+            return _Arg(name, _Arg.LITERAL, value.value, type_, optional)
+    if isinstance(value, ast.Ref):
+        source = s.sources[value.name]
+        return _Arg(name, _Arg.INPUT if isinstance(source, str) else _Arg.VALUE, source, type_, optional)
+    return _Arg(name, _Arg.OTHER, value, type_, optional)
+
+
 class _Job:
-    """One program being run: its sorter, computed values, trace and failure."""
+    """One program being run: its plan, computed values, ready steps, trace and failure."""
+
+    __slots__ = ("checked", "error", "indegree", "pending", "plan", "ready", "trace", "values")
 
     def __init__(self, checked: CheckedProgram, trace: Trace) -> None:
         self.checked = checked
         self.trace = trace
         self.values: dict[int, Any] = {}
-        self.sorter = _sorter(checked)
+        self.plan = _Plan.of(checked)
+        self.indegree = list(self.plan.indegree)
+        self.ready = [i for i, d in enumerate(self.indegree) if d == 0]
+        self.pending = len(self.indegree)
         self.error: StepError | None = None
 
-
-def _sorter(checked: CheckedProgram) -> graphlib.TopologicalSorter[int]:
-    """The program's dependency sorter, built in one pass over the edges."""
-    predecessors: dict[int, set[int]] = {n.index: set() for n in checked.graph.nodes}
-    for e in checked.graph.edges:
-        if isinstance(e.src, int):
-            predecessors[e.dst].add(e.src)
-    ts: graphlib.TopologicalSorter[int] = graphlib.TopologicalSorter()
-    for index, before in predecessors.items():
-        ts.add(index, *sorted(before))
-    ts.prepare()
-    return ts
+    def done(self, index: int) -> None:
+        self.pending -= 1
+        indegree = self.indegree
+        for nxt in self.plan.successors[index]:
+            indegree[nxt] -= 1
+            if indegree[nxt] == 0:
+                self.ready.append(nxt)
 
 
 class Interpreter:
@@ -141,23 +225,36 @@ class Interpreter:
         start = time.perf_counter()
         active = list(jobs)
         while active:
-            ready = [(job, i) for job in active for i in sorted(job.sorter.get_ready())]
-            for group in self._groups(ready):
-                members = [(job, i) for job, i in group if job.error is None]
-                if members:
-                    self._run_group(members, ctx)
-                for job, i in members:
-                    if job.error is None:
-                        job.sorter.done(i)
+            ready: list[tuple[_Job, int]] = []
+            for job in active:
+                if job.ready:
+                    job.ready.sort()
+                    ready.extend((job, i) for i in job.ready)
+                    job.ready = []
+            if len(ready) == 1:  # the common case of one program: no grouping to do
+                job, i = ready[0]
+                self._run_one(job, i, ctx)
+                if job.error is None:
+                    job.done(i)
+            else:
+                for group in self._groups(ready):
+                    members = [(job, i) for job, i in group if job.error is None]
+                    if members:
+                        self._run_group(members, ctx)
+                    for job, i in members:
+                        if job.error is None:
+                            job.done(i)
             still = []
             for job in active:
                 if job.error is not None:
                     job.trace.seconds = time.perf_counter() - start
                     job.trace.error = str(job.error)
-                elif not job.sorter.is_active():
+                elif not job.pending:
                     job.trace.seconds = time.perf_counter() - start
                     job.trace.result = job.values[job.checked.result]
-                    job.trace.result_var = job.checked.steps[job.checked.result].step.target
+                    job.trace.result_var = job.plan.result_var
+                elif not job.ready:  # cannot happen for a checked (acyclic) program
+                    raise AssertionError(f"no step of the program can run, {job.pending} left")
                 else:
                     still.append(job)
             active = still
@@ -178,6 +275,23 @@ class Interpreter:
             out.extend(group[k : k + cap] for k in range(0, len(group), cap))
         return sorted(out, key=lambda g: (order[id(g[0][0])], g[0][1]))
 
+    def _run_one(self, job: _Job, i: int, ctx: Context) -> None:
+        """Run one step on its own: :meth:`_run_group` for a single member, without the lists."""
+        s = job.checked.steps[i]
+        r = StepRecord(i, s.step.line, s.step.target, s.module, s.step.source)
+        job.trace.records.append(r)
+        try:
+            r.inputs = arguments = self._arguments(job, i)  # the module gets its own keyword dict
+            spec = s.spec
+            t0 = time.perf_counter()
+            output = arguments["value"] if spec is None else self._call(spec, arguments, ctx)
+            r.seconds = time.perf_counter() - t0
+            r.output = output if type(output) is job.plan.returns[i] else self._check_output(s, output)
+        except _Failure as f:
+            self._fail(job, r, f)
+            return
+        job.values[i] = r.output
+
     def _run_group(self, members: list[tuple[_Job, int]], ctx: Context) -> None:
         """Run one module call for ``members``; a failure is recorded on the job(s) it belongs to."""
         steps = [job.checked.steps[i] for job, i in members]
@@ -189,7 +303,7 @@ class Interpreter:
             if job.error is not None:
                 continue
             try:
-                arguments = self._arguments(s, job.values, job.trace.inputs)
+                arguments = self._arguments(job, s.index)
             except _Failure as f:
                 self._fail(job, r, f)
                 continue
@@ -241,37 +355,32 @@ class Interpreter:
         error.__suppress_context__ = True
         job.error = error
 
-    def _arguments(self, s: CheckedStep, values: dict[int, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
-        def resolve(v: ast.Value) -> Any:
-            if isinstance(v, ast.Literal):
-                return v.value
-            if isinstance(v, ast.ListValue):
-                return [resolve(i) for i in v.items]
-            source = s.sources[v.name]
-            return inputs[source] if isinstance(source, str) else values[source]
-
-        def lookup(name: str) -> Any:
-            source = s.sources[name]
-            return inputs[source] if isinstance(source, str) else values[source]
-
-        if s.spec is None:
-            assert not isinstance(s.step.expr, ast.Call)
-            return {"value": resolve(s.step.expr)}
-        call = s.step.call
-        assert call is not None
+    def _arguments(self, job: _Job, i: int) -> dict[str, Any]:
+        s = job.checked.steps[i]
+        values = job.values
+        inputs = job.trace.inputs
         out: dict[str, Any] = {}
-        for arg in call.args:
-            param = s.spec.param(arg.name)
-            assert param is not None  # the checker guarantees it
-            if param.type is Type.TEMPLATE:
-                expression = s.templates[arg.name]
-                out[arg.name] = expression.bind({n: lookup(n) for n in expression.variables})
+        for a in job.plan.args[i]:
+            kind = a.kind
+            if kind == _Arg.LITERAL:
+                raw = a.payload
+            elif kind == _Arg.VALUE:
+                raw = values[a.payload]
+            elif kind == _Arg.INPUT:
+                raw = inputs[a.payload]
+            elif a.type is Type.TEMPLATE:
+                expression = s.templates[a.name]
+                out[a.name] = expression.bind({n: _lookup(s, n, values, inputs) for n in expression.variables})
                 continue
-            raw = resolve(arg.value)
-            try:
-                out[arg.name] = coerce(raw, param.type, param.optional)
-            except TypeError as e:
-                raise _Failure(f"argument '{arg.name}': {e}") from None
+            else:
+                raw = _resolve(s, a.payload, values, inputs)
+            if a.coerce and type(raw) is not a.exact:
+                assert a.type is not None
+                try:
+                    raw = coerce(raw, a.type, a.optional)
+                except TypeError as e:
+                    raise _Failure(f"argument '{a.name}': {e}") from None
+            out[a.name] = raw
         return out
 
     def _call(self, spec: ModuleSpec, kwargs: dict[str, Any], ctx: Context) -> Any:
@@ -306,6 +415,19 @@ class Interpreter:
             return coerce(value, s.spec.returns)
         except TypeError as e:
             raise _Failure(f"{s.spec.name} returned a wrong value: {e}") from None
+
+
+def _lookup(s: CheckedStep, name: str, values: dict[int, Any], inputs: Mapping[str, Any]) -> Any:
+    source = s.sources[name]
+    return inputs[source] if isinstance(source, str) else values[source]
+
+
+def _resolve(s: CheckedStep, v: ast.Value, values: dict[int, Any], inputs: Mapping[str, Any]) -> Any:
+    if isinstance(v, ast.Literal):
+        return v.value
+    if isinstance(v, ast.ListValue):
+        return [_resolve(s, item, values, inputs) for item in v.items]
+    return _lookup(s, v.name, values, inputs)
 
 
 def run(program: str | ast.Program | CheckedProgram, inputs: Mapping[str, Any], **kwargs: Any) -> Trace:

@@ -272,6 +272,11 @@ def describe_value(value: Any) -> str:
 _EXACT: dict[Type, type] = {Type.STR: str, Type.INT: int, Type.FLOAT: float, Type.BOOL: bool}
 
 
+def exact_type(expected: Type) -> type | None:
+    """The Python type whose values :func:`coerce` returns unchanged for ``expected`` (``None``: no such one)."""
+    return _EXACT.get(expected)
+
+
 def coerce(value: Any, expected: Type, optional: bool = False) -> Any:
     """Convert a run-time value to ``expected``; raise ``TypeError`` saying expected vs. got.
 
