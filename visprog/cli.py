@@ -401,9 +401,13 @@ def _cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
         address=args.address,
         workers=args.workers,
         settings=settings,
+        outputs=args.outputs,
     )
     results = Path(args.output)
     print(f"wrote {results} and {results.with_name(results.stem + '.summary.json')}", file=out)
+    images = Path(args.outputs) if args.outputs else results.with_name(results.stem + ".outputs")
+    if images.is_dir():
+        print(f"image answers in {images}", file=out)
     return 0
 
 
@@ -506,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["gqa", "nlvr", "edit", "tag"], required=True)
     p.add_argument("--images", metavar="DIR", help="image folder (default: the data file's folder)")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="results JSONL (appended; resumable)")
+    p.add_argument(
+        "--outputs", metavar="DIR", default=None, help="image answers folder (default: <FILE stem>.outputs)"
+    )
     p.add_argument("--samples", type=int, default=1, help="draw K programs per item, run the valid ones, vote")
     p.add_argument("--max-batch", type=int, default=None, metavar="N", help="largest batched module call")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="items planned then run together")

@@ -32,8 +32,10 @@ program fails while running), ``wrong_answer``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -229,6 +231,12 @@ def is_correct(answer: Any, expected: Any) -> bool:
     return normalize_answer(answer) == normalize_answer(expected)
 
 
+def _is_image(value: Any) -> bool:
+    from PIL import Image as PILImage
+
+    return isinstance(value, PILImage.Image)
+
+
 def _json_safe(value: Any) -> Any:
     from PIL import Image as PILImage
 
@@ -256,13 +264,21 @@ class Summary:
 
     n: int
     correct: int
-    accuracy: float
+    accuracy: float  # over the scored items (those with an expected answer)
     failures: dict[str, int]
     latency: dict[str, float]  # p50, p90, p99 in seconds
     module_seconds: dict[str, float]
     out_path: str = ""
     skipped: int = 0  # items found in the output file and not run again
     extra: dict[str, Any] = field(default_factory=dict)
+    scored: int = -1  # items with an expected answer (-1: all of them)
+    ran: int = -1  # items whose program ran to its end (no failure before the answer; -1: unknown)
+
+    def __post_init__(self) -> None:
+        if self.scored < 0:
+            self.scored = self.n
+        if self.ran < 0:
+            self.ran = self.n - sum(v for k, v in self.failures.items() if k != "wrong_answer")
 
     @property
     def failure_rates(self) -> dict[str, float]:
@@ -271,8 +287,10 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "n": self.n,
+            "scored": self.scored,
             "correct": self.correct,
             "accuracy": self.accuracy,
+            "ran": self.ran,
             "failures": dict(self.failures),
             "failure_rates": self.failure_rates,
             "latency": dict(self.latency),
@@ -282,7 +300,12 @@ class Summary:
         }
 
     def to_table(self) -> str:
-        rows = [("items", str(self.n)), ("accuracy", f"{self.accuracy:.1%} ({self.correct}/{self.n})")]
+        rows = [("items", str(self.n))]
+        if self.scored:
+            rows.append(("accuracy", f"{self.accuracy:.1%} ({self.correct}/{self.scored})"))
+        if self.scored < self.n:
+            rows.append(("without an answer", f"{self.n - self.scored} (not scored)"))
+        rows.append(("ran to the end", f"{self.ran / self.n if self.n else 0.0:.1%} ({self.ran})"))
         for kind in FAILURES:
             rows.append((kind, f"{self.failure_rates[kind]:.1%} ({self.failures[kind]})"))
         for p in ("p50", "p90", "p99"):
@@ -315,7 +338,10 @@ def summarize(records: Iterable[Mapping[str, Any]], *, out_path: str = "", skipp
     seconds = [float(r.get("seconds") or 0.0) for r in recs]
     latency = {f"p{int(q * 100)}": _percentile(seconds, q) for q in (0.5, 0.9, 0.99)}
     n = len(recs)
-    return Summary(n, correct, correct / n if n else 0.0, failures, latency, modules, out_path, skipped)
+    scored = sum(1 for r in recs if r.get("expected") is not None)
+    ran = n - sum(v for k, v in failures.items() if k != "wrong_answer")
+    accuracy = correct / scored if scored else 0.0
+    return Summary(n, correct, accuracy, failures, latency, modules, out_path, skipped, scored=scored, ran=ran)
 
 
 # -- evaluation ------------------------------------------------------------------
@@ -363,17 +389,19 @@ class _Progress:
         self.stream = stream or sys.stderr
         self.done = 0
         self.correct = 0
+        self.scored = 0
 
     def update(self, correct: bool | None) -> None:
         self.done += 1
         self.correct += correct is True
+        self.scored += correct is not None
         if not self.enabled:
             return
         width = 24
         filled = width * self.done // max(self.total, 1)
-        acc = self.correct / self.done if self.done else 0.0
         bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\reval [{bar}] {self.done}/{self.total}  accuracy {acc:.1%}")
+        acc = f"accuracy {self.correct / self.scored:.1%}" if self.scored else "not scored"
+        self.stream.write(f"\reval [{bar}] {self.done}/{self.total}  {acc}")
         if self.done >= self.total:
             self.stream.write("\n")
         self.stream.flush()
@@ -423,6 +451,7 @@ def evaluate(
     address: str | None = None,
     workers: int | None = None,
     settings: WorkerSettings | None = None,
+    outputs: str | Path | None = None,
 ) -> Summary:
     """Plan and run every item not yet in ``out_path``, append one JSON line each, return the :class:`Summary`.
 
@@ -437,6 +466,11 @@ def evaluate(
     then not used); the records and the summary are the same. The summary covers every item of ``items`` with a
     record in the file, is printed as a table (to ``out``; stdout when
     ``progress``), and saved as ``<stem>.summary.json`` next to ``out_path``.
+
+    Answers that are images (edit and tag) are saved under ``outputs`` (default: the folder
+    ``<stem>.outputs`` next to ``out_path``, made on the first image) and named in the record's
+    ``output_file``. Items without an expected answer are not scored: accuracy is over the scored
+    items, and the summary also counts the items whose program ran to its end.
     """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
@@ -458,10 +492,12 @@ def evaluate(
         if it.id in done:
             bar.done += 1
             bar.correct += done[it.id].get("correct") is True
+            bar.scored += done[it.id].get("correct") is not None
     if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
         with path.open("a", encoding="utf-8") as f:
             f.write("\n")  # a line cut short by a crash stays on its own
     chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    outputs_dir = Path(outputs) if outputs is not None else path.with_name(f"{path.stem}.outputs")
     results: Iterable[list[dict[str, Any]]]
     if engine == "ray" and chunks:
         from visprog.engines import ray_chunks
@@ -478,7 +514,15 @@ def evaluate(
         )
     else:
         results = (
-            process_chunk(c, planner, interpreter, samples=samples, temperature=temperature, max_pixels=max_pixels)
+            process_chunk(
+                c,
+                planner,
+                interpreter,
+                samples=samples,
+                temperature=temperature,
+                max_pixels=max_pixels,
+                outputs=outputs_dir,
+            )
             for c in chunks
         )
     with path.open("a", encoding="utf-8") as f:
@@ -504,10 +548,13 @@ def process_chunk(
     samples: int = 1,
     temperature: float | None = None,
     max_pixels: int | None = None,
+    outputs: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """One output record per item of ``chunk``, in order: plan every item, then run the valid programs together.
 
-    The unit of work of both engines (a Ray actor calls it with its own planner and interpreter).
+    An answer that is an image (edit and tag programs) is saved as ``<outputs>/<id>.png`` (the record's
+    ``output_file``) when ``outputs`` is given. The unit of work of both engines (a Ray actor calls it
+    with its own planner and interpreter).
     """
     from visprog.images import load_image
 
@@ -534,10 +581,18 @@ def process_chunk(
                 owners.append(p)
     for p, result in zip(owners, _run_jobs(interpreter, jobs), strict=True):
         p.results.append(result)
-    return [_record(p) for p in pending]
+    return [_record(p, Path(outputs) if outputs is not None else None) for p in pending]
 
 
-def _record(p: _Pending) -> dict[str, Any]:
+def output_file(folder: Path, item_id: str) -> Path:
+    """Where an item's image answer is saved: its id made safe as a file name (a short hash keeps ids apart)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", item_id).lstrip(".") or "item"
+    if safe != item_id:
+        safe += "-" + hashlib.sha1(item_id.encode("utf-8")).hexdigest()[:8]
+    return folder / f"{safe}.png"
+
+
+def _record(p: _Pending, outputs: Path | None = None) -> dict[str, Any]:
     item = p.item
     valid = [plan for plan in p.plans if isinstance(plan, Plan)]
     traces = [r for r in p.results if isinstance(r, Trace)]
@@ -566,6 +621,15 @@ def _record(p: _Pending) -> dict[str, Any]:
         answer, agreement = vote([t.result for t in traces])
         winner = next(t for t in traces if t.result is answer)
         program = winner.source
+    saved: str | None = None
+    if outputs is not None and failure is None and _is_image(answer):
+        file = output_file(outputs, item.id)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            answer.save(file)
+            saved = str(file)
+        except OSError as e:
+            error = f"the answer image could not be saved to {file}: {e.strerror or e}"
     correct: bool | None = None
     if failure is None and item.answer is not None:
         correct = is_correct(answer, item.answer)
@@ -584,6 +648,7 @@ def _record(p: _Pending) -> dict[str, Any]:
         "failure": failure,
         "error": error,
         "agreement": agreement,
+        "output_file": saved,
         "timings": timings,
         "seconds": p.plan_seconds + sum(timings.values()),
     }

@@ -598,3 +598,40 @@ def test_eval_command_scores_a_data_set_and_resumes(tmp_path: Path, monkeypatch:
         assert [(r["id"], r["correct"], r["failure"], r["answer"]) for r in ray_records] == [
             (r["id"], r["correct"], r["failure"], r["answer"]) for r in records
         ]
+
+
+def test_eval_on_edit_instructions_saves_the_images_and_scores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.visprog.planner.conftest import serve_scripted
+
+    PILImage.fromarray(data.astronaut()).resize((256, 256)).save(tmp_path / "astronaut.png")
+    items = [
+        {"id": "hide/face 1", "image": "astronaut.png", "instruction": "Hide the face with a smiley"},
+        {"id": "teleport", "image": "astronaut.png", "instruction": "Send her to the moon"},
+    ]
+    dataset = tmp_path / "edits.jsonl"
+    dataset.write_text("".join(json.dumps(i) + "\n" for i in items))
+    smiley = (
+        "OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='smiling_face')\n"
+        "FINAL_RESULT=Result(var=IMAGE0)"
+    )
+    unknown = "IMAGE0=Teleport(image=IMAGE, where='moon')\nFINAL_RESULT=Result(var=IMAGE0)"
+    results = tmp_path / "edits-results.jsonl"
+    monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path / "cache"))
+    with serve_scripted() as server:
+        server.script([smiley, unknown])
+        argv = ["eval", dataset, "--task", "edit", "-o", results, "--base-url", server.url, "--model", "tiny"]
+        code, out, err = cli(*argv, "--backend", "FaceDet=cascade", "--no-cache", "--repair", "0", "-q")
+    assert code == 0, err
+    first, second = (json.loads(line) for line in results.read_text().splitlines())
+    assert first["correct"] is None and first["failure"] is None and first["answer"] == "<image 256x256>"
+    saved = Path(first["output_file"])
+    assert saved.parent == tmp_path / "edits-results.outputs" and saved.name.startswith("hide_face_1-")
+    with PILImage.open(saved) as edited, PILImage.open(tmp_path / "astronaut.png") as original:
+        assert edited.size == (256, 256)
+        assert (np.asarray(edited.convert("RGB")) != np.asarray(original.convert("RGB"))).any()
+    assert second["failure"] == "plan_check" and second["correct"] is None and second["output_file"] is None
+    summary = json.loads((tmp_path / "edits-results.summary.json").read_text())
+    assert (summary["n"], summary["scored"], summary["correct"], summary["ran"]) == (2, 0, 0, 1)
+    assert f"image answers in {tmp_path / 'edits-results.outputs'}" in out
