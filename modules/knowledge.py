@@ -12,27 +12,29 @@ Options (``[modules.List]`` in the config, or ``--model List=NAME``):
   without a key gets a placeholder (local servers accept any).
 - ``timeout``: seconds per request (default 60); ``max_retries`` (default 2).
 - ``temperature``: default 0, for repeatable lists.
+
+A config file's ``[llm]`` table (the planner's settings) supplies ``model``,
+``base_url``, ``api_key``, ``timeout`` and ``max_retries`` where List has none.
+
+The request goes through the planner's :class:`~visprog.planner.backends.OpenAIBackend`,
+so List and the planner share one client setup (retries of rate limits, server
+errors and lost connections with capped backoff) and one translation of
+``openai`` failures into errors that name List, the server and the model, and
+say what to check.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from visprog.errors import ConfigError, ServiceError
+from visprog.planner.backends import DEFAULT_MODEL, LLMConfig, OpenAIBackend
 from visprog.registry import module
 from visprog.runtime import Context
 
 __all__ = ["DEFAULT_MODEL", "SYSTEM_PROMPT", "List_", "parse_items", "user_prompt"]
-
-DEFAULT_MODEL = "gpt-4o-mini"
-OPENAI_BASE_URL = "https://api.openai.com/v1"
-#: Placeholder key for servers that need none (the openai client insists on one).
-_NO_KEY = "not-needed"
 
 SYSTEM_PROMPT = (
     "You answer questions with a plain list. Write one item per line, "
@@ -90,101 +92,62 @@ def parse_items(text: str, limit: int | None = None) -> list[str]:
     return out
 
 
-# --- the client -------------------------------------------------------------------
+# --- the LLM ---------------------------------------------------------------------
+
+#: List's options that the planner's [llm] table (``Runtime.llm``) supplies when List has none.
+_SHARED = ("model", "base_url", "api_key", "timeout", "max_retries")
 
 
-@dataclass(frozen=True)
-class _Settings:
-    model: str
-    base_url: str
-    api_key: str
-    timeout: float
-    max_retries: int
-    temperature: float
-
-    def scrub(self, text: str) -> str:
-        """``text`` without the API key in it."""
-        return text.replace(self.api_key, "***") if self.api_key and self.api_key != _NO_KEY else text
+def _number(options: Mapping[str, Any], name: str, default: float, kind: type[float] | type[int]) -> Any:
+    value = options.get(name)
+    if value is None:
+        return kind(default)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"List: option {name} must be a number, got {value!r}") from None
 
 
-def _settings(options: Mapping[str, Any]) -> _Settings:
-    model = str(options.get("model") or os.environ.get("VISPROG_LLM_MODEL") or DEFAULT_MODEL)
-    given_url = options.get("base_url") or os.environ.get("OPENAI_BASE_URL")
-    base_url = str(given_url or OPENAI_BASE_URL).rstrip("/")
-    api_key = options.get("api_key") or os.environ.get("OPENAI_API_KEY")
-    if not api_key:
-        if not given_url:
-            raise ConfigError(
-                f"List: no API key for the LLM server at {base_url} (model '{model}'): set OPENAI_API_KEY "
-                "or the List option api_key, or point OPENAI_BASE_URL (or the option base_url) at an "
-                "OpenAI-compatible server"
-            )
-        api_key = _NO_KEY
-    timeout = float(options.get("timeout", 60.0))
-    max_retries = int(options.get("max_retries", 2))
-    if timeout <= 0 or max_retries < 0:
-        raise ConfigError(f"List: timeout must be positive and max_retries >= 0, got {timeout} and {max_retries}")
-    return _Settings(model, base_url, str(api_key), timeout, max_retries, float(options.get("temperature", 0.0)))
+def _backend(ctx: Context) -> OpenAIBackend:
+    """The planner's OpenAI backend for List's settings, one per settings in the model pool.
 
-
-def _client(ctx: Context, s: _Settings) -> Any:
-    """One OpenAI client per server, key, timeout and retries, kept in the model pool."""
-    digest = hashlib.sha256(s.api_key.encode()).hexdigest()[:16]  # the pool's key never holds the key itself
-
-    def make() -> Any:
-        from openai import OpenAI
-
-        return OpenAI(base_url=s.base_url, api_key=s.api_key, timeout=s.timeout, max_retries=s.max_retries)
-
-    return ctx.pool.get(("openai-client", s.base_url, digest, s.timeout, s.max_retries), make)
-
-
-def _failure(e: Exception, s: _Settings) -> ServiceError:
-    """A clear error naming the module, the server and the model; never the key."""
-    import openai
-
-    where = f"List: the LLM server at {s.base_url} (model '{s.model}')"
-    if isinstance(e, openai.APITimeoutError):
-        message = f"{where} did not answer within {s.timeout:g} s (option timeout)"
-    elif isinstance(e, openai.APIConnectionError):
-        cause = e.__cause__ or e.__context__
-        detail = f": {cause}" if cause is not None and str(cause) else ""
-        message = f"{where} could not be reached{detail}"
-    elif isinstance(e, openai.AuthenticationError):
-        message = f"{where} refused the API key (HTTP 401): check OPENAI_API_KEY or the List option api_key"
-    elif isinstance(e, openai.PermissionDeniedError):
-        message = f"{where} denied access (HTTP 403): check the API key's permissions for this model"
-    elif isinstance(e, openai.NotFoundError):
-        message = f"{where} answered HTTP 404: check the model name (option model) and base_url (ending in /v1)"
-    elif isinstance(e, openai.APIStatusError):
-        message = f"{where} answered HTTP {e.status_code}: {e.message}"
-    else:
-        message = f"{where} failed: {type(e).__name__}: {e}"
-    return ServiceError(s.scrub(message))
+    The backend resolves the model, server and key (options, else the
+    environment, else the defaults), sends the request, retries and turns every
+    ``openai`` failure into a :class:`ServiceError` that starts with ``List:``.
+    """
+    # the planner's [llm] settings (config file) first, then List's own options
+    llm = {k: v for k, v in ctx.runtime.llm.items() if k in _SHARED}
+    options = {**llm, **ctx.options}
+    timeout = _number(options, "timeout", 60.0, float)
+    max_retries = _number(options, "max_retries", 2, int)
+    temperature = _number(options, "temperature", 0.0, float)
+    if not timeout > 0 or max_retries < 0 or temperature < 0:
+        raise ConfigError(
+            "List: timeout must be positive, max_retries and temperature 0 or more, "
+            f"got {timeout}, {max_retries} and {temperature}"
+        )
+    config = LLMConfig(
+        model=str(options["model"]) if options.get("model") else None,
+        base_url=str(options["base_url"]) if options.get("base_url") else None,
+        api_key=str(options["api_key"]) if options.get("api_key") else None,
+        temperature=temperature,
+        max_tokens=None,  # the server's own limit, as a list may be long
+        timeout=timeout,
+        max_retries=max_retries,
+    )
+    backend = OpenAIBackend(config, who="List", option="List option")
+    return ctx.pool.get(("openai-backend", *backend.fingerprint), lambda: backend)
 
 
 def _ask(ctx: Context, query: str, limit: int) -> list[str]:
-    import openai
-
-    # the planner's [llm] settings (config file) first, then List's own options
-    llm = {k: v for k, v in ctx.runtime.llm.items() if k in ("model", "base_url", "api_key", "timeout", "max_retries")}
-    s = _settings({**llm, **ctx.options})
-    client = _client(ctx, s)
-    try:
-        response = client.chat.completions.create(
-            model=s.model,
-            messages=[
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": user_prompt(query, limit)},
-            ],
-            temperature=s.temperature,
-        )
-    except openai.OpenAIError as e:
-        raise _failure(e, s) from None
-    choices = getattr(response, "choices", None) or []
-    text = choices[0].message.content if choices else None
+    backend = _backend(ctx)
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user_prompt(query, limit)},
+    ]
+    (text,) = backend.complete(messages)
     if not text:
-        raise ServiceError(f"List: the LLM server at {s.base_url} (model '{s.model}') returned no text")
+        raise ServiceError(f"List: the LLM server at {backend.base_url} (model '{backend.model}') returned no text")
     return parse_items(text, limit)
 
 

@@ -17,8 +17,11 @@ import pytest
 from visprog.modules.knowledge import SYSTEM_PROMPT, List_, parse_items
 from visprog.modules.logic import Result
 
+from tests.visprog.planner.conftest import Reply as Scripted
+from tests.visprog.planner.conftest import serve_scripted
 from visprog.errors import ConfigError, ServiceError, StepError
 from visprog.interpreter import Interpreter
+from visprog.planner.backends import OpenAIBackend
 from visprog.registry import Registry
 from visprog.runtime import Context, RunCache, Runtime
 
@@ -175,14 +178,16 @@ def test_default_model_and_keyless_local_server(server: FakeServer) -> None:
     assert server.requests[0]["body"]["model"] == "gpt-4o-mini"
 
 
-def test_client_is_cached_in_the_pool(server: FakeServer) -> None:
+def test_backend_is_cached_in_the_pool(server: FakeServer) -> None:
     server.replies.extend([Reply("a"), Reply("b")])
     ctx = make_ctx(base_url=server.url, api_key=KEY)
     assert List_(query="one", max=1, ctx=ctx) == ["a"]
     assert List_(query="two", max=1, ctx=ctx) == ["b"]
-    clients = [k for k in ctx.pool.loads if k[0] == "openai-client"]
-    assert len(clients) == 1 and ctx.pool.loads[clients[0]] == 1
-    assert KEY not in repr(clients)
+    backends = [k for k in ctx.pool.loads if k[0] == "openai-backend"]
+    assert len(backends) == 1 and ctx.pool.loads[backends[0]] == 1
+    assert KEY not in repr(backends)
+    backend = ctx.pool.get(backends[0], lambda: None)
+    assert isinstance(backend, OpenAIBackend) and backend.who == "List"
 
 
 def test_unreachable_server_fails_fast_and_clearly() -> None:
@@ -231,8 +236,100 @@ def test_server_error_message_is_passed_on_without_the_key(server: FakeServer) -
 
 
 def test_no_key_for_openai_itself_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match=r"no API key.*OPENAI_API_KEY"):
+    with pytest.raises(ConfigError, match=r"no API key.*OPENAI_API_KEY") as err:
         List_(query=QUERY, max=3, ctx=make_ctx())
+    message = str(err.value)
+    assert message.startswith("List: ") and "https://api.openai.com/v1" in message
+    assert "List option api_key" in message
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": 0}, "timeout must be positive"),
+        ({"max_retries": -1}, "max_retries and temperature 0 or more"),
+        ({"temperature": -0.5}, "max_retries and temperature 0 or more"),
+        ({"timeout": "soon"}, "option timeout must be a number"),
+    ],
+)
+def test_bad_settings_are_list_config_errors(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        List_(query=QUERY, max=3, ctx=make_ctx(base_url="http://127.0.0.1:9/v1", **options))
+    assert str(err.value).startswith("List: ")
+
+
+# --- against the planner's scripted server: List fails and retries as the planner does ----------
+
+
+def test_scripted_server_list_is_parsed() -> None:
+    with serve_scripted() as llm:
+        llm.script(["1. Sheldon Cooper\n2. Leonard Hofstadter\n3. Penny"])
+        items = List_(query=QUERY, max=5, ctx=make_ctx(base_url=llm.url, api_key=KEY, model="tiny-llm"))
+        assert items == ["Sheldon Cooper", "Leonard Hofstadter", "Penny"]
+        (request,) = llm.requests
+        assert request.path == "/v1/chat/completions"
+        assert request.body["model"] == "tiny-llm" and request.body["temperature"] == 0
+        assert "max_tokens" not in request.body  # no cut-off for long lists: the server's default
+        assert request.body["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
+
+
+def test_scripted_rate_limit_then_success_is_retried() -> None:
+    with serve_scripted() as llm:
+        llm.script([Scripted.rate_limited(), "a\nb"])
+        assert List_(query=QUERY, max=5, ctx=make_ctx(base_url=llm.url, max_retries=2)) == ["a", "b"]
+        assert len(llm.requests) == 2
+
+
+def test_scripted_server_error_then_success_is_retried() -> None:
+    with serve_scripted() as llm:
+        llm.script([Scripted.server_error(), "a"])
+        assert List_(query=QUERY, max=5, ctx=make_ctx(base_url=llm.url, max_retries=1)) == ["a"]
+        assert len(llm.requests) == 2
+
+
+def test_scripted_rate_limited_forever_names_list_the_url_and_the_retries() -> None:
+    with serve_scripted() as llm:
+        llm.script([Scripted.rate_limited()] * 4)
+        ctx = make_ctx(base_url=llm.url, api_key=KEY, model="tiny-llm", max_retries=1)
+        with pytest.raises(ServiceError, match="HTTP 429") as err:
+            List_(query=QUERY, max=5, ctx=ctx)
+        assert len(llm.requests) == 2
+    message = str(err.value)
+    assert message.startswith(f"List: the LLM server at {llm.url} (model 'tiny-llm')")
+    assert "after 1 retries" in message and KEY not in message
+
+
+def test_scripted_slow_server_times_out() -> None:
+    with serve_scripted() as llm:
+        llm.script([Scripted.slow(3, "late")])
+        ctx = make_ctx(base_url=llm.url, model="tiny-llm", timeout=0.4, max_retries=0)
+        start = time.perf_counter()
+        with pytest.raises(ServiceError) as err:
+            List_(query=QUERY, max=5, ctx=ctx)
+        assert time.perf_counter() - start < 2
+    message = str(err.value)
+    assert message.startswith(f"List: the LLM server at {llm.url} (model 'tiny-llm')")
+    assert "did not answer within 0.4 s (List option timeout)" in message
+
+
+def test_scripted_garbage_and_empty_answers_are_service_errors() -> None:
+    with serve_scripted() as llm:
+        llm.script([Scripted.garbage(), Scripted(raw=b'{"object": "chat.completion", "choices": []}'), ""])
+        ctx = make_ctx(base_url=llm.url, model="tiny-llm", max_retries=0)
+        for expected in ("not JSON", "no choices", "returned no text"):
+            with pytest.raises(ServiceError, match=expected) as err:
+                List_(query=QUERY, max=5, ctx=ctx)
+            assert str(err.value).startswith(f"List: the LLM server at {llm.url} (model 'tiny-llm')")
+
+
+def test_scripted_unknown_model_says_what_to_check() -> None:
+    with serve_scripted() as llm:
+        llm.script([Scripted.error(404, "The model 'nope' does not exist")])
+        with pytest.raises(ServiceError, match="HTTP 404") as err:
+            List_(query=QUERY, max=5, ctx=make_ctx(base_url=llm.url, model="nope", max_retries=0))
+    message = str(err.value)
+    assert message.startswith("List: ") and llm.url in message and "'nope'" in message
+    assert "check the model name (List option model)" in message and "List option base_url" in message
 
 
 def registry() -> Registry:

@@ -12,9 +12,13 @@ conventions:
   scrubbed from every error and left out of ``identity`` and ``repr``.
 
 Failures (timeouts, refused connections, HTTP errors, answers that are not
-completions) become :class:`~visprog.errors.ServiceError` naming the server
-and the model. Rate limits (429), server errors (5xx) and connection errors
-are retried ``max_retries`` times by the client with exponential backoff
+completions) become :class:`~visprog.errors.ServiceError` naming the caller
+(the planner, or a module such as ``List`` that asks an LLM through this
+backend), the server and the model, and saying what to check. This is the one
+place where ``openai`` client exceptions turn into visprog errors.
+
+Rate limits (429), server errors (5xx) and connection errors are retried
+``max_retries`` times by the client with exponential backoff
 (0.5 s doubling, jittered), each wait capped at :data:`MAX_RETRY_WAIT` even
 when the server asks for a longer ``Retry-After``.
 
@@ -26,6 +30,7 @@ Nothing here imports ``openai``, ``torch`` or ``transformers`` at import time.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Sequence
@@ -67,7 +72,8 @@ class LLMConfig:
     api_key: str | None = field(default=None, repr=False)
     style: str = "chat"
     temperature: float = 0.0
-    max_tokens: int = 512
+    #: None: no limit is sent (the server's own default)
+    max_tokens: int | None = 512
     stop: list[str] | None = None
     timeout: float = 60.0
     max_retries: int = 2
@@ -79,7 +85,7 @@ class LLMConfig:
             raise ConfigError(f"{_WHO}: timeout must be a positive number of seconds, got {self.timeout!r}")
         if self.max_retries < 0:
             raise ConfigError(f"{_WHO}: max_retries must be 0 or more, got {self.max_retries!r}")
-        if self.max_tokens < 1:
+        if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(f"{_WHO}: max_tokens must be at least 1, got {self.max_tokens!r}")
         if self.temperature < 0:
             raise ConfigError(f"{_WHO}: temperature must be 0 or more, got {self.temperature!r}")
@@ -122,19 +128,26 @@ def flatten(messages: Sequence[dict[str, str]]) -> str:
     return "\n\n".join(blocks)
 
 
-def _check_n(n: int) -> None:
+def _check_n(n: int, who: str = _WHO) -> None:
     if n < 1:
-        raise ValueError(f"{_WHO}: n must be at least 1, got {n}")
+        raise ValueError(f"{who}: n must be at least 1, got {n}")
 
 
 # --- OpenAI-compatible servers ------------------------------------------------------
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible server through the ``openai`` client (created on first use, once)."""
+    """An OpenAI-compatible server through the ``openai`` client (created on first use, once).
 
-    def __init__(self, config: LLMConfig) -> None:
+    ``who`` names the caller at the start of every error (``planner``, or a
+    module's name such as ``List``); ``option`` is how its settings are called
+    in the hints ("check ... the {option} api_key", "({option} timeout)").
+    """
+
+    def __init__(self, config: LLMConfig, *, who: str = _WHO, option: str = "option") -> None:
         self.config = config
+        self.who = who
+        self.option = option
         self.model = config.model or os.environ.get("VISPROG_LLM_MODEL") or DEFAULT_MODEL
         given_url = config.base_url or os.environ.get("OPENAI_BASE_URL")
         self.base_url = (given_url or OPENAI_BASE_URL).rstrip("/")
@@ -154,8 +167,17 @@ class OpenAIBackend:
         return f"OpenAIBackend({self.identity!r})"
 
     @property
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Every setting, hashable, with a digest in place of the key: a key for sharing one backend
+        (and its client's connections) between callers with the same settings. Never holds the key."""
+        c = self.config
+        digest = hashlib.sha256(self._api_key.encode()).hexdigest()[:16]
+        stop = tuple(c.stop) if c.stop else None
+        return (self.who, self.identity, digest, c.temperature, c.max_tokens, stop, c.timeout, c.max_retries)
+
+    @property
     def _where(self) -> str:
-        return f"{_WHO}: the LLM server at {self.base_url} (model '{self.model}')"
+        return f"{self.who}: the LLM server at {self.base_url} (model '{self.model}')"
 
     def _scrub(self, text: str) -> str:
         key = self._api_key
@@ -166,15 +188,16 @@ class OpenAIBackend:
             if self._client is None:
                 if self._needs_key:
                     raise ConfigError(
-                        f"{_WHO}: no API key for the LLM server at {self.base_url} (model '{self.model}'): "
-                        "set OPENAI_API_KEY, or point OPENAI_BASE_URL (or base_url) at an OpenAI-compatible server"
+                        f"{self.who}: no API key for the LLM server at {self.base_url} (model '{self.model}'): "
+                        f"set OPENAI_API_KEY or the {self.option} api_key, or point OPENAI_BASE_URL "
+                        f"(or the {self.option} base_url) at an OpenAI-compatible server"
                     )
                 self._client = _make_client(self.base_url, self._api_key, self.config.timeout, self.config.max_retries)
             return self._client
 
     def complete(self, messages: list[dict[str, str]], *, n: int = 1, temperature: float | None = None) -> list[str]:
         """``n`` replies: one request for all of them, or one request each when the server ignores ``n``."""
-        _check_n(n)
+        _check_n(n, self.who)
         temperature = self.config.temperature if temperature is None else temperature
         client = self._get_client()
         replies: list[str] = []
@@ -190,7 +213,9 @@ class OpenAIBackend:
         import openai
 
         c = self.config
-        options: dict[str, Any] = {"model": self.model, "temperature": temperature, "max_tokens": c.max_tokens}
+        options: dict[str, Any] = {"model": self.model, "temperature": temperature}
+        if c.max_tokens is not None:
+            options["max_tokens"] = c.max_tokens
         if n > 1:
             options["n"] = n
         if c.stop:
@@ -223,17 +248,20 @@ class OpenAIBackend:
 
         where = self._where
         if isinstance(e, openai.APITimeoutError):
-            message = f"{where} did not answer within {self.config.timeout:g} s (option timeout)"
+            message = f"{where} did not answer within {self.config.timeout:g} s ({self.option} timeout)"
         elif isinstance(e, openai.APIConnectionError):
             cause = e.__cause__ or e.__context__
             detail = f": {cause}" if cause is not None and str(cause) else ""
             message = f"{where} could not be reached{detail}"
         elif isinstance(e, openai.AuthenticationError):
-            message = f"{where} refused the API key (HTTP 401): check OPENAI_API_KEY or the option api_key"
+            message = f"{where} refused the API key (HTTP 401): check OPENAI_API_KEY or the {self.option} api_key"
         elif isinstance(e, openai.PermissionDeniedError):
             message = f"{where} denied access (HTTP 403): check the API key's permissions for this model"
         elif isinstance(e, openai.NotFoundError):
-            message = f"{where} answered HTTP 404: check the model name and the base URL (ending in /v1)"
+            message = (
+                f"{where} answered HTTP 404: check the model name ({self.option} model) "
+                f"and the base URL ({self.option} base_url, ending in /v1)"
+            )
         elif isinstance(e, openai.RateLimitError):
             message = (
                 f"{where} is rate limiting requests (HTTP 429) after {self.config.max_retries} retries: {e.message}"

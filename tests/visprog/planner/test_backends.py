@@ -284,6 +284,41 @@ def test_an_unscripted_request_fails_clearly(llm_server: ScriptedServer) -> None
         backend(llm_server).complete(MESSAGES)
 
 
+def test_errors_name_the_caller_and_its_options(llm_server: ScriptedServer) -> None:
+    """A module asking through the backend (List) gets errors that start with its name and hint at its options."""
+    llm_server.script([Reply.error(401, f"Incorrect API key provided: {KEY}."), Reply.slow(3, "late")])
+    llm = backend(llm_server, model="tiny-llm", api_key=KEY, timeout=0.5)
+    llm = OpenAIBackend(llm.config, who="List", option="List option")
+    with pytest.raises(ServiceError) as err:
+        llm.complete(MESSAGES)
+    assert str(err.value) == (
+        f"List: the LLM server at {llm_server.url} (model 'tiny-llm') refused the API key (HTTP 401): "
+        "check OPENAI_API_KEY or the List option api_key"
+    )
+    with pytest.raises(ServiceError, match=r"^List: .* did not answer within 0\.5 s \(List option timeout\)$"):
+        llm.complete(MESSAGES)
+    with pytest.raises(ConfigError, match=r"^List: no API key .*the List option api_key"):
+        OpenAIBackend(LLMConfig(), who="List", option="List option").complete(MESSAGES)
+    with pytest.raises(ValueError, match=r"^List: n must be"):
+        llm.complete(MESSAGES, n=0)
+
+
+def test_max_tokens_none_is_not_sent(llm_server: ScriptedServer) -> None:
+    llm_server.script(["ok"])
+    assert backend(llm_server, max_tokens=None).complete(MESSAGES) == ["ok"]
+    assert "max_tokens" not in llm_server.requests[0].body
+
+
+def test_fingerprint_tells_settings_apart_and_never_holds_the_key(llm_server: ScriptedServer) -> None:
+    one = backend(llm_server, model="tiny-llm", api_key=KEY)
+    assert one.fingerprint == backend(llm_server, model="tiny-llm", api_key=KEY).fingerprint
+    assert one.fingerprint != backend(llm_server, model="tiny-llm", api_key="sk-another-key-987654321").fingerprint
+    assert one.fingerprint != backend(llm_server, model="tiny-llm", api_key=KEY, timeout=1.0).fingerprint
+    assert one.fingerprint != OpenAIBackend(one.config, who="List").fingerprint
+    assert KEY not in repr(one.fingerprint)
+    hash(one.fingerprint)
+
+
 # --- choosing a backend -----------------------------------------------------------
 
 
