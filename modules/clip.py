@@ -33,15 +33,17 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image as PILImage
 
 from visprog.hub import load_model
 from visprog.registry import module
 from visprog.runtime import Context
 from visprog.types import Detection, Image, Objects
+
+if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
+    import numpy as np
 
 __all__ = ["BACKENDS", "MARGIN", "PROMPT", "Classify", "Select", "masked_crop"]
 
@@ -190,6 +192,8 @@ def masked_crop(
     its box) and outside the image are ``fill``. ``pixels`` is the image as
     an RGB uint8 array, when the caller already has it.
     """
+    import numpy as np
+
     w, h = image.size
     rgb = pixels if pixels is not None else np.asarray(image.convert("RGB"))
     region = det.region((w, h))
@@ -207,6 +211,8 @@ def masked_crop(
 
 def _crop_key(det: Detection, size: tuple[int, int]) -> tuple[Any, ...]:
     """What a crop depends on: the rounded box and the mask's content."""
+    import numpy as np
+
     digest = None
     if det.mask is not None:
         mask = np.ascontiguousarray(det.mask)
@@ -216,6 +222,7 @@ def _crop_key(det: Detection, size: tuple[int, int]) -> tuple[Any, ...]:
 
 def _image_embeddings(s: _Scorer, items: Sequence[tuple[Image, Sequence[Detection]]], ctx: Context) -> list[Any]:
     """Unit-norm crop embeddings, one (objects, dim) tensor per item; new crops go through one vision pass."""
+    import numpy as np
     import torch
 
     name = f"clip-crops:{s.model_id}:{s.device}:{s.dtype}"

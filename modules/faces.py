@@ -19,9 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from visprog.errors import ModelUnavailableError
 from visprog.hub import fetch_command, load_model
@@ -29,12 +27,17 @@ from visprog.registry import module
 from visprog.runtime import Context
 from visprog.types import Detection, Image, Objects
 
+if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
+    import numpy as np
+
 #: The Hub repo with OpenCV's YuNet model, and the file in it that the ``yunet`` backend loads.
 YUNET_REPO = "opencv/face_detection_yunet"
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 
 
 def _ellipse_mask(box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    import numpy as np
+
     w, h = size
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -53,6 +56,8 @@ def _cascade_detector() -> Any:
 
 
 def _cascade(image: Image, ctx: Context) -> list[Detection]:
+    import numpy as np
+
     detector = ctx.pool.get(("skimage-lbp-frontal-face",), _cascade_detector)
     rgb = np.asarray(image.convert("RGB"))
     w, h = image.size
@@ -128,6 +133,8 @@ def _yunet_detector(model_id: str) -> Any:
 
 
 def _yunet(image: Image, ctx: Context) -> list[Detection]:
+    import numpy as np
+
     detector = load_model(ctx, _yunet_detector, on_device=False)
     w, h = image.size
     bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])

@@ -11,8 +11,8 @@ import difflib
 import functools
 import io
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter
 
@@ -20,6 +20,9 @@ from visprog.drawing import PALETTE
 from visprog.drawing import font as _font
 from visprog.registry import module
 from visprog.types import Detection, Image, Objects
+
+if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
+    import numpy as np
 
 # --- crops --------------------------------------------------------------------
 
@@ -145,6 +148,8 @@ def _rgb(image: Image) -> Image:
 
 def _union(objects: Objects, size: tuple[int, int]) -> np.ndarray:
     """The union of the objects' regions (masks, else boxes) as a (height, width) bool array."""
+    import numpy as np
+
     w, h = size
     mask = np.zeros((h, w), dtype=bool)
     for obj in objects:
@@ -154,6 +159,8 @@ def _union(objects: Objects, size: tuple[int, int]) -> np.ndarray:
 
 def _composite(inside: Image, outside: Image, mask: np.ndarray) -> Image:
     """``inside`` where the mask is set, ``outside`` elsewhere (both RGB, same size)."""
+    import numpy as np
+
     out = np.where(mask[..., None], np.asarray(inside), np.asarray(outside))
     return PILImage.fromarray(out.astype(np.uint8), "RGB")
 

@@ -28,9 +28,8 @@ Options (``[modules.Replace]`` in the config file):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image as PILImage
 
 from visprog.errors import VisprogError
@@ -38,6 +37,9 @@ from visprog.hub import load_model
 from visprog.registry import module
 from visprog.runtime import Context
 from visprog.types import Image, Objects, parse_bool
+
+if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
+    import numpy as np
 
 __all__ = ["Replace", "default_dilation", "dilated_mask", "working_size"]
 
@@ -64,6 +66,8 @@ def dilated_mask(objects: Objects, size: tuple[int, int], dilate: int | None = N
     is in the region when it lies within ``dilate`` pixels (Euclidean) of an
     object's pixel.
     """
+    import numpy as np
+
     w, h = size
     mask = np.zeros((h, w), dtype=bool)
     for obj in objects:
@@ -158,6 +162,8 @@ def Replace(image: Image, object: Objects, prompt: str, ctx: Context) -> Image:
         object: the objects to replace, e.g. the output of Seg or Select.
         prompt: what to paint in their place, a short description such as 'a red sports car'.
     """
+    import numpy as np
+
     rgb = image.convert("RGB") if image.mode != "RGB" else image.copy()
     if not object:
         return rgb

@@ -34,14 +34,15 @@ covers its mask.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from visprog.hub import load_model
 from visprog.registry import module
 from visprog.runtime import Context
 from visprog.types import Detection, Image, Objects
+
+if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
+    import numpy as np
 
 __all__ = ["SAM_EMBEDDING_CACHE", "Seg", "load_sam", "sam_image_embedding", "sam_input_size"]
 
@@ -69,6 +70,8 @@ def _option(options: Mapping[str, Any], names: Iterable[str], default: float) ->
 
 def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """The bounding box (x0, y0, x1, y1) of a boolean mask, exclusive ends; None when empty."""
+    import numpy as np
+
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None
@@ -182,6 +185,7 @@ def _sam_filter(
 
 
 def _sam(image: Image, ctx: Context) -> list[Detection]:
+    import numpy as np
     import torch
     from visprog.modules._ops import batched_nms
 

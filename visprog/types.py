@@ -13,10 +13,12 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
-import numpy as np
 from PIL import Image as _PILImage
+
+if TYPE_CHECKING:  # numpy is imported where masks are used: checking a program never needs it
+    import numpy as np
 
 __all__ = [
     "Detection",
@@ -100,6 +102,8 @@ class Detection:
         object.__setattr__(self, "box", (x0, y0, x1, y1))
         object.__setattr__(self, "score", float(self.score))
         if self.mask is not None:
+            import numpy as np
+
             mask = np.asarray(self.mask)
             if mask.ndim != 2:
                 raise ValueError(f"Detection mask must be 2-D (height, width), got shape {mask.shape}")
@@ -131,6 +135,8 @@ class Detection:
             if self.mask.shape != (h, w):
                 raise ValueError(f"mask of shape {self.mask.shape} does not match an image of {w}x{h}")
             return self.mask
+        import numpy as np
+
         out = np.zeros((h, w), dtype=bool)
         x0, y0, x1, y1 = self.int_box(size)
         out[y0:y1, x0:x1] = True
