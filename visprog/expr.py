@@ -175,7 +175,8 @@ class Occurrence:
 @functools.cache
 def _parser() -> Lark:
     grammar = resources.files("visprog").joinpath("expr.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", start="start")
+    # The basic lexer: a keyword is always a keyword, never a bare name where a value is expected.
+    return Lark(grammar, parser="lalr", lexer="basic", start="start")
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"', "{": "{", "}": "}"}

@@ -365,6 +365,10 @@ def test_interpolation_inside_strings() -> None:
         ("{A} && {B}", 5, "use 'and'"),
         ("1 ? 2", 3, "unexpected character '?'"),
         ("{A} andnot {B}", 5, "unexpected 'andnot'"),
+        # a keyword where a value belongs is reported where it stands, not at the token after it
+        ("'yes' if {A} > else 'no'", 16, "unexpected 'else', expected a value"),
+        ("{A} and or {B}", 9, "unexpected 'or', expected a value"),
+        ("{A} == if", 8, "unexpected 'if', expected a value"),
     ],
 )
 def test_syntax_errors_name_the_column(text: str, column: int, expected: str) -> None:
