@@ -671,8 +671,11 @@ class _Evaluator:
         return self.truth(result, column)
 
     def equal(self, a: Any, b: Any, column: int) -> bool:
+        ca, cb = coerce_answer(a), coerce_answer(b)
+        if isinstance(ca, bool) != isinstance(cb, bool) and _is_number(ca) and _is_number(cb):
+            return False  # 'yes' is not 'one', nor 'no' 'zero' (Python's True == 1 does not carry over)
         try:
-            result = coerce_answer(a) == coerce_answer(b)
+            result = ca == cb
         except (TypeError, ValueError):
             raise self.error(f"cannot compare {_describe(a)} with {_describe(b)}", column) from None
         return self.truth(result, column)

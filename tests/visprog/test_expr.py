@@ -147,6 +147,13 @@ def test_evaluate_twice_gives_the_same_answer() -> None:
         ("True + True", 2),
         ("1 == 1", True),
         ("1 != 1", False),
+        # answers read as yes/no and as numbers stay apart: 'yes' is not 'one', 'no' is not 'zero'
+        ("'yes' == 'one'", False),
+        ("'no' == 'zero'", False),
+        ("'yes' != 'one'", True),
+        ("True == 1", False),
+        ("'Yes.' == True", True),
+        ("'two' == 2.0", True),
         ("1 < 2", True),
         ("2 <= 2", True),
         ("3 > 4", False),
