@@ -314,6 +314,8 @@ class Interpreter:
             return
         spec = calls[0][1].spec
         t0 = time.perf_counter()
+        outputs: list[Any | _Failure]
+        separate = False  # the batched call failed and its calls ran one by one
         try:
             if spec is None:  # bare assignment: RESULT=X
                 outputs = [calls[0][3]["value"]]
@@ -322,22 +324,38 @@ class Interpreter:
             else:
                 outputs = [self._call(spec, calls[0][3], ctx)]
         except _Failure as f:
-            for job, _, r, _ in calls:
-                if job.error is None:  # the first step of each job in the call carries the failure
-                    self._fail(job, r, f)
-            return
+            if spec is None or len(calls) == 1:
+                self._fail(calls[0][0], calls[0][2], f)
+                return
+            # One bad argument set must not fail the others: run the batch's calls one by one.
+            outputs = self._one_by_one(spec, [c[3] for c in calls], ctx)
+            separate = True
         elapsed = time.perf_counter() - t0
         for (job, s, r, _), out in zip(calls, outputs, strict=True):
-            if job.error is not None:
-                continue
+            # A job's first failing step fails the job; its other steps in this call keep what they computed.
             try:
+                if isinstance(out, _Failure):
+                    raise out
                 r.output = self._check_output(s, out)
             except _Failure as f:
-                self._fail(job, r, f)
+                if job.error is None:
+                    self._fail(job, r, f)
+                else:
+                    r.error = f.message
                 continue
             r.seconds = elapsed / len(calls)
-            r.batch = len(calls)
+            r.batch = 1 if separate else len(calls)
             job.values[s.index] = r.output
+
+    def _one_by_one(self, spec: ModuleSpec, calls: list[dict[str, Any]], ctx: Context) -> list[Any | _Failure]:
+        """Each argument set on its own call; a failing one gives its :class:`_Failure`."""
+        out: list[Any | _Failure] = []
+        for kwargs in calls:
+            try:
+                out.append(self._call(spec, kwargs, ctx))
+            except _Failure as f:
+                out.append(f)
+        return out
 
     @staticmethod
     def _fail(job: _Job, record: StepRecord, f: _Failure) -> None:

@@ -139,7 +139,7 @@ def test_a_failing_program_does_not_stop_the_others(registry: Registry, images: 
     assert "questio" in str(unchecked)
 
 
-def test_a_failing_batch_call_fails_every_member(registry: Registry, images: dict[str, Image]) -> None:
+def test_a_wrong_output_fails_only_its_program(registry: Registry, images: dict[str, Image]) -> None:
     programs = [gqa(k) for k in range(3)]
     results = Interpreter(registry).run_many([(p, {"IMAGE": images["LEFT"]}) for p in programs])
     assert all(isinstance(r, Trace) for r in results)
@@ -149,32 +149,76 @@ def test_a_failing_batch_call_fails_every_member(registry: Registry, images: dic
     assert isinstance(results[0], Trace) and isinstance(results[2], Trace)
 
 
+ASK_CALLS: list[int] = []
+
+
 def _broken_batch(calls: Sequence[dict[str, Any]], ctx: Context) -> list[str]:
+    ASK_CALLS.append(len(calls))
     raise RuntimeError("out of memory")
 
 
 @module(batch=_broken_batch)
 def Ask(image: Image, question: str) -> str:
-    """Answer a question (batched: always fails).
+    """Answer a question (the batched implementation always fails; an empty question fails alone).
 
     Args:
         image: the image.
         question: the question.
     """
-    return "yes"
+    ASK_CALLS.append(1)
+    if not question.strip():
+        raise ValueError("Ask: the question is empty")
+    return f"answer to {question}"
 
 
-def test_a_batch_exception_gives_each_job_its_own_step_error(images: dict[str, Image]) -> None:
+def _ask(question: str) -> str:
+    return f"ANSWER0=Ask(image=IMAGE, question='{question}')\nFINAL_RESULT=Result(var=ANSWER0)"
+
+
+@pytest.fixture
+def ask_registry() -> Iterator[Registry]:
     registry = fakes.registry()
     registry.register(Ask)
-    program = "ANSWER0=Ask(image=IMAGE, question='Q?')\nFINAL_RESULT=Result(var=ANSWER0)"
-    results = Interpreter(registry).run_many([(program, {"IMAGE": images["LEFT"]})] * 3)
+    ASK_CALLS.clear()
+    yield registry
+    ASK_CALLS.clear()
+
+
+def test_a_failing_batch_call_is_retried_one_by_one(ask_registry: Registry, images: dict[str, Image]) -> None:
+    jobs = [(_ask(q), {"IMAGE": images["LEFT"]}) for q in ("Q1?", " ", "Q3?")]
+    ok1, failed, ok3 = Interpreter(ask_registry).run_many(jobs)
+    assert ASK_CALLS == [3, 1, 1, 1]  # the batch of three failed, then each ran alone
+    assert isinstance(ok1, Trace) and ok1.result == "answer to Q1?" and ok1.step("ANSWER0").batch == 1
+    assert isinstance(ok3, Trace) and ok3.result == "answer to Q3?"
+    assert isinstance(failed, StepError)  # only the program whose own call fails
+    assert "ValueError: Ask: the question is empty" in str(failed) and "batch" not in str(failed)
+
+
+def test_every_call_failing_gives_each_job_its_own_step_error(
+    ask_registry: Registry, images: dict[str, Image]
+) -> None:
+    results = Interpreter(ask_registry).run_many([(_ask(" "), {"IMAGE": images["LEFT"]})] * 3)
     errors = [r for r in results if isinstance(r, StepError)]
     assert len(errors) == 3 and len({id(e) for e in errors}) == 3
     for e in errors:
-        assert "in a batch of 3: RuntimeError: out of memory" in str(e)
+        assert "Ask: the question is empty" in str(e)
         assert e.trace is not None and e.trace.step("ANSWER0").error is not None
     assert len({id(e.trace) for e in errors}) == 3
+
+
+def test_steps_of_one_program_in_a_failed_batch_keep_their_outputs(
+    ask_registry: Registry, images: dict[str, Image]
+) -> None:
+    program = (
+        "A=Ask(image=IMAGE, question='Q1?')\nB=Ask(image=IMAGE, question=' ')\nC=Ask(image=IMAGE, question='Q3?')\n"
+        "FINAL_RESULT=Result(var=A)"
+    )
+    with pytest.raises(StepError) as info:
+        Interpreter(ask_registry).run(program, {"IMAGE": images["LEFT"]})
+    trace = info.value.trace
+    assert trace is not None and info.value.target == "B"
+    assert trace.step("A").output == "answer to Q1?" and trace.step("C").output == "answer to Q3?"
+    assert trace.step("B").error is not None and "FINAL_RESULT" not in trace.values
 
 
 def test_run_many_of_nothing(registry: Registry) -> None:
