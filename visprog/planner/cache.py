@@ -2,10 +2,22 @@
 
 One SQLite file, ``$VISPROG_CACHE_DIR/plans.sqlite`` (else
 ``~/.cache/visprog/plans.sqlite``), created on first use. Each call opens its
-own connection, so instances can be shared by threads and the file by
-processes. A cache that cannot be used (a file that is not a database, a
-folder that cannot be written) never stops planning: it warns once and acts as
-an empty cache.
+own short connection (threads of one process take turns on an instance), so
+instances can be shared by threads and the file by processes, Ray actors
+included: every call creates the table if it is missing (``CREATE TABLE IF
+NOT EXISTS``, so processes that start on a new file at once agree), waits up
+to 10 s for another process's lock, and runs in one transaction (a ``put`` is
+one ``INSERT OR REPLACE``: a reader sees the old program or the new one,
+never a part; the last writer of a key wins). The file keeps SQLite's default
+rollback journal, not WAL: WAL needs every process on one host (its index is
+shared memory), and a cache folder on a network file system is shared by the
+nodes of a cluster.
+
+A cache failure never stops planning. A file still locked after the wait
+makes that call a miss (``get``) or a skipped write (``put``), with one
+warning per instance. A cache that cannot be used (a file that is not a
+database, a folder that cannot be written) warns once and acts as an empty
+cache.
 """
 
 from __future__ import annotations
@@ -34,6 +46,14 @@ def default_cache_path() -> Path:
     return base / "plans.sqlite"
 
 
+def _is_busy(e: Exception) -> bool:
+    """Whether ``e`` is SQLite's "database is locked" (busy or locked): a passing state, not a broken cache."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return isinstance(e, sqlite3.OperationalError) and "locked" in str(e)
+
+
 class PlanCache:
     """Programs by key, in one SQLite file."""
 
@@ -41,6 +61,7 @@ class PlanCache:
         self.path = Path(path).expanduser() if path is not None else default_cache_path()
         self._lock = threading.Lock()
         self._warned = False
+        self._warned_busy = False
 
     def __repr__(self) -> str:
         return f"PlanCache({str(self.path)!r})"
@@ -65,7 +86,17 @@ class PlanCache:
                 yield conn
 
     def _unusable(self, e: Exception) -> None:
-        if not self._warned:
+        """Warn (once per kind of failure) that a call went without the cache."""
+        if _is_busy(e):
+            if not self._warned_busy:
+                self._warned_busy = True
+                warnings.warn(
+                    f"the plan cache {self.path} stayed locked by another connection for {_BUSY_TIMEOUT:g} s "
+                    f"({type(e).__name__}: {e}); planning went on without it (a miss, or a plan not stored).",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        elif not self._warned:
             self._warned = True
             warnings.warn(
                 f"the plan cache {self.path} cannot be used ({type(e).__name__}: {e}); planning without it. "
