@@ -2,6 +2,7 @@
 
 The modules are ``tests/fakes.py`` stand-ins with scripted answers (not tiny
 models), so accuracies and failure counts are known exactly.
+``tests/visprog/test_evaluate_models.py`` does the same on the real modules with tiny random models.
 """
 
 from __future__ import annotations
