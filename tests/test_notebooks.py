@@ -117,7 +117,7 @@ def _check_quickstart(nb: dict[str, Any]) -> None:
 
     if hasattr(Trace, "_repr_html_"):  # the trace renders inline
         html = _data(_trace_cell(nb), "text/html")
-        assert "visprog-trace" in html and "data:image/png;base64," in html
+        assert "visprog-trace" in html and re.search(r"data:image/(png|jpeg);base64,", html)
 
     edit = _cell(nb, "visprog.edit(")
     assert "Emoji(image=IMAGE, object=OBJ0, emoji='smiling_face_with_sunglasses')" in _text(edit)

@@ -1,7 +1,7 @@
 """A trace as one self-contained HTML page: the visual rationale of a run.
 
 :func:`trace_html` writes a complete document (inline CSS, images embedded as
-base64 PNG ``data:`` URIs, no JavaScript, no external URL): the question or
+base64 ``data:`` URIs, no JavaScript, no external URL): the question or
 instruction, the result, the program with syntax colouring, then one card per
 step with its line, inputs and output drawn as pictures. Objects are drawn as
 numbered, labelled boxes (and masks as coloured overlays) over the image the
@@ -9,6 +9,17 @@ step looked at; a failed step is shown in red with its error, after the steps
 that ran before it. :func:`trace_fragment` is the same page without the
 document wrapper, for notebooks (``Trace._repr_html_``); its CSS is scoped to
 the ``.visprog-trace`` element so it does not restyle the notebook.
+
+Pictures are for looking, so they are embedded small: outputs and the result
+are downscaled to ``max_image_side`` (default :data:`MAX_SIDE`) on their
+longest side and inputs to :data:`THUMB_SIDE`; a downscaled picture gives its
+original size in its ``alt`` and ``title``. With ``image_format="auto"`` (the
+default) each picture is embedded in the format that suits it: photographs as
+JPEG (quality :data:`JPEG_QUALITY`), and as PNG what JPEG would spoil or not
+shrink: transparency, masks (1-bit images), palette images, and small or flat
+pictures whose PNG is the smaller. ``"png"`` embeds every picture losslessly,
+``"jpeg"`` every picture without transparency as JPEG. Only the page is
+affected: the trace's images (the run's outputs) are never changed.
 
 Element structure, stable for tests and tools::
 
@@ -33,7 +44,7 @@ import html
 import io
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 from PIL import Image as PILImage
@@ -47,7 +58,17 @@ from visprog.types import Detection, Template
 if TYPE_CHECKING:
     from visprog.trace import StepRecord, Trace
 
-__all__ = ["MAX_SIDE", "THUMB_SIDE", "draw_objects", "highlight_program", "trace_fragment", "trace_html"]
+__all__ = [
+    "IMAGE_FORMAT",
+    "JPEG_QUALITY",
+    "MAX_SIDE",
+    "THUMB_SIDE",
+    "ImageFormat",
+    "draw_objects",
+    "highlight_program",
+    "trace_fragment",
+    "trace_html",
+]
 
 #: Longest side, in pixels, of an embedded output picture (larger images are downscaled).
 MAX_SIDE = 512
@@ -56,6 +77,17 @@ THUMB_SIDE = 240
 #: At most this many items of a list (or objects of an Objects value) are listed.
 MAX_ITEMS = 40
 
+#: How pictures are embedded: ``auto`` (JPEG or PNG, per picture), ``jpeg`` or ``png``.
+ImageFormat = Literal["auto", "jpeg", "png"]
+#: The default :data:`ImageFormat`.
+IMAGE_FORMAT: ImageFormat = "auto"
+#: JPEG quality of embedded photographs.
+JPEG_QUALITY = 85
+#: With ``auto``, a picture of at most this many pixels is encoded both ways and the smaller kept.
+_SMALL_PIXELS = 256 * 256
+#: With ``auto``, a picture of at most this many colours (a mask, a diagram) is also tried as PNG.
+_FEW_COLOURS = 256
+_FORMATS = ("auto", "jpeg", "png")
 
 
 def _esc(value: object) -> str:
@@ -156,18 +188,26 @@ def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 def _displayable(image: PILImage.Image) -> PILImage.Image:
-    """The image in a mode PNG keeps (RGB, or RGBA when it has transparency)."""
+    """The image in a mode that resizes smoothly: RGB, L (grey, 1-bit), or RGBA when it has transparency."""
     if image.mode in ("RGB", "RGBA", "L"):
         return image
-    if image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode in ("LA", "PA", "RGBa") or (image.mode == "P" and "transparency" in image.info):
         return image.convert("RGBA")
     return image.convert("RGB")
 
 
-def _scaled(image: PILImage.Image, max_side: int) -> PILImage.Image:
-    """A copy no larger than ``max_side`` on its longest side (never enlarged)."""
+def _scaled(image: PILImage.Image, max_side: int | None) -> PILImage.Image:
+    """A copy no larger than ``max_side`` on its longest side (never enlarged; ``None``: full size).
+
+    A palette or 1-bit image that needs no resizing keeps its mode, so PNG stores it exactly.
+    """
+    if image.mode in ("1", "P") and (max_side is None or max(image.size) <= max_side):
+        return image.copy()
     out = _displayable(image).copy()
-    out.thumbnail((max_side, max_side), PILImage.Resampling.LANCZOS)
+    if max_side is not None:
+        out.thumbnail((max_side, max_side), PILImage.Resampling.LANCZOS)
     return out
 
 
@@ -178,7 +218,9 @@ def _tag_text(i: int, obj: Detection) -> str:
     return " ".join(parts)
 
 
-def draw_objects(image: PILImage.Image, objects: Sequence[Detection], max_side: int = MAX_SIDE) -> PILImage.Image:
+def draw_objects(
+    image: PILImage.Image, objects: Sequence[Detection], max_side: int | None = MAX_SIDE
+) -> PILImage.Image:
     """The image (downscaled to ``max_side``) with each object's mask tinted and its box labelled.
 
     Objects get colours in order (the first, best one in blue); a mask whose
@@ -221,10 +263,72 @@ def draw_objects(image: PILImage.Image, objects: Sequence[Detection], max_side: 
     return out
 
 
-def _png_uri(image: PILImage.Image) -> str:
+def _png_bytes(image: PILImage.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def _jpeg_bytes(image: PILImage.Image, *, annotated: bool) -> bytes:
+    """JPEG at :data:`JPEG_QUALITY`; ``annotated`` pictures keep full colour resolution (4:4:4).
+
+    Halving the colour resolution (4:2:0, the usual for photographs) smears the
+    colour of thin boxes and labels, which is what tells the objects apart.
+    """
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True, subsampling=0 if annotated else 2)
+    return buf.getvalue()
+
+
+def _encode(
+    image: PILImage.Image, image_format: ImageFormat, *, source_mode: str, annotated: bool
+) -> tuple[str, bytes]:
+    """(MIME type, bytes) of ``image`` (a :func:`_scaled` picture) as it is embedded.
+
+    ``auto``: PNG for transparency, 1-bit images (masks, also when resized)
+    and palette images shown at their own size; JPEG for other pictures,
+    except that small pictures, flat ones (at most :data:`_FEW_COLOURS`
+    colours: masks, graphics) and resized palette images (``source_mode``) are
+    encoded both ways and the smaller kept. ``annotated``: boxes and labels are
+    drawn on it.
+    """
+    if image_format == "png":
+        return "image/png", _png_bytes(image)
+    if image_format == "jpeg" and image.mode in ("1", "P"):
+        image = _displayable(image)
+    if image.mode not in ("RGB", "L") or (image_format == "auto" and source_mode == "1"):
+        # transparency (JPEG would lose it), a palette image, a mask
+        return "image/png", _png_bytes(image)
+    jpeg = _jpeg_bytes(image, annotated=annotated)
+    if image_format == "auto" and (
+        image.width * image.height <= _SMALL_PIXELS or source_mode == "P" or image.getcolors(_FEW_COLOURS) is not None
+    ):
+        png = _png_bytes(image)
+        if len(png) <= len(jpeg):
+            return "image/png", png
+    return "image/jpeg", jpeg
+
+
+class _Picture(NamedTuple):
+    """An embedded picture: its ``data:`` URI, its size on the page and the size it was drawn from."""
+
+    src: str
+    width: int
+    height: int
+    source_width: int
+    source_height: int
+
+    @property
+    def downscaled(self) -> bool:
+        return (self.width, self.height) != (self.source_width, self.source_height)
+
+
+def _picture(
+    shown: PILImage.Image, source: PILImage.Image, image_format: ImageFormat, *, annotated: bool = False
+) -> _Picture:
+    mime, raw = _encode(shown, image_format, source_mode=source.mode, annotated=annotated)
+    src = f"data:{mime};base64," + base64.b64encode(raw).decode("ascii")
+    return _Picture(src, shown.width, shown.height, source.width, source.height)
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -285,14 +389,27 @@ def _seconds(s: float) -> str:
     return f"{ms:.1f} ms" if ms < 1000 else f"{s:.2f} s"
 
 
+def _check_options(max_image_side: int | None, image_format: str) -> None:
+    if image_format not in _FORMATS:
+        raise ValueError(f"image_format must be one of {', '.join(map(repr, _FORMATS))}, got {image_format!r}")
+    if max_image_side is not None and (isinstance(max_image_side, bool) or max_image_side < 1):
+        raise ValueError(f"max_image_side must be a positive number of pixels or None, got {max_image_side!r}")
+
+
 class _Page:
     """Renders one trace; embeds each picture once per size (images are kept alive by the trace)."""
 
-    def __init__(self, trace: Trace) -> None:
+    def __init__(
+        self, trace: Trace, *, max_image_side: int | None = MAX_SIDE, image_format: ImageFormat = IMAGE_FORMAT
+    ) -> None:
+        _check_options(max_image_side, image_format)
         self.trace = trace
+        self.max_side = max_image_side
+        self.thumb_side = THUMB_SIDE if max_image_side is None else min(THUMB_SIDE, max_image_side)
+        self.image_format = image_format
         self.records = sorted(trace.records, key=lambda r: r.index)
-        self._uris: dict[tuple[int, int], tuple[str, int, int]] = {}
-        self._drawn: dict[tuple[int, int, int], tuple[str, int, int]] = {}
+        self._uris: dict[tuple[int, int | None], _Picture] = {}
+        self._drawn: dict[tuple[int, int, int | None], _Picture] = {}
         self.first_image = next((v for v in trace.inputs.values() if isinstance(v, PILImage.Image)), None)
         self.failed = next((r for r in trace.records if r.error is not None), None)
         self.skipped = self._skipped()
@@ -305,16 +422,10 @@ class _Page:
                     self.found_on[id(r.output)] = base
 
     def _skipped(self) -> set[int]:
-        """Indices of steps that started in the failing batch but never finished."""
+        """Indices of steps that were started with a failing step but never ran (no output, no time, no error)."""
         if self.failed is None:
             return set()
-        order = self.trace.records
-        at = order.index(self.failed)
-        return {
-            r.index
-            for k, r in enumerate(order)
-            if r.error is None and (k > at or (r.output is None and r.seconds == 0.0))
-        }
+        return {r.index for r in self.trace.records if r.error is None and r.output is None and r.seconds == 0.0}
 
     def status(self, r: StepRecord) -> str:
         if r.error is not None:
@@ -337,29 +448,33 @@ class _Page:
 
     # -- pictures
 
-    def image_uri(self, image: PILImage.Image, side: int) -> tuple[str, int, int]:
+    def image_uri(self, image: PILImage.Image, side: int | None) -> _Picture:
         key = (id(image), side)
         if key not in self._uris:
-            small = _scaled(image, side)
-            self._uris[key] = (_png_uri(small), small.width, small.height)
+            self._uris[key] = _picture(_scaled(image, side), image, self.image_format)
         return self._uris[key]
 
-    def objects_uri(self, base: PILImage.Image, objects: list[Detection], side: int) -> tuple[str, int, int]:
+    def objects_uri(self, base: PILImage.Image, objects: list[Detection], side: int | None) -> _Picture:
         key = (id(base), id(objects), side)
         if key not in self._drawn:
             drawn = draw_objects(base, objects, side)
-            self._drawn[key] = (_png_uri(drawn), drawn.width, drawn.height)
+            self._drawn[key] = _picture(drawn, base, self.image_format, annotated=True)
         return self._drawn[key]
 
     @staticmethod
-    def img(uri: tuple[str, int, int], role: str, alt: str) -> str:
-        src, w, h = uri
+    def img(picture: _Picture, role: str, alt: str) -> str:
+        """The ``<img>``; a downscaled picture says so, with its original size, in ``alt`` and ``title``."""
         cls = {"result": "output result-image"}.get(role, role)
-        return f'<img class="{cls}" src="{src}" width="{w}" height="{h}" alt="{_esc(alt)}">'
+        w, h = picture.width, picture.height
+        title = ""
+        if picture.downscaled:
+            alt = f"{alt}, shown downscaled to {w}x{h}"
+            title = f' title="{picture.source_width}×{picture.source_height} pixels, shown downscaled to {w}×{h}"'
+        return f'<img class="{cls}" src="{picture.src}" width="{w}" height="{h}" alt="{_esc(alt)}"{title}>'
 
     # -- values
 
-    def objects_html(self, value: list[Detection], base: PILImage.Image | None, *, role: str, side: int) -> str:
+    def objects_html(self, value: list[Detection], base: PILImage.Image | None, *, role: str, side: int | None) -> str:
         n = len(value)
         head = f'<div class="caption">{n} object{"s" if n != 1 else ""}</div>'
         picture = ""
@@ -379,7 +494,7 @@ class _Page:
         more = f'<li class="more">… and {n - MAX_ITEMS} more</li>' if n > MAX_ITEMS else ""
         return f'<div class="objects-value">{picture}{head}<ol class="objects">{"".join(items)}{more}</ol></div>'
 
-    def value_html(self, value: Any, *, role: str, base: PILImage.Image | None, side: int) -> str:
+    def value_html(self, value: Any, *, role: str, base: PILImage.Image | None, side: int | None) -> str:
         """``role`` is ``input``, ``output`` or ``result``: outputs and results are shown large."""
         if isinstance(value, PILImage.Image):
             picture = self.img(self.image_uri(value, side), role, f"image {value.width}x{value.height}")
@@ -401,7 +516,8 @@ class _Page:
                     )
                 return '<span class="value empty">empty list</span>'
             items = "".join(
-                f"<li>{self.value_html(v, role='item', base=base, side=THUMB_SIDE)}</li>" for v in value[:MAX_ITEMS]
+                f"<li>{self.value_html(v, role='item', base=base, side=self.thumb_side)}</li>"
+                for v in value[:MAX_ITEMS]
             )
             more = f'<li class="more">… and {len(value) - MAX_ITEMS} more</li>' if len(value) > MAX_ITEMS else ""
             return f'<ol class="list">{items}{more}</ol>'
@@ -428,7 +544,7 @@ class _Page:
                 meta.append(f'<span class="batch" data-batch="{r.batch}">batch of {r.batch}</span>')
         args = "".join(
             f'<dt>{_esc(name)}</dt><dd data-arg="{_esc(name)}">'
-            f"{self.value_html(v, role='input', base=base, side=THUMB_SIDE)}</dd>"
+            f"{self.value_html(v, role='input', base=base, side=self.thumb_side)}</dd>"
             for name, v in r.inputs.items()
         )
         inputs = f'<dl class="args">{args}</dl>' if args else '<p class="none">none</p>'
@@ -437,7 +553,7 @@ class _Page:
             # Result(var=IMAGE0), X=BOX0: the picture shown as the input; not embedded again.
             output = f'<p class="same">{_describe(r.output)}: the value of <code>{_esc(passed)}</code>, unchanged</p>'
         elif status == "ok":
-            output = self.value_html(r.output, role="output", base=base, side=MAX_SIDE)
+            output = self.value_html(r.output, role="output", base=base, side=self.max_side)
         elif status == "failed":
             output = '<p class="none">no output: the step failed</p>'
         else:
@@ -474,7 +590,7 @@ class _Page:
                 f'<p class="fail-where">The run failed.</p><pre class="fail-message">{_esc(t.error)}</pre></div>'
             )
         name = f' <code class="target">{_esc(t.result_var)}</code>' if t.result_var else ""
-        body = self.value_html(t.result, role="result", base=self.first_image, side=MAX_SIDE)
+        body = self.value_html(t.result, role="result", base=self.first_image, side=self.max_side)
         return f'<div class="result" data-type="{_type_name(t.result)}"><h2>Result{name}</h2>{body}</div>'
 
     def inputs_html(self) -> str:
@@ -482,7 +598,7 @@ class _Page:
         for name, v in self.trace.inputs.items():
             items.append(
                 f'<div class="program-input"><div class="input-name">{_esc(name)}</div>'
-                f"{self.value_html(v, role='input', base=None, side=THUMB_SIDE)}</div>"
+                f"{self.value_html(v, role='input', base=None, side=self.thumb_side)}</div>"
             )
         if not items:
             return ""
@@ -537,20 +653,44 @@ def _version() -> str:
 # --- public ---------------------------------------------------------------------------------
 
 
-def trace_fragment(trace: Trace, *, title: str | None = None, text: str | None = None) -> str:
+def trace_fragment(
+    trace: Trace,
+    *,
+    title: str | None = None,
+    text: str | None = None,
+    max_image_side: int | None = MAX_SIDE,
+    image_format: ImageFormat = IMAGE_FORMAT,
+) -> str:
     """The trace as one ``<div class="visprog-trace">`` with its own scoped ``<style>``.
 
-    What a notebook shows inline; :func:`trace_html` wraps it into a page.
+    What a notebook shows inline; :func:`trace_html` wraps it into a page. The
+    options are those of :func:`trace_html`.
     """
-    return _Page(trace).fragment(title, text)
+    return _Page(trace, max_image_side=max_image_side, image_format=image_format).fragment(title, text)
 
 
-def trace_html(trace: Trace, *, title: str | None = None, text: str | None = None) -> str:
+def trace_html(
+    trace: Trace,
+    *,
+    title: str | None = None,
+    text: str | None = None,
+    max_image_side: int | None = MAX_SIDE,
+    image_format: ImageFormat = IMAGE_FORMAT,
+) -> str:
     """The trace as one self-contained HTML document (no external resources, no JavaScript).
 
     ``title`` heads the page (default "Program trace"); ``text`` is the
     question, statement or instruction the program answers.
+
+    ``max_image_side`` caps the longest side, in pixels, of the pictures shown
+    large (outputs, the result); input thumbnails are at most
+    :data:`THUMB_SIDE`. ``None`` shows outputs at full size. ``image_format``
+    is ``"auto"`` (JPEG for photographs, PNG for transparency, masks, flat
+    graphics and small images where it is smaller), ``"png"`` (all lossless) or
+    ``"jpeg"`` (JPEG for every picture without transparency). Only the page is
+    affected: the trace's images are not changed.
     """
+    body = trace_fragment(trace, title=title, text=text, max_image_side=max_image_side, image_format=image_format)
     head_title = title or (f"VisProg: {text}" if text else "VisProg trace")
     return (
         "<!DOCTYPE html>\n"
@@ -558,7 +698,7 @@ def trace_html(trace: Trace, *, title: str | None = None, text: str | None = Non
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_esc(head_title)}</title>"
         f"<style>{_PAGE_CSS}</style></head>\n<body>\n"
-        f"{trace_fragment(trace, title=title, text=text)}\n</body></html>\n"
+        f"{body}\n</body></html>\n"
     )
 
 

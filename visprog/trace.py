@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from visprog.types import Template, describe_value
 
 __all__ = ["StepRecord", "Trace"]
 
 
-@dataclass
+@dataclass(slots=True)
 class StepRecord:
     """One step as it ran."""
 
@@ -104,24 +104,44 @@ class Trace:
     def __str__(self) -> str:
         return self.to_text()
 
-    def to_html(self, *, title: str | None = None, text: str | None = None) -> str:
+    def to_html(
+        self,
+        *,
+        title: str | None = None,
+        text: str | None = None,
+        max_image_side: int | None = 512,
+        image_format: Literal["auto", "jpeg", "png"] = "auto",
+    ) -> str:
         """The run as one self-contained HTML page: every step's inputs and output drawn as pictures.
 
-        ``text`` is the question, statement or instruction; see :mod:`visprog.render`.
+        ``text`` is the question, statement or instruction. Pictures are shown
+        at most ``max_image_side`` pixels on their longest side (``None``: full
+        size) and embedded as JPEG or PNG, whichever suits each one
+        (``image_format="auto"``; ``"png"``: all lossless); the run's own
+        images are not changed. See :func:`visprog.render.trace_html`.
         """
         from visprog.render import trace_html
 
-        return trace_html(self, title=title, text=text)
+        return trace_html(self, title=title, text=text, max_image_side=max_image_side, image_format=image_format)
 
-    def save_html(self, path: str | PathLike[str], *, title: str | None = None, text: str | None = None) -> Path:
+    def save_html(
+        self,
+        path: str | PathLike[str],
+        *,
+        title: str | None = None,
+        text: str | None = None,
+        max_image_side: int | None = 512,
+        image_format: Literal["auto", "jpeg", "png"] = "auto",
+    ) -> Path:
         """Write :meth:`to_html` to ``path`` (UTF-8, parent folders created) and return the path."""
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(self.to_html(title=title, text=text), encoding="utf-8")
+        page = self.to_html(title=title, text=text, max_image_side=max_image_side, image_format=image_format)
+        out.write_text(page, encoding="utf-8")
         return out
 
     def _repr_html_(self) -> str:
-        """The trace rendered inline in a notebook cell (the page's body, with scoped CSS)."""
+        """The trace rendered inline in a notebook cell (the page's body, with scoped CSS, pictures kept small)."""
         from visprog.render import trace_fragment
 
         return trace_fragment(self)
