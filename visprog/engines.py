@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visprog.errors import ConfigError
@@ -125,12 +126,23 @@ class _Worker:
         return True
 
     def run(
-        self, chunk: Sequence[Item], samples: int, temperature: float | None, max_pixels: int | None
+        self,
+        chunk: Sequence[Item],
+        samples: int,
+        temperature: float | None,
+        max_pixels: int | None,
+        outputs: str | None = None,
     ) -> list[dict[str, Any]]:
         from visprog.evaluate import process_chunk
 
         return process_chunk(
-            chunk, self.planner, self.interpreter, samples=samples, temperature=temperature, max_pixels=max_pixels
+            chunk,
+            self.planner,
+            self.interpreter,
+            samples=samples,
+            temperature=temperature,
+            max_pixels=max_pixels,
+            outputs=outputs,
         )
 
 
@@ -172,11 +184,14 @@ def ray_chunks(
     max_pixels: int | None = None,
     address: str | None = None,
     workers: int | None = None,
+    outputs: str | Path | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """The records of each chunk, in chunk order, run on Ray actors (see the module's docstring).
 
     Connects to the cluster at ``address`` (local Ray when None) unless Ray is
     already initialised in this process; a Ray started here is shut down at the end.
+    Image answers are saved by the actors under ``outputs`` (made absolute here; on a cluster
+    of several machines it must be a folder every node sees, like the images).
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
@@ -196,7 +211,8 @@ def ray_chunks(
             raise ConfigError(f"cannot connect to {where}: {e}") from None
         started = True
     try:
-        yield from _run_on_actors(ray, chunks, settings, samples, temperature, max_pixels, workers)
+        folder = str(Path(outputs).absolute()) if outputs is not None else None
+        yield from _run_on_actors(ray, chunks, settings, samples, temperature, max_pixels, workers, folder)
     finally:
         if started:
             ray.shutdown()
@@ -210,6 +226,7 @@ def _run_on_actors(
     temperature: float | None,
     max_pixels: int | None,
     workers: int | None,
+    outputs: str | None,
 ) -> Iterator[list[dict[str, Any]]]:
     from ray.util import ActorPool
 
@@ -236,7 +253,9 @@ def _run_on_actors(
             raise ConfigError(f"a Ray worker failed to start: {e}") from None
         pool = ActorPool(actors)
         work: Any = list(chunks)
-        yield from pool.map(lambda actor, chunk: actor.run.remote(list(chunk), samples, temperature, max_pixels), work)
+        yield from pool.map(
+            lambda actor, chunk: actor.run.remote(list(chunk), samples, temperature, max_pixels, outputs), work
+        )
     finally:
         for a in actors:
             ray.kill(a)

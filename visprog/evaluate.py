@@ -103,7 +103,8 @@ def load_items(path: str | Path, task: str, *, images: str | Path | None = None)
         text = source.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{source}: cannot read the data file: {e.strerror or e}") from None
-    root = Path(images) if images is not None else source.parent
+    # absolute, so that Ray workers (whose working folder may differ) find the images too
+    root = (Path(images) if images is not None else source.parent).absolute()
     whole = _whole_json(text)
     if isinstance(whole, dict) and whole and all(isinstance(v, dict) and "imageId" in v for v in whole.values()):
         return [_gqa_item(str(qid), q, task, root) for qid, q in whole.items()]
@@ -511,6 +512,7 @@ def evaluate(
             max_pixels=max_pixels,
             address=address,
             workers=workers,
+            outputs=outputs_dir,
         )
     else:
         results = (
