@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from visprog.errors import ProgramError, StepError, VisprogError
+from visprog.errors import ConfigError, ProgramError, StepError, VisprogError
 
 __all__ = ["main"]
 
@@ -380,6 +380,10 @@ def _cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     runtime, options = _planner_options(args)
     planner = create_planner(**options)
     items = load_items(args.data, args.task, images=args.images)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+        items = items[: args.limit]
     interpreter = Interpreter(planner.registry, runtime, max_batch=args.max_batch)
     settings = None
     if args.engine == "ray":
@@ -513,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--outputs", metavar="DIR", default=None, help="image answers folder (default: <FILE stem>.outputs)"
     )
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N items of DATA")
     p.add_argument("--samples", type=int, default=1, help="draw K programs per item, run the valid ones, vote")
     p.add_argument("--max-batch", type=int, default=None, metavar="N", help="largest batched module call")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="items planned then run together")

@@ -587,9 +587,18 @@ def test_eval_command_scores_a_data_set_and_resumes(tmp_path: Path, monkeypatch:
         ]
         summary = json.loads((tmp_path / "results.summary.json").read_text())
         assert summary["n"] == 3 and summary["accuracy"] == pytest.approx(2 / 3)
+        # --limit N: only the first N items
+        first = tmp_path / "first.jsonl"
+        server.script([count])
+        limited = ["eval", dataset, "--task", "gqa", "-o", first, "--base-url", server.url, "--model", "tiny"]
+        code, _, err = cli(*limited, "--limit", "1", "--backend", "FaceDet=cascade", "--no-cache", "-q")
+        assert code == 0, err
+        assert [json.loads(line)["id"] for line in first.read_text().splitlines()] == ["a"]
+        code, _, err = cli(*limited, "--limit", "0", "-q")
+        assert code != 0 and "--limit must be at least 1, got 0" in err
         # a second run finds every item done and asks the LLM nothing
         code, _, _ = cli(*argv, "--backend", "FaceDet=cascade", "--no-cache", "-q")
-        assert code == 0 and len(server.requests) == 3
+        assert code == 0 and len(server.requests) == 4
         # the same data on local Ray actors gives the same records
         pytest.importorskip("ray")
         server.script([count, count, count])
