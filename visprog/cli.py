@@ -214,11 +214,19 @@ def _cmd_models(args: argparse.Namespace, out: TextIO) -> int:
         for r in hub.model_statuses([spec], runtime.options):
             if r.downloadable and r.model_id and (r.selected or args.all_backends):
                 wanted.append(r)
-    for r in wanted:
+    failed: list[str] = []
+    for r in wanted:  # one model that cannot be fetched does not stop the others
         assert r.model_id is not None
         print(f"pulling {r.model_id} for {r.module} ({r.backend})", file=out)
-        path = hub.pull(r.model_id)
+        try:
+            path = hub.pull(r.model_id)
+        except VisprogError as e:
+            print(f"  failed: {e}", file=out)
+            failed.append(f"{r.module} ({r.model_id})")
+            continue
         print(f"  -> {path}", file=out)
+    if failed:
+        raise VisprogError(f"models pull: {len(failed)} of {len(wanted)} could not be fetched: {', '.join(failed)}")
     return 0
 
 

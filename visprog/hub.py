@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from visprog.errors import ModelUnavailableError
+from visprog.errors import ModelUnavailableError, ServiceError
 from visprog.runtime import Context
 
 __all__ = [
@@ -125,11 +125,28 @@ def is_cached(model_id: str) -> bool:
         from huggingface_hub import snapshot_download
     except ImportError:
         return False
+    skip = redundant_files(_cached_files(model_id))  # what `pull` left out is not missing
     try:
-        snapshot_download(model_id, local_files_only=True, ignore_patterns=IGNORE_PATTERNS)
+        snapshot_download(model_id, local_files_only=True, ignore_patterns=[*IGNORE_PATTERNS, *skip])
     except Exception:
         return False
     return True
+
+
+def _cached_files(model_id: str) -> list[str]:
+    """The repository's files as listed when it was downloaded, from the Hugging Face cache; [] if unknown.
+
+    huggingface_hub keeps that listing with the snapshot (and, offline, refuses a snapshot that lacks a listed
+    file unless the same ignore patterns are given); older versions keep none and check nothing.
+    """
+    try:
+        from huggingface_hub import get_cached_repo_tree
+    except ImportError:
+        return []
+    try:
+        return [f.path for f in get_cached_repo_tree(model_id)]
+    except Exception:
+        return []
 
 
 def redundant_files(files: Iterable[str]) -> list[str]:
@@ -156,15 +173,57 @@ def redundant_files(files: Iterable[str]) -> list[str]:
 def pull(model_id: str) -> str:
     """Download a model into the Hugging Face cache, with progress bars; returns its folder.
 
-    Only one copy of each weight file is fetched (safetensors when the repo has them).
+    Only one copy of each weight file is fetched (safetensors when the repo has them). A model already
+    complete in the cache, or a local folder, needs no network. A failed download raises
+    :class:`ServiceError` naming the model, the hub and why.
     """
-    from huggingface_hub import list_repo_files, snapshot_download
+    if os.path.isdir(model_id):  # a local folder: nothing to download
+        return model_id
+    from huggingface_hub import HfApi, constants, snapshot_download
 
+    try:  # one request, not retried: the paginated file listing retries for ~20 s when the hub is down
+        files = [s.rfilename for s in HfApi().model_info(model_id).siblings or []]
+    except Exception:  # unreachable, offline or unknown: snapshot_download says which
+        files = _cached_files(model_id)
+    skip = redundant_files(files)
     try:
-        skip = redundant_files(list_repo_files(model_id))
-    except Exception:  # listing is an optimisation: fall back to the plain download
-        skip = []
-    return str(snapshot_download(model_id, ignore_patterns=[*IGNORE_PATTERNS, *skip]))
+        return str(snapshot_download(model_id, ignore_patterns=[*IGNORE_PATTERNS, *skip]))
+    except Exception as e:
+        if not _is_download_error(e):
+            raise
+        raise ServiceError(f"could not download '{model_id}' from {constants.ENDPOINT}: {_download_failure(e)}") from e
+
+
+def _error_names(e: BaseException) -> set[str]:
+    return {k.__name__ for k in type(e).__mro__}
+
+
+def _is_download_error(e: BaseException) -> bool:
+    """Whether an exception from snapshot_download is about the hub, the network or the cache (not a bug)."""
+    top = type(e).__module__.partition(".")[0]
+    return (
+        _is_missing_weights(e)
+        or top in ("huggingface_hub", "httpx", "httpx2", "requests", "urllib3")
+        or "HFValidationError" in _error_names(e)
+    )
+
+
+def _download_failure(e: BaseException) -> str:
+    """Why a download failed, in a few words."""
+    names = _error_names(e)
+    if "RepositoryNotFoundError" in names:
+        return "the hub has no such model, or it is private or gated (log in with: hf auth login)"
+    if "RevisionNotFoundError" in names:
+        return "the hub has no such revision of it"
+    if "HFValidationError" in names:
+        return f"not a valid model id ({str(e).strip().splitlines()[0]})"
+    if _offline():
+        return "HF_HUB_OFFLINE=1 (unset it to download) and it is not complete in the Hugging Face cache"
+    cause: BaseException = e
+    while cause.__cause__ is not None and "LocalEntryNotFoundError" in _error_names(cause):
+        cause = cause.__cause__  # the network error behind "cannot find it locally either"
+    lines = str(cause).strip().splitlines()
+    return f"the hub could not be reached or refused the download ({type(cause).__name__}: {lines[0] if lines else ''})"
 
 
 @dataclass(frozen=True)
