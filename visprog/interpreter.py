@@ -34,6 +34,9 @@ class _Failure(Exception):
         self.cause = cause
 
 
+_EXACT: dict[Type | None, type] = {t: exact for t in Type if (exact := exact_type(t)) is not None}
+
+
 class _Arg:
     """How one argument of a step gets its value: worked out once per checked program."""
 
@@ -50,7 +53,7 @@ class _Arg:
         #: whether the value still has to go through :func:`coerce` when the step runs
         self.coerce = type_ is not None and type_ is not Type.ANY and type_ is not Type.TEMPLATE
         #: values of exactly this Python type need no coercion
-        self.exact = exact_type(type_) if type_ is not None else None
+        self.exact = _EXACT.get(type_)
 
 
 class _Plan:
@@ -64,18 +67,16 @@ class _Plan:
 
     def __init__(self, checked: CheckedProgram) -> None:
         n = len(checked.steps)
-        preds: list[set[int]] = [set() for _ in range(n)]
-        for e in checked.graph.edges:
-            if isinstance(e.src, int):
-                preds[e.dst].add(e.src)
         self.successors: list[list[int]] = [[] for _ in range(n)]
-        for dst, before in enumerate(preds):
-            for src in sorted(before):
-                self.successors[src].append(dst)
-        self.indegree = [len(p) for p in preds]
+        self.indegree = [0] * n
+        for step in checked.steps:  # in index order, so each successor list comes out sorted
+            before = {src for src in step.sources.values() if type(src) is int}
+            self.indegree[step.index] = len(before)
+            for src in before:
+                self.successors[src].append(step.index)
         self.args = [_step_args(s) for s in checked.steps]
         #: per step: the Python type whose outputs need no check (``None``: check every output)
-        self.returns = [exact_type(s.spec.returns) if s.spec is not None else None for s in checked.steps]
+        self.returns = [_EXACT.get(s.spec.returns) if s.spec is not None else None for s in checked.steps]
         self.result_var = checked.steps[checked.result].step.target
 
     @staticmethod

@@ -80,6 +80,9 @@ class Type(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    # Members are singletons compared by identity: hash them the same way (Enum's own hash is a Python call).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, eq=False)
 class Detection:
