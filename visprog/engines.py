@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visprog.errors import ConfigError
+from visprog.errors import ConfigError, ServiceError
 
 if TYPE_CHECKING:
     from visprog.evaluate import Item
@@ -253,9 +253,16 @@ def _run_on_actors(
             raise ConfigError(f"a Ray worker failed to start: {e}") from None
         pool = ActorPool(actors)
         work: Any = list(chunks)
-        yield from pool.map(
-            lambda actor, chunk: actor.run.remote(list(chunk), samples, temperature, max_pixels, outputs), work
-        )
+        try:
+            yield from pool.map(
+                lambda actor, chunk: actor.run.remote(list(chunk), samples, temperature, max_pixels, outputs), work
+            )
+        except ray.exceptions.RayError as e:  # a worker died (out of memory, a crash) or raised
+            lines = [line for line in str(e).strip().splitlines() if line.strip()]
+            raise ServiceError(
+                f"a Ray worker failed while running items ({type(e).__name__}: {lines[0] if lines else ''}); "
+                "the records written so far are kept: run the same command again to resume"
+            ) from e
     finally:
         for a in actors:
             ray.kill(a)

@@ -10,7 +10,9 @@ registry factory (:func:`registry`), which every process calls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,8 +24,10 @@ from PIL import Image as PILImage
 
 from tests import fakes
 from visprog.engines import WorkerSettings
-from visprog.errors import ConfigError
-from visprog.evaluate import Summary, evaluate, load_items
+from visprog.errors import ConfigError, ServiceError
+from visprog.evaluate import Item, Summary, evaluate, load_items
+from visprog.registry import module
+from visprog.types import Image
 
 ray = pytest.importorskip("ray", reason="the ray engine needs Ray (pip install 'visprog[ray]')")
 
@@ -250,6 +254,49 @@ def test_ray_engine_resumes(tmp_path: Path, local_ray: Any) -> None:
     assert (summary.n, summary.skipped, summary.correct) == (8, 3, 4)
     assert len(asked) == 8  # the 3 finished items were not planned again
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"g{i}" for i in range(8)]
+
+
+@module
+def Crash(image: Image) -> str:
+    """End the worker's process at once (a worker that dies, as on running out of memory).
+
+    Args:
+        image: an image.
+    """
+    os._exit(3)
+
+
+def crashing_registry() -> Any:
+    """:func:`registry` plus :func:`Crash` (called in the actors)."""
+    r = registry()
+    r.register(Crash)
+    return r
+
+
+REPLIES["C0 crash?"] = "ANSWER0=Crash(image=IMAGE)\nFINAL_RESULT=Result(var=ANSWER0)"
+
+
+def test_a_dying_worker_is_a_clear_error_and_the_records_so_far_are_kept(tmp_path: Path, local_ray: Any) -> None:
+    images, gqa, _ = _data(tmp_path)
+    items = load_items(gqa, "gqa", images=images)
+    crash = Item("c0", "gqa", "C0 crash?", {"IMAGE": str(images / "coffee.png")}, "x")
+    out = tmp_path / "crash.jsonl"
+    with _keyed_server() as (url, _):
+        settings = dataclasses.replace(_settings(url), registry="tests.visprog.test_engines:crashing_registry")
+        with pytest.raises(ServiceError, match="a Ray worker failed while running items") as info:
+            evaluate(
+                [items[0], crash, items[1]],
+                None,  # type: ignore[arg-type]  # the actors build their own
+                None,
+                out_path=out,
+                progress=False,
+                engine="ray",
+                workers=1,
+                batch_size=1,
+                settings=settings,
+            )
+    assert "run the same command again to resume" in str(info.value)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["g0"]
 
 
 def test_ray_engine_errors(tmp_path: Path) -> None:
