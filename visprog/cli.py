@@ -388,6 +388,8 @@ def _cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     runtime, options = _planner_options(args)
     planner = create_planner(**options)
     items = load_items(args.data, args.task, images=args.images)
+    if args.all_traces and not args.traces:
+        raise ConfigError("--all-traces needs --traces DIR (the folder for the pages)")
     if args.limit is not None:
         if args.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {args.limit}")
@@ -414,12 +416,16 @@ def _cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
         workers=args.workers,
         settings=settings,
         outputs=args.outputs,
+        traces=args.traces,
+        all_traces=args.all_traces,
     )
     results = Path(args.output)
     print(f"wrote {results} and {results.with_name(results.stem + '.summary.json')}", file=out)
     images = Path(args.outputs) if args.outputs else results.with_name(results.stem + ".outputs")
     if images.is_dir():
         print(f"image answers in {images}", file=out)
+    if args.traces and Path(args.traces).is_dir():
+        print(f"trace pages in {args.traces}", file=out)
     return 0
 
 
@@ -525,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--outputs", metavar="DIR", default=None, help="image answers folder (default: <FILE stem>.outputs)"
     )
+    p.add_argument("--traces", metavar="DIR", default=None, help="trace pages of the items that came out wrong")
+    p.add_argument("--all-traces", action="store_true", help="with --traces: a page for every item that ran")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N items of DATA")
     p.add_argument("--samples", type=int, default=1, help="draw K programs per item, run the valid ones, vote")
     p.add_argument("--max-batch", type=int, default=None, metavar="N", help="largest batched module call")

@@ -125,25 +125,10 @@ class _Worker:
     def ready(self) -> bool:
         return True
 
-    def run(
-        self,
-        chunk: Sequence[Item],
-        samples: int,
-        temperature: float | None,
-        max_pixels: int | None,
-        outputs: str | None = None,
-    ) -> list[dict[str, Any]]:
+    def run(self, chunk: Sequence[Item], options: dict[str, Any]) -> list[dict[str, Any]]:
         from visprog.evaluate import process_chunk
 
-        return process_chunk(
-            chunk,
-            self.planner,
-            self.interpreter,
-            samples=samples,
-            temperature=temperature,
-            max_pixels=max_pixels,
-            outputs=outputs,
-        )
+        return process_chunk(chunk, self.planner, self.interpreter, **options)
 
 
 def _import_ray() -> Any:
@@ -179,19 +164,18 @@ def ray_chunks(
     chunks: Sequence[Sequence[Item]],
     settings: WorkerSettings,
     *,
-    samples: int = 1,
-    temperature: float | None = None,
-    max_pixels: int | None = None,
     address: str | None = None,
     workers: int | None = None,
-    outputs: str | Path | None = None,
+    **options: Any,
 ) -> Iterator[list[dict[str, Any]]]:
     """The records of each chunk, in chunk order, run on Ray actors (see the module's docstring).
 
     Connects to the cluster at ``address`` (local Ray when None) unless Ray is
     already initialised in this process; a Ray started here is shut down at the end.
-    Image answers are saved by the actors under ``outputs`` (made absolute here; on a cluster
-    of several machines it must be a folder every node sees, like the images).
+    ``options`` are :func:`visprog.evaluate.process_chunk`'s (``samples``, ``temperature``,
+    ``max_pixels``, ``outputs``, ``traces``, ...). The actors save image answers and trace pages
+    themselves: folders are made absolute here, and on a cluster of several machines they must be
+    folders every node sees, like the images.
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
@@ -211,8 +195,10 @@ def ray_chunks(
             raise ConfigError(f"cannot connect to {where}: {e}") from None
         started = True
     try:
-        folder = str(Path(outputs).absolute()) if outputs is not None else None
-        yield from _run_on_actors(ray, chunks, settings, samples, temperature, max_pixels, workers, folder)
+        for key in ("outputs", "traces"):
+            if options.get(key) is not None:
+                options[key] = str(Path(options[key]).absolute())
+        yield from _run_on_actors(ray, chunks, settings, workers, options)
     finally:
         if started:
             ray.shutdown()
@@ -222,11 +208,8 @@ def _run_on_actors(
     ray: Any,
     chunks: Sequence[Sequence[Item]],
     settings: WorkerSettings,
-    samples: int,
-    temperature: float | None,
-    max_pixels: int | None,
     workers: int | None,
-    outputs: str | None,
+    options: dict[str, Any],
 ) -> Iterator[list[dict[str, Any]]]:
     from ray.util import ActorPool
 
@@ -237,14 +220,14 @@ def _run_on_actors(
         n = workers or gpus
         if n > gpus:
             raise ConfigError(f"{n} workers asked for, but the Ray cluster has {gpus} GPU(s): one worker per GPU")
-        options: dict[str, Any] = {"num_gpus": 1, "num_cpus": min(1.0, cpus / n)}
+        actor_options: dict[str, Any] = {"num_gpus": 1, "num_cpus": min(1.0, cpus / n)}
         device = _gpu_device(settings.device)
     else:
         n = workers or DEFAULT_CPU_WORKERS
-        options = {"num_cpus": min(1.0, cpus / n)}
+        actor_options = {"num_cpus": min(1.0, cpus / n)}
         device = settings.device
     n = min(n, len(chunks)) or 1
-    remote = ray.remote(_Worker).options(**options)
+    remote = ray.remote(_Worker).options(**actor_options)
     actors = [remote.remote(settings, device) for _ in range(n)]
     try:
         try:
@@ -255,7 +238,7 @@ def _run_on_actors(
         work: Any = list(chunks)
         try:
             yield from pool.map(
-                lambda actor, chunk: actor.run.remote(list(chunk), samples, temperature, max_pixels, outputs), work
+                lambda actor, chunk: actor.run.remote(list(chunk), options), work
             )
         except ray.exceptions.RayError as e:  # a worker died (out of memory, a crash) or raised
             lines = [line for line in str(e).strip().splitlines() if line.strip()]

@@ -453,6 +453,8 @@ def evaluate(
     workers: int | None = None,
     settings: WorkerSettings | None = None,
     outputs: str | Path | None = None,
+    traces: str | Path | None = None,
+    all_traces: bool = False,
 ) -> Summary:
     """Plan and run every item not yet in ``out_path``, append one JSON line each, return the :class:`Summary`.
 
@@ -472,6 +474,10 @@ def evaluate(
     ``<stem>.outputs`` next to ``out_path``, made on the first image) and named in the record's
     ``output_file``. Items without an expected answer are not scored: accuracy is over the scored
     items, and the summary also counts the items whose program ran to its end.
+
+    With ``traces`` (a folder), the trace page (:meth:`Trace.save_html`) of every item whose
+    program ran but came out wrong or failed is saved as ``<traces>/<id>.html`` (the record's
+    ``trace_file``); ``all_traces``: of every item that ran.
     """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
@@ -498,35 +504,22 @@ def evaluate(
         with path.open("a", encoding="utf-8") as f:
             f.write("\n")  # a line cut short by a crash stays on its own
     chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-    outputs_dir = Path(outputs) if outputs is not None else path.with_name(f"{path.stem}.outputs")
+    options: dict[str, Any] = {
+        "samples": samples,
+        "temperature": temperature,
+        "max_pixels": max_pixels,
+        "outputs": Path(outputs) if outputs is not None else path.with_name(f"{path.stem}.outputs"),
+        "traces": Path(traces) if traces is not None else None,
+        "all_traces": all_traces,
+    }
     results: Iterable[list[dict[str, Any]]]
     if engine == "ray" and chunks:
         from visprog.engines import ray_chunks
 
         assert settings is not None
-        results = ray_chunks(
-            chunks,
-            settings,
-            samples=samples,
-            temperature=temperature,
-            max_pixels=max_pixels,
-            address=address,
-            workers=workers,
-            outputs=outputs_dir,
-        )
+        results = ray_chunks(chunks, settings, address=address, workers=workers, **options)
     else:
-        results = (
-            process_chunk(
-                c,
-                planner,
-                interpreter,
-                samples=samples,
-                temperature=temperature,
-                max_pixels=max_pixels,
-                outputs=outputs_dir,
-            )
-            for c in chunks
-        )
+        results = (process_chunk(c, planner, interpreter, **options) for c in chunks)
     with path.open("a", encoding="utf-8") as f:
         for records in results:  # chunk by chunk, in item order
             for rec in records:
@@ -551,12 +544,14 @@ def process_chunk(
     temperature: float | None = None,
     max_pixels: int | None = None,
     outputs: str | Path | None = None,
+    traces: str | Path | None = None,
+    all_traces: bool = False,
 ) -> list[dict[str, Any]]:
     """One output record per item of ``chunk``, in order: plan every item, then run the valid programs together.
 
     An answer that is an image (edit and tag programs) is saved as ``<outputs>/<id>.png`` (the record's
-    ``output_file``) when ``outputs`` is given. The unit of work of both engines (a Ray actor calls it
-    with its own planner and interpreter).
+    ``output_file``) when ``outputs`` is given; trace pages go to ``traces`` as :func:`evaluate` says.
+    The unit of work of both engines (a Ray actor calls it with its own planner and interpreter).
     """
     from visprog.images import load_image
 
@@ -583,18 +578,25 @@ def process_chunk(
                 owners.append(p)
     for p, result in zip(owners, _run_jobs(interpreter, jobs), strict=True):
         p.results.append(result)
-    return [_record(p, Path(outputs) if outputs is not None else None) for p in pending]
+    folder = Path(outputs) if outputs is not None else None
+    pages = Path(traces) if traces is not None else None
+    return [_record(p, folder, pages, all_traces) for p in pending]
 
 
-def output_file(folder: Path, item_id: str) -> Path:
-    """Where an item's image answer is saved: its id made safe as a file name (a short hash keeps ids apart)."""
+def output_file(folder: Path, item_id: str, suffix: str = ".png") -> Path:
+    """Where an item's image answer (or trace page) is saved: its id made safe as a file name.
+
+    A short hash of the id keeps ids apart that differ only in the characters replaced.
+    """
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", item_id).lstrip(".") or "item"
     if safe != item_id:
         safe += "-" + hashlib.sha1(item_id.encode("utf-8")).hexdigest()[:8]
-    return folder / f"{safe}.png"
+    return folder / f"{safe}{suffix}"
 
 
-def _record(p: _Pending, outputs: Path | None = None) -> dict[str, Any]:
+def _record(
+    p: _Pending, outputs: Path | None = None, trace_pages: Path | None = None, all_traces: bool = False
+) -> dict[str, Any]:
     item = p.item
     valid = [plan for plan in p.plans if isinstance(plan, Plan)]
     traces = [r for r in p.results if isinstance(r, Trace)]
@@ -609,6 +611,7 @@ def _record(p: _Pending, outputs: Path | None = None) -> dict[str, Any]:
     failure: str | None = None
     error: str | None = None
     agreement: float | None = None
+    shown: Trace | None = None  # the run the trace page shows
     if p.load_error is not None:
         failure, error = "execution", p.load_error
     elif not valid:
@@ -619,10 +622,12 @@ def _record(p: _Pending, outputs: Path | None = None) -> dict[str, Any]:
         failure = "execution"
         error = str(p.results[-1]) if p.results else "no program ran"
         program = valid[-1].program
+        shown = next((t for t in reversed(run_traces) if isinstance(t, Trace)), None)
     else:
         answer, agreement = vote([t.result for t in traces])
         winner = next(t for t in traces if t.result is answer)
         program = winner.source
+        shown = winner
     saved: str | None = None
     if outputs is not None and failure is None and _is_image(answer):
         file = output_file(outputs, item.id)
@@ -638,6 +643,14 @@ def _record(p: _Pending, outputs: Path | None = None) -> dict[str, Any]:
         failure = None if correct else "wrong_answer"
     elif failure is not None and item.answer is not None:
         correct = False
+    page: str | None = None
+    if trace_pages is not None and shown is not None and (all_traces or failure is not None):
+        file = output_file(trace_pages, item.id, ".html")
+        try:
+            page = str(shown.save_html(file, title=item.id, text=item.text))
+        except OSError as e:
+            error = f"{error}; " if error else ""
+            error += f"the trace page could not be saved to {file}: {e.strerror or e}"
     return {
         "id": item.id,
         "task": item.task,
@@ -651,6 +664,7 @@ def _record(p: _Pending, outputs: Path | None = None) -> dict[str, Any]:
         "error": error,
         "agreement": agreement,
         "output_file": saved,
+        "trace_file": page,
         "timings": timings,
         "seconds": p.plan_seconds + sum(timings.values()),
     }

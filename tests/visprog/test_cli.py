@@ -577,7 +577,7 @@ def test_eval_command_scores_a_data_set_and_resumes(tmp_path: Path, monkeypatch:
     with serve_scripted() as server:
         server.script([count, count, count])
         argv = ["eval", dataset, "--task", "gqa", "-o", results, "--base-url", server.url, "--model", "tiny"]
-        code, _, err = cli(*argv, "--backend", "FaceDet=cascade", "--no-cache", "-q")
+        code, out, err = cli(*argv, "--backend", "FaceDet=cascade", "--no-cache", "-q", "--traces", tmp_path / "pages")
         assert code == 0, err
         records = [json.loads(line) for line in results.read_text().splitlines()]
         assert [(r["id"], r["correct"], r["failure"]) for r in records] == [
@@ -585,6 +585,12 @@ def test_eval_command_scores_a_data_set_and_resumes(tmp_path: Path, monkeypatch:
             ("b", False, "wrong_answer"),
             ("c", True, None),
         ]
+        # the wrong answer's trace page, to see why: the program, the faces found, the count
+        assert [r["trace_file"] for r in records] == [None, str(tmp_path / "pages" / "b.html"), None]
+        page = (tmp_path / "pages" / "b.html").read_text(encoding="utf-8")
+        assert "How many faces are there?" in page and 'data-module="FaceDet"' in page and 'data-module="Count"' in page
+        assert sorted(p.name for p in (tmp_path / "pages").iterdir()) == ["b.html"]
+        assert f"trace pages in {tmp_path / 'pages'}" in out
         summary = json.loads((tmp_path / "results.summary.json").read_text())
         assert summary["n"] == 3 and summary["accuracy"] == pytest.approx(2 / 3)
         # --limit N: only the first N items
@@ -596,6 +602,8 @@ def test_eval_command_scores_a_data_set_and_resumes(tmp_path: Path, monkeypatch:
         assert [json.loads(line)["id"] for line in first.read_text().splitlines()] == ["a"]
         code, _, err = cli(*limited, "--limit", "0", "-q")
         assert code != 0 and "--limit must be at least 1, got 0" in err
+        code, _, err = cli(*limited, "--all-traces", "-q")
+        assert code != 0 and "--all-traces needs --traces DIR" in err
         # a second run finds every item done and asks the LLM nothing
         code, _, _ = cli(*argv, "--backend", "FaceDet=cascade", "--no-cache", "-q")
         assert code == 0 and len(server.requests) == 4
@@ -605,8 +613,10 @@ def test_eval_command_scores_a_data_set_and_resumes(tmp_path: Path, monkeypatch:
         on_ray = tmp_path / "on_ray.jsonl"
         argv = ["eval", dataset, "--task", "gqa", "-o", on_ray, "--base-url", server.url, "--model", "tiny"]
         ray_flags = ["--engine", "ray", "--workers", "1", "--backend", "FaceDet=cascade", "--no-cache", "-q"]
-        code, _, err = cli(*argv, *ray_flags)
+        monkeypatch.chdir(tmp_path)  # a relative --traces folder: the actors write where the driver means
+        code, _, err = cli(*argv, *ray_flags, "--traces", "ray-pages", "--all-traces")
         assert code == 0, err
+        assert sorted(p.name for p in (tmp_path / "ray-pages").iterdir()) == ["a.html", "b.html", "c.html"]
         ray_records = [json.loads(line) for line in on_ray.read_text().splitlines()]
         assert [(r["id"], r["correct"], r["failure"], r["answer"]) for r in ray_records] == [
             (r["id"], r["correct"], r["failure"], r["answer"]) for r in records

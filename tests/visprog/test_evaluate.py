@@ -265,6 +265,34 @@ def test_answers_are_json_safe(server: ScriptedServer, tmp_path: Path, photos: P
     assert rec["answer"].startswith("<image ") and rec["correct"] is None and summary.n == 1
 
 
+def test_trace_pages_of_failed_and_wrong_items(server: ScriptedServer, tmp_path: Path, photos: Path) -> None:
+    fakes.VQA_ANSWERS.update({"Size?": "3", "Colour?": "red"})
+    rows = [
+        {"id": "ok", "image": "coffee.png", "question": "Colour?", "answer": "red"},
+        {"id": "wrong/1", "image": "coffee.png", "question": "Colour, really?", "answer": "blue"},
+        {"id": "fails", "image": "coffee.png", "question": "Size?", "answer": "3"},
+        {"id": "unplanned", "image": "coffee.png", "question": "Moon?", "answer": "x"},
+    ]
+    data = tmp_path / "pages.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dividing = "ANSWER0=Vqa(image=IMAGE, question='Size?')\nANSWER1=Eval(expr='{ANSWER0} / 0')\nRESULT=ANSWER1"
+    teleport = "ANSWER0=Teleport(image=IMAGE)\nRESULT=ANSWER0"
+    server.script([_vqa_program("Colour?"), _vqa_program("Colour?"), dividing, teleport])
+    out = tmp_path / "pages-results.jsonl"
+    items = load_items(data, "gqa", images=photos)
+    pages = tmp_path / "pages"
+    evaluate(items, _planner(server), _interpreter("native"), out_path=out, progress=False, traces=pages)
+    records = {r["id"]: r for r in _records(out)}
+    assert records["ok"]["trace_file"] is None and records["unplanned"]["trace_file"] is None  # nothing to show
+    wrong = Path(records["wrong/1"]["trace_file"])
+    assert wrong.parent == pages and wrong.name.startswith("wrong_1-") and wrong.suffix == ".html"
+    assert "Colour, really?" in wrong.read_text(encoding="utf-8")
+    failed = (pages / "fails.html").read_text(encoding="utf-8")
+    assert records["fails"]["trace_file"] == str(pages / "fails.html")
+    assert 'data-status="failed"' in failed and "division by zero" in failed and 'data-module="Vqa"' in failed
+    assert len(list(pages.iterdir())) == 2
+
+
 # -- loaders -----------------------------------------------------------------------
 
 
