@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import tempfile
@@ -15,6 +16,24 @@ if str(ROOT) not in sys.path:  # `python benchmarks/bench_x.py` puts benchmarks/
     sys.path.insert(0, str(ROOT))
 
 Row = tuple[str, str, str, str]  # measurement, value, target, met
+
+
+def best_seconds(fn: Callable[[], Any], repeats: int, *, warm_up: bool = True) -> float:
+    """Warm up once, then the shortest wall time of ``repeats`` calls: the cost without the noise of
+    other processes. As ``timeit`` does, the garbage collector is off while a call is timed."""
+    if warm_up:
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        gc.collect()
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        finally:
+            gc.enable()
+    return best
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int, *, warm_up: bool = True) -> float:

@@ -37,23 +37,13 @@ class _Failure(Exception):
 _EXACT: dict[Type | None, type] = {t: exact for t in Type if (exact := exact_type(t)) is not None}
 
 
-class _Arg:
-    """How one argument of a step gets its value: worked out once per checked program."""
-
-    __slots__ = ("coerce", "exact", "kind", "name", "optional", "payload", "type")
-
-    LITERAL, INPUT, VALUE, OTHER = range(4)
-
-    def __init__(self, name: str, kind: int, payload: Any, type_: Type | None, optional: bool) -> None:
-        self.name = name
-        self.kind = kind
-        self.payload = payload
-        self.type = type_
-        self.optional = optional
-        #: whether the value still has to go through :func:`coerce` when the step runs
-        self.coerce = type_ is not None and type_ is not Type.ANY and type_ is not Type.TEMPLATE
-        #: values of exactly this Python type need no coercion
-        self.exact = _EXACT.get(type_)
+# How one argument of a step gets its value, worked out once per checked program: a tuple
+# (name, kind, payload, to_type, optional, exact). ``kind`` says what ``payload`` is: the literal's
+# (converted) value, the input's name, the index of the step whose value it is, the template, or an
+# ast value (a list) resolved each run. ``to_type``: the type to convert to (None: none needed);
+# values of exactly the Python type ``exact`` need no conversion.
+_LITERAL, _INPUT, _VALUE, _TEMPLATE, _OTHER = range(5)
+_ArgPlan = tuple[str, int, Any, "Type | None", bool, "type | None"]
 
 
 class _Plan:
@@ -89,35 +79,37 @@ class _Plan:
         return plan
 
 
-def _step_args(s: CheckedStep) -> tuple[_Arg, ...]:
+def _step_args(s: CheckedStep) -> tuple[_ArgPlan, ...]:
     if s.spec is None:
         assert not isinstance(s.step.expr, ast.Call)
         return (_arg("value", s.step.expr, s, None, False),)
     call = s.step.call
     assert call is not None
-    out = []
+    out: list[_ArgPlan] = []
     for arg in call.args:
         param = s.spec.param(arg.name)
         assert param is not None  # the checker guarantees it
         if param.type is Type.TEMPLATE:
-            out.append(_Arg(arg.name, _Arg.OTHER, arg.value, Type.TEMPLATE, param.optional))
+            out.append((arg.name, _TEMPLATE, s.templates[arg.name], None, param.optional, None))
         else:
             out.append(_arg(arg.name, arg.value, s, param.type, param.optional))
     return tuple(out)
 
 
-def _arg(name: str, value: ast.Value, s: CheckedStep, type_: Type | None, optional: bool) -> _Arg:
+def _arg(name: str, value: ast.Value, s: CheckedStep, type_: Type | None, optional: bool) -> _ArgPlan:
+    to_type = None if type_ is None or type_ is Type.ANY else type_
     if isinstance(value, ast.Literal):
-        if type_ is None:
-            return _Arg(name, _Arg.LITERAL, value.value, None, optional)
+        if to_type is None:
+            return (name, _LITERAL, value.value, None, optional, None)
         try:  # a literal converts the same way every run: do it once
-            return _Arg(name, _Arg.LITERAL, coerce(value.value, type_, optional), None, optional)
+            return (name, _LITERAL, coerce(value.value, to_type, optional), None, optional, None)
         except TypeError:  # reported when the step runs
-            return _Arg(name, _Arg.LITERAL, value.value, type_, optional)
+            return (name, _LITERAL, value.value, to_type, optional, None)
+    exact = _EXACT.get(to_type)
     if isinstance(value, ast.Ref):
         source = s.sources[value.name]
-        return _Arg(name, _Arg.INPUT if isinstance(source, str) else _Arg.VALUE, source, type_, optional)
-    return _Arg(name, _Arg.OTHER, value, type_, optional)
+        return (name, _INPUT if type(source) is str else _VALUE, source, to_type, optional, exact)
+    return (name, _OTHER, value, to_type, optional, exact)
 
 
 class _Job:
@@ -375,31 +367,28 @@ class Interpreter:
         job.error = error
 
     def _arguments(self, job: _Job, i: int) -> dict[str, Any]:
-        s = job.checked.steps[i]
         values = job.values
         inputs = job.trace.inputs
         out: dict[str, Any] = {}
-        for a in job.plan.args[i]:
-            kind = a.kind
-            if kind == _Arg.LITERAL:
-                raw = a.payload
-            elif kind == _Arg.VALUE:
-                raw = values[a.payload]
-            elif kind == _Arg.INPUT:
-                raw = inputs[a.payload]
-            elif a.type is Type.TEMPLATE:
-                expression = s.templates[a.name]
-                out[a.name] = expression.bind({n: _lookup(s, n, values, inputs) for n in expression.variables})
+        for name, kind, payload, to_type, optional, exact in job.plan.args[i]:
+            if kind == _VALUE:
+                raw = values[payload]
+            elif kind == _LITERAL:
+                raw = payload
+            elif kind == _INPUT:
+                raw = inputs[payload]
+            elif kind == _TEMPLATE:
+                s = job.checked.steps[i]
+                out[name] = payload.bind({n: _lookup(s, n, values, inputs) for n in payload.variables})
                 continue
             else:
-                raw = _resolve(s, a.payload, values, inputs)
-            if a.coerce and type(raw) is not a.exact:
-                assert a.type is not None
+                raw = _resolve(job.checked.steps[i], payload, values, inputs)
+            if to_type is not None and type(raw) is not exact:
                 try:
-                    raw = coerce(raw, a.type, a.optional)
+                    raw = coerce(raw, to_type, optional)
                 except TypeError as e:
-                    raise _Failure(f"argument '{a.name}': {e}") from None
-            out[a.name] = raw
+                    raise _Failure(f"argument '{name}': {e}") from None
+            out[name] = raw
         return out
 
     def _call(self, spec: ModuleSpec, kwargs: dict[str, Any], ctx: Context) -> Any:
