@@ -86,6 +86,7 @@ class _Checker:
         self.program = program
         self.registry = registry
         self.inputs = dict(inputs)
+        self.missing_inputs: set[str] = set()
         self.diagnostics: list[Diagnostic] = []
         #: name -> (index of the latest assignment, its type)
         self.defined: dict[str, tuple[int, Type]] = {}
@@ -116,6 +117,12 @@ class _Checker:
             return
         if later:
             self.error(line, column, f"'{name}' is used{where} before it is assigned (on line {later[0]})")
+            return
+        if name in DEFAULT_INPUTS and name not in self.assigned_at:  # an input the caller did not give
+            if name not in self.missing_inputs:  # said once, at its first use
+                self.missing_inputs.add(name)
+                given = ", ".join(self.inputs) or "none"
+                self.error(line, column, f"the program reads the input {name}, which was not given (given: {given})")
             return
         known = [*self.defined, *self.inputs]
         self.error(line, column, f"undefined variable '{name}'{where}{_did_you_mean(_suggest(name, known))}")

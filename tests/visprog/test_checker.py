@@ -122,6 +122,20 @@ def test_inputs_are_named_by_the_caller(registry: Registry) -> None:
     ]
 
 
+def test_an_input_that_was_not_given_is_named_once(registry: Registry) -> None:
+    text = "A=Vqa(image=IMAGE, question='q')\nB=Vqa(image=IMAGE, question='r')\nRESULT=A"
+    assert messages(text, registry, inputs=["LEFT"]) == [
+        "line 1, col 13: the program reads the input IMAGE, which was not given (given: LEFT)"
+    ]
+    assert messages(text, registry, inputs=[]) == [
+        "line 1, col 13: the program reads the input IMAGE, which was not given (given: none)"
+    ]
+    # a program that assigns IMAGE itself is not missing an input
+    assert check("IMAGE=LEFT\nA=Vqa(image=IMAGE, question='q')\nRESULT=A", registry, inputs=["LEFT"]).used_inputs == [
+        "LEFT"
+    ]
+
+
 def test_eval_needs_a_quoted_expression_that_parses(registry: Registry) -> None:
     got = messages("A=Count(box=[1])\nB=Eval(expr=A)\nC=Eval(expr='{A} +')\nRESULT=C", registry)
     assert got[0].startswith("line 1, col 13: argument 'box' of Count expects Objects")
