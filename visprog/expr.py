@@ -479,14 +479,11 @@ class BoundExpression(Template):
             raise EvalError("expression is nested too deeply", self.text, column=1) from None
 
     def __str__(self) -> str:
-        out: list[str] = []
-        last = 0
-        for occ in self.expression.occurrences:
-            out.append(self.text[last : occ.start])
-            out.append(f"{occ.name}={_short_repr(self._values[occ.name])}")
-            last = occ.end
-        out.append(self.text[last:])
-        return "".join(out)
+        """The expression as written, then each variable's value: ``{A} == 2 (with A='2')``."""
+        if not self._values:
+            return self.text
+        bound = ", ".join(f"{name}={_short_repr(value)}" for name, value in self._values.items())
+        return f"{self.text} (with {bound})"
 
     def __repr__(self) -> str:
         return f"BoundExpression({self.text!r}, {_short_repr(self._values)})"

@@ -38,8 +38,11 @@ class StepRecord:
         return self.error is None
 
     def summary(self) -> str:
-        args = ", ".join(f"{k}={_show(v)}" for k, v in self.inputs.items())
-        head = f"line {self.line:>2}  {self.target} = {self.module}({args})"
+        if self.module == "=":  # a bare assignment, RESULT=X: shown as written
+            head = f"line {self.line:>2}  {self.source.strip()}"
+        else:
+            args = ", ".join(f"{k}={_show(v)}" for k, v in self.inputs.items())
+            head = f"line {self.line:>2}  {self.target} = {self.module}({args})"
         batch = f" [batch of {self.batch}]" if self.batch > 1 else ""
         if self.error is not None:
             return f"{head}\n         FAILED: {self.error}"

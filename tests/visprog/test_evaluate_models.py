@@ -364,7 +364,7 @@ def _nlvr_cases(ref: Reference) -> list[Case]:
              "wrong_answer", gold="False", result=True, modules=modules, right="clock"),
         Case("dev-108-0-0", "", "Both images are missing.", None, "execution", gold="True", error="no such file"),
         Case("dev-109-0-0", "coins", "There are coins.", _program(_vqa("Are there coins?")),
-             "plan_check", gold="True", error="undefined variable 'IMAGE'", right="coins"),
+             "plan_check", gold="True", error="reads the input IMAGE, which was not given", right="coins"),
         Case("dev-110-0-0", "rocket", "Both images show the same thing.",
              _program(_vqa("What is it?", "LEFT"), _vqa(" ", "RIGHT", "ANSWER1"), same),
              "execution", gold="False", error=BLANK_ERROR, modules=("Vqa",), right="camera"),
