@@ -6,12 +6,15 @@ default; the loaded model is kept in the runtime's pool under the loader, the
 model id, the device and the dtype, so every module that uses the same model
 shares one copy. When the weights are not on this machine and cannot be
 fetched (``HF_HUB_OFFLINE=1``, no network), the error names the module, the
-model and the command that fetches it.
+model and the command that fetches it. A hub id with nothing in the cache is
+first checked with one quick request to the hub, so that an unreachable hub
+fails in seconds rather than after huggingface_hub's retries.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +39,12 @@ T = TypeVar("T")
 
 #: Files a download skips: other frameworks' copies of the same weights.
 IGNORE_PATTERNS = ["*.h5", "*.msgpack", "*.ot", "*.tflite", "flax_model*", "tf_model*", "*.ckpt", "rust_model*"]
+
+
+#: Seconds the reachability probe waits for the hub before a missing model fails.
+PROBE_TIMEOUT_S = 5.0
+#: What a missing-model error suggests for machines without network.
+OFFLINE_HINT = "on a machine without network, set HF_HUB_OFFLINE=1 to skip network checks"
 
 
 def fetch_command(module: str, model_id: str) -> str:
@@ -85,6 +94,9 @@ def load_model(
             where = f" on {runtime.device} ({runtime.dtype_name})" if on_device else ""
             print(f"{ctx.module}: loading {model_id}{where} ...", file=sys.stderr, flush=True)
         try:
+            unreachable = _hub_unreachable(model_id)
+            if unreachable is not None:  # fail now, not after huggingface_hub's ~30 s of retries
+                raise ModelUnavailableError(ctx.module, model_id, unreachable, fetch_command(ctx.module, model_id))
             loaded = loader(model_id)
         except ModelUnavailableError:
             raise
@@ -96,7 +108,7 @@ def load_model(
             elif _offline():
                 reason = "it is not in the Hugging Face cache and HF_HUB_OFFLINE=1"
             else:
-                reason = "it is not in the Hugging Face cache and the hub could not be reached"
+                reason = f"it is not in the Hugging Face cache and the hub could not be reached; {OFFLINE_HINT}"
             raise ModelUnavailableError(ctx.module, model_id, reason, fetch_command(ctx.module, model_id)) from e
         if on_device:
             _to_device(loaded, runtime.device, runtime.torch_dtype())
@@ -107,6 +119,81 @@ def load_model(
         return loaded
 
     return ctx.pool.get(key, load)
+
+
+#: How long a probe that found the hub unreachable is trusted (a batch of failing steps probes once).
+_UNREACHABLE_FOR_S = 60.0
+#: The last failed probe per endpoint: (time.monotonic(), why).
+_unreachable: dict[str, tuple[float, str]] = {}
+
+
+def _hub_unreachable(model_id: str) -> str | None:
+    """Why ``model_id`` cannot come from the hub right now, or None to let the loader try.
+
+    Only for a hub id with nothing of it in the Hugging Face cache, when offline mode is off:
+    one request of at most :data:`PROBE_TIMEOUT_S` seconds, not retried, to the hub's model
+    API. None when the hub answered (even "no such model": the loader says that better), when
+    ``model_id`` is a file or folder or not a hub id, or when the model is (partly) cached.
+    """
+    if _offline() or os.path.exists(os.path.expanduser(model_id)) or not _is_repo_id(model_id):
+        return None
+    if _in_cache(model_id):
+        return None
+    try:
+        from huggingface_hub import HfApi, constants
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return None
+    if getattr(constants, "HF_HUB_OFFLINE", False):  # offline as huggingface_hub sees it (TRANSFORMERS_OFFLINE too)
+        return None
+    endpoint = constants.ENDPOINT
+    known = _unreachable.get(endpoint)
+    if known is not None and time.monotonic() - known[0] < _UNREACHABLE_FOR_S:
+        return known[1]
+    try:
+        HfApi(endpoint=endpoint).model_info(model_id, timeout=PROBE_TIMEOUT_S)
+    except Exception as e:
+        if not _is_network_error(e):
+            return None  # the hub answered (unknown, gated, ...) or something else: the loader decides
+        lines = str(e).strip().splitlines()
+        why = (
+            f"it is not in the Hugging Face cache and the hub at {endpoint} could not be reached "
+            f"[{type(e).__name__}: {lines[0] if lines else 'no answer'}]; {OFFLINE_HINT}"
+        )
+        _unreachable[endpoint] = (time.monotonic(), why)
+        return why
+    _unreachable.pop(endpoint, None)
+    return None
+
+
+#: A Hugging Face repository id, as huggingface_hub validates one: ``name`` or ``owner/name``.
+_REPO_ID = re.compile(r"^(\b[\w\-.]+\b/)?\b[\w\-.]+\b$")
+
+
+def _is_repo_id(model_id: str) -> bool:
+    return len(model_id) <= 96 and "--" not in model_id and ".." not in model_id and bool(_REPO_ID.match(model_id))
+
+
+def _in_cache(model_id: str) -> bool:
+    """Whether the Hugging Face cache holds any snapshot of the model (complete or not)."""
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+    except ImportError:  # pragma: no cover
+        return False
+    snapshots = os.path.join(constants.HF_HUB_CACHE, repo_folder_name(repo_id=model_id, repo_type="model"), "snapshots")
+    try:
+        return any(os.scandir(snapshots))
+    except OSError:
+        return False
+
+
+def _is_network_error(e: BaseException) -> bool:
+    """Whether a request failed without an answer from the server (refused, timed out, no route, DNS)."""
+    names = _error_names(e)
+    if "HfHubHTTPError" in names or "HTTPStatusError" in names:
+        return False  # the server answered with an HTTP status
+    network = {"TransportError", "RequestError", "ConnectionError", "Timeout", "TimeoutException"}
+    return bool(names & network) or isinstance(e, (OSError, TimeoutError))
 
 
 def _to_device(loaded: Any, device: str, dtype: Any) -> None:

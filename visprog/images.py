@@ -244,8 +244,8 @@ def _too_large(label: str, pixels: int, limit: int, size: tuple[int, int] | None
     dims = f"{size[0]}x{size[1]} = " if size is not None else ""
     return (
         f"{label}: image is {dims}{pixels:,} pixels, over the limit of {limit:,} pixels "
-        "(a guard against decompression bombs); to load it, pass a larger max_pixels= "
-        f"to load_image or set the {ENV_MAX_PIXELS} environment variable"
+        "(a guard against decompression bombs); to load it, raise the limit with --max-pixels N "
+        f"on the command line, max_pixels=N in Python (load_image), or the {ENV_MAX_PIXELS} environment variable"
     )
 
 

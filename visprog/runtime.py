@@ -1,7 +1,10 @@
 """What modules share while they run: device, dtype, the model pool, per-run caches.
 
 Nothing here imports torch at import time. The device is resolved once, on
-first use (cuda, then mps, then cpu) unless it is set explicitly.
+first use (cuda, then mps, then cpu) unless it is set explicitly; a device set
+explicitly is checked then (``--device cuda`` without CUDA is a
+:class:`~visprog.errors.ConfigError` at the first model load, not an assertion
+deep inside torch).
 """
 
 from __future__ import annotations
@@ -15,14 +18,23 @@ from typing import Any, TypeVar
 
 from visprog.errors import ConfigError
 
-__all__ = ["Context", "ModelPool", "RunCache", "Runtime", "default_runtime", "resolve_device"]
+__all__ = ["Context", "ModelPool", "RunCache", "Runtime", "check_device", "default_runtime", "resolve_device"]
 
 T = TypeVar("T")
 
 
-def resolve_device(requested: str | None = None) -> str:
-    """The device to run models on: ``requested`` if given, else cuda, mps, cpu in that order."""
+#: Where a device can be asked for, as the device errors name it.
+DEVICE_SOURCES = "--device, the config file's device = ..., or Runtime(device_request=...)"
+
+
+def resolve_device(requested: str | None = None, *, source: str = DEVICE_SOURCES) -> str:
+    """The device to run models on: ``requested`` if given, else cuda, mps, cpu in that order.
+
+    A requested device is checked against this machine and this torch (:func:`check_device`);
+    ``source`` says where it was asked for, for the error.
+    """
     if requested and requested != "auto":
+        check_device(requested, source=source)
         return requested
     try:
         import torch
@@ -34,6 +46,56 @@ def resolve_device(requested: str | None = None) -> str:
     if mps is not None and mps.is_available():
         return "mps"
     return "cpu"
+
+
+def check_device(requested: str, *, source: str = DEVICE_SOURCES) -> None:
+    """Raise :class:`ConfigError` when torch cannot place a model on ``requested`` here.
+
+    A name torch does not know, ``cuda``/``cuda:N`` without CUDA or with fewer than N+1 GPUs,
+    and ``mps`` when it is not available are refused with what was asked, what is available
+    and what to do. Without torch there is nothing to check (loading a model says so).
+    """
+    try:
+        import torch
+    except ImportError:
+        return
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            f"device '{requested}' was requested ({source}) but torch does not know that device: "
+            "use cuda, cuda:N, mps, cpu or auto (the best available)"
+        ) from None
+    asked = f"device '{requested}' was requested ({source})"
+    version = str(torch.__version__)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            if not getattr(torch.version, "cuda", None):
+                raise ConfigError(
+                    f"{asked} but this torch ({version}) has no CUDA: use --device cpu, or install a "
+                    "CUDA build of torch (https://pytorch.org/get-started/locally/; with the Makefile: "
+                    "make clean setup TORCH=...)"
+                )
+            raise ConfigError(
+                f"{asked} but this torch ({version}, CUDA {torch.version.cuda}) finds no CUDA GPU "
+                "(none installed, no working driver, or hidden by CUDA_VISIBLE_DEVICES): use --device cpu, "
+                "or run on a machine with an NVIDIA GPU"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            have = ", ".join(f"cuda:{i}" for i in range(count))
+            raise ConfigError(
+                f"{asked} but this machine has {count} CUDA GPU{'s' if count != 1 else ''} ({have}): "
+                f"use --device cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}, or --device cuda"
+            )
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            why = "is not built with MPS" if mps is None or not mps.is_built() else "finds no MPS device"
+            raise ConfigError(
+                f"{asked} but this torch ({version}) {why} (MPS needs an Apple-silicon Mac with macOS 12.3 "
+                "or later): use --device cpu"
+            )
 
 
 class ModelPool:

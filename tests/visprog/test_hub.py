@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from visprog import hub
 from visprog.errors import ModelUnavailableError
 from visprog.hub import is_cached, load_model, model_statuses, redundant_files
 from visprog.registry import default_registry
@@ -93,3 +97,103 @@ def test_model_loads_are_reported_unless_quiet(tmp_path: Path, capsys: pytest.Ca
     quiet = Runtime(device_request="cpu", progress=False)
     load_model(_ctx(quiet, str(tmp_path)), lambda model_id: object())
     assert capsys.readouterr().err == ""
+
+
+# --- a missing model when the hub cannot be reached ------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def hub_down(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[str]]:
+    """Online, with the hub at a closed port of 127.0.0.1 and an empty cache; yields the ids model_info was asked."""
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "_unreachable", {})
+    asked: list[str] = []
+    model_info = HfApi.model_info
+
+    def counted(self: HfApi, repo_id: str, **kwargs: object) -> object:
+        asked.append(repo_id)
+        return model_info(self, repo_id, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(HfApi, "model_info", counted)
+    yield asked
+
+
+def _never_called(model_id: str) -> object:
+    raise AssertionError(f"the loader ran for {model_id}")
+
+
+def test_a_missing_model_fails_at_once_when_the_hub_cannot_be_reached(hub_down: list[str]) -> None:
+    from huggingface_hub import constants
+
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailableError) as info:
+        load_model(_ctx(Runtime(device_request="cpu", progress=False), "org/not-cached"), _never_called)
+    assert time.monotonic() - started < 5
+    message = str(info.value)
+    assert message.startswith(
+        "Thing: model 'org/not-cached' is not available (it is not in the Hugging Face cache and the hub at "
+        f"{constants.ENDPOINT} could not be reached [ConnectError: "  # then the system's words: Connection refused
+    ), message
+    assert message.endswith(
+        "]; on a machine without network, set HF_HUB_OFFLINE=1 to skip network checks). "
+        "Fetch it on a machine with network access: visprog models pull Thing  (or: hf download org/not-cached)"
+    ), message
+    assert hub_down == ["org/not-cached"]  # one request, not retried
+    # a second load (the next image of a batch) does not ask again
+    with pytest.raises(ModelUnavailableError, match="could not be reached"):
+        load_model(_ctx(Runtime(device_request="cpu", progress=False), "org/other"), _never_called)
+    assert hub_down == ["org/not-cached"]
+
+
+def test_no_probe_for_what_is_cached_local_or_not_a_hub_id(hub_down: list[str], tmp_path: Path) -> None:
+    from huggingface_hub import constants
+
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--org--cached" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)  # even a partial snapshot: the loader decides whether it is enough
+    onnx = tmp_path / "face.onnx"
+    onnx.write_bytes(b"")
+    runtime = Runtime(device_request="cpu", progress=False)
+    for model_id in ("org/cached", str(tmp_path), str(onnx), "qwen2.5:7b"):
+        assert load_model(_ctx(runtime, model_id), lambda m: f"loaded {m}") == f"loaded {model_id}"
+    assert hub_down == []
+
+
+def test_no_probe_offline(hub_down: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    def loader(model_id: str) -> object:
+        raise OSError(f"We couldn't connect to the hub to load {model_id}")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # TRANSFORMERS_OFFLINE=1, as huggingface_hub reads it
+    with pytest.raises(ModelUnavailableError, match="the hub could not be reached; on a machine without network"):
+        load_model(_ctx(Runtime(device_request="cpu", progress=False), "org/not-cached"), loader)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError, match=r"not in the Hugging Face cache and HF_HUB_OFFLINE=1\)"):
+        load_model(_ctx(Runtime(device_request="cpu", progress=False), "org/not-cached"), loader)
+    assert hub_down == []
+
+
+def test_a_hub_that_answers_leaves_the_error_to_the_loader(
+    hub_down: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def not_found(self: HfApi, repo_id: str, **kwargs: object) -> object:
+        hub_down.append(repo_id)
+        raise HfHubHTTPError("404 Client Error: Repository Not Found")
+
+    monkeypatch.setattr(HfApi, "model_info", not_found)
+    loaded = load_model(_ctx(Runtime(device_request="cpu", progress=False), "org/answered"), lambda m: "loaded")
+    assert loaded == "loaded" and hub_down == ["org/answered"]

@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -417,3 +418,37 @@ def test_pulling_a_local_folder_downloads_nothing(blip_dir: Path, tmp_path: Path
         assert hub.requests == []
     assert pulled.returncode == 0, pulled.stderr
     assert f"pulling {blip_dir} for Vqa (blip)\n  -> {blip_dir}\n" in pulled.stdout
+
+
+def test_a_missing_model_fails_in_seconds_when_the_hub_cannot_be_reached(photo: Path, tmp_path: Path) -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    run = ["exec", PROGRAM, "--image", str(photo), "--model", f"Vqa={FAKE_ID}", "--device", "cpu", "-q"]
+    started = time.monotonic()
+    ran = visprog(run, endpoint=endpoint, hf_home=tmp_path / "hf", online=True, cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert ran.returncode == 1, ran.stderr
+    assert "Traceback" not in ran.stderr, ran.stderr
+    assert "Retrying" not in ran.stderr, ran.stderr  # one probe, not huggingface_hub's ~30 s of retried requests
+    assert (
+        f"error: line 1, Vqa (step ANSWER0) failed: Vqa: model '{FAKE_ID}' is not available (it is not in the "
+        f"Hugging Face cache and the hub at {endpoint} could not be reached [ConnectError: "
+    ) in ran.stderr
+    assert (
+        "]; on a machine without network, set HF_HUB_OFFLINE=1 to skip network checks). Fetch it on a machine "
+        f"with network access: visprog models pull Vqa  (or: hf download {FAKE_ID})"
+    ) in ran.stderr
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+
+
+def test_a_reachable_hub_is_asked_once_then_the_model_downloads(
+    repo: dict[str, bytes], photo: Path, reference_answer: str, tmp_path: Path
+) -> None:
+    run = ["exec", PROGRAM, "--image", str(photo), "--model", f"Vqa={FAKE_ID}", "--device", "cpu", "-q"]
+    with serve_hub({FAKE_ID: repo}) as hub:
+        ran = visprog(run, endpoint=hub.url, hf_home=tmp_path / "hf", online=True, cwd=tmp_path)
+        requests = list(hub.requests)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().splitlines()[-1] == f"FINAL_RESULT: {reference_answer}"
+    assert requests[0] == ("GET", f"/api/models/{FAKE_ID}")  # the probe, before from_pretrained
+    assert requests[1] != requests[0]  # asked once (transformers may ask for the model info itself later)
+    assert any(m == "GET" and p.endswith("/model.safetensors") for m, p in requests)
