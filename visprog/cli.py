@@ -541,7 +541,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine", choices=["local", "ray"], default="local", help="run here, or on Ray actors (one per GPU)"
     )
     p.add_argument("--address", default=None, help="a Ray cluster to join (default: start Ray on this machine)")
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="Ray actors (default: one per GPU, else 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Ray actors: N of the GPUs (default: one per GPU), or N CPU actors without GPUs or with --device cpu"
+        " (default 2)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_planner_options(p)
     p.set_defaults(func=_cmd_eval)

@@ -1,13 +1,17 @@
 """Engines for :func:`visprog.evaluate.evaluate`: the chunks of items run here (``local``) or on Ray actors (``ray``).
 
 The Ray engine starts one actor per GPU of the cluster (``num_gpus=1`` each;
-Ray gives each its own ``CUDA_VISIBLE_DEVICES``), or ``workers`` CPU actors
-(default 2) when the cluster has no GPU. Each actor builds its planner,
-interpreter and runtime once, from :class:`WorkerSettings` (plain, picklable
-values: the registry is named by an importable ``"module:function"``), and
-runs chunks with :func:`visprog.evaluate.process_chunk`, the local engine's
-unit of work. The driver gets the chunks' records back in item order, as they
-finish, and writes them as the local engine does.
+Ray gives each its own ``CUDA_VISIBLE_DEVICES``; ``workers`` of them when
+given, at most one per GPU), or ``workers`` CPU actors (default 2) when the
+cluster has no GPU or the settings' device is ``cpu`` (CPU actors reserve no
+GPU). Each actor builds its planner, interpreter and runtime once, from
+:class:`WorkerSettings` (plain, picklable values: the registry is named by an
+importable ``"module:function"``), and runs chunks with
+:func:`visprog.evaluate.process_chunk`, the local engine's unit of work. The
+driver gets the chunks' records back in item order, as they finish, and writes
+them as the local engine does (a chunk whose LLM stopped answering comes back
+with its records so far and a mark, :data:`visprog.evaluate.ABORTED`, for the
+item it stopped at: the driver writes the records, then stops).
 
 Ray is imported only here, inside the functions that need it: ``import
 visprog`` and ``visprog check`` never import it.
@@ -16,7 +20,7 @@ visprog`` and ``visprog check`` never import it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,11 +143,30 @@ def _import_ray() -> Any:
     return ray
 
 
-def _gpu_device(requested: str | None) -> str | None:
-    """An actor's device: the GPU Ray gave it (``cuda``) unless the settings ask for something else than cuda."""
-    if requested is None or requested == "auto" or requested.startswith("cuda"):
-        return "cuda"
-    return requested
+def _wants_gpu(requested: str | None) -> bool:
+    """Whether a device setting lets an actor use a GPU: none given, ``auto``, or ``cuda``/``cuda:N``."""
+    return requested is None or requested == "auto" or requested.startswith("cuda")
+
+
+def _actors(
+    resources: Mapping[str, float], device: str | None, workers: int | None
+) -> tuple[int, dict[str, Any], str | None]:
+    """How many actors to start, their Ray resource options, and the device each builds its runtime on.
+
+    One actor per GPU (``num_gpus=1``; at most ``workers``, which may not exceed the GPUs) when the
+    cluster has GPUs and ``device`` allows one; otherwise ``workers`` CPU actors (default
+    :data:`DEFAULT_CPU_WORKERS`), also on a GPU cluster when ``device`` is ``cpu`` (or ``mps``):
+    they reserve no GPU.
+    """
+    gpus = int(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1.0))
+    if gpus and _wants_gpu(device):
+        n = workers or gpus
+        if n > gpus:
+            raise ConfigError(f"{n} workers asked for, but the Ray cluster has {gpus} GPU(s): one worker per GPU")
+        return n, {"num_gpus": 1, "num_cpus": min(1.0, cpus / n)}, "cuda"  # the GPU Ray gave the actor
+    n = workers or DEFAULT_CPU_WORKERS
+    return n, {"num_cpus": min(1.0, cpus / n)}, device
 
 
 def _reachable(address: str) -> None:
@@ -213,19 +236,7 @@ def _run_on_actors(
 ) -> Iterator[list[dict[str, Any]]]:
     from ray.util import ActorPool
 
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = float(resources.get("CPU", 1.0))
-    if gpus:
-        n = workers or gpus
-        if n > gpus:
-            raise ConfigError(f"{n} workers asked for, but the Ray cluster has {gpus} GPU(s): one worker per GPU")
-        actor_options: dict[str, Any] = {"num_gpus": 1, "num_cpus": min(1.0, cpus / n)}
-        device = _gpu_device(settings.device)
-    else:
-        n = workers or DEFAULT_CPU_WORKERS
-        actor_options = {"num_cpus": min(1.0, cpus / n)}
-        device = settings.device
+    n, actor_options, device = _actors(ray.cluster_resources(), settings.device, workers)
     n = min(n, len(chunks)) or 1
     remote = ray.remote(_Worker).options(**actor_options)
     actors = [remote.remote(settings, device) for _ in range(n)]

@@ -107,7 +107,24 @@ class ConfigError(VisprogError):
 
 
 class ServiceError(VisprogError):
-    """A remote service (an LLM server) failed or could not be reached; names the URL and model."""
+    """A remote service (an LLM server) failed or could not be reached; names the URL and model.
+
+    ``per_request``: the failure is about this one request (the server refused it: HTTP 400, 413,
+    422, such as a prompt longer than the model's context or a content filter), so other requests
+    may well succeed; False (the default) for failures of the service itself (unreachable, timed
+    out, key refused, model not found, rate limited after retries, server errors).
+    """
+
+    def __init__(self, message: str = "", *, per_request: bool = False) -> None:
+        self.per_request = per_request
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep per_request when pickled (Ray, multiprocessing)
+        return (_service_error, (str(self), self.per_request))
+
+
+def _service_error(message: str, per_request: bool) -> ServiceError:
+    return ServiceError(message, per_request=per_request)
 
 
 class ImageError(VisprogError):

@@ -24,10 +24,19 @@ with a shared run cache), and appends one JSON line per item to the output
 file, flushed at once; items already in the file are skipped, so a run can be
 resumed.
 
+Every item must have the images its task reads (:data:`TASK_INPUTS`), checked
+as the file is loaded.
+
 Failure kinds: ``plan_parse`` (the last attempt's program is empty or does
-not parse: :func:`visprog.parser.parse` raises), ``plan_check`` (it parses but
-fails the check), ``execution`` (an image does not load or every valid
-program fails while running), ``wrong_answer``.
+not parse: :func:`visprog.parser.parse` raises; or the LLM refused the request,
+a ``per_request`` :class:`~visprog.errors.ServiceError`, and no program came
+back), ``plan_check`` (it parses but fails the check), ``execution`` (an image
+does not load or every valid program fails while running), ``wrong_answer``.
+
+Latency: a record's ``seconds`` is ``load_seconds`` (its images) +
+``plan_seconds`` (its LLM calls) + ``run_seconds`` (the wall time from the start
+of its chunk's run until its program, or the last of its samples, finished:
+the programs of a chunk run together); ``timings`` has each module's own time.
 """
 
 from __future__ import annotations
@@ -35,16 +44,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from visprog.checker import CheckedProgram
-from visprog.errors import ConfigError, ProgramError, VisprogError
+from visprog.errors import ConfigError, ProgramError, ServiceError, VisprogError
 from visprog.planner.core import Plan, Planner, PlanningError, vote
 from visprog.runtime import RunCache
 from visprog.trace import Trace
@@ -53,6 +63,7 @@ if TYPE_CHECKING:
     from visprog.engines import WorkerSettings
 
 __all__ = [
+    "ABORTED",
     "FAILURES",
     "TASK_INPUTS",
     "Item",
@@ -94,7 +105,10 @@ class Item:
 def load_items(path: str | Path, task: str, *, images: str | Path | None = None) -> list[Item]:
     """The items of a data file: our JSONL, GQA question JSON or NLVR2 JSONL (the format is detected).
 
-    ``images`` is the folder image names are relative to (default: the data file's folder).
+    ``images`` is the folder image names are relative to (default: the data file's folder). Every
+    item must have the images ``task`` reads (:data:`TASK_INPUTS`: one image for gqa, edit and tag,
+    a left and a right one for nlvr): the first item that does not is a :class:`ConfigError`, as is
+    a file with no items.
     """
     if task not in TASK_INPUTS:
         raise ConfigError(f"unknown task '{task}': expected one of {', '.join(TASK_INPUTS)}")
@@ -106,8 +120,10 @@ def load_items(path: str | Path, task: str, *, images: str | Path | None = None)
     # absolute, so that Ray workers (whose working folder may differ) find the images too
     root = (Path(images) if images is not None else source.parent).absolute()
     whole = _whole_json(text)
-    if isinstance(whole, dict) and whole and all(isinstance(v, dict) and "imageId" in v for v in whole.values()):
-        return [_gqa_item(str(qid), q, task, root) for qid, q in whole.items()]
+    if isinstance(whole, dict) and not whole:
+        raise ConfigError(f"{source}: the file has no items (an empty JSON object)")
+    if isinstance(whole, dict) and _looks_like_gqa(whole):
+        return [_checked(_gqa_item(source, str(qid), q, task, root), task, f"{source}") for qid, q in whole.items()]
     if isinstance(whole, list):
         rows: list[tuple[int, Any]] = list(enumerate(whole, start=1))
     else:
@@ -118,23 +134,60 @@ def load_items(path: str | Path, task: str, *, images: str | Path | None = None)
                     rows.append((number, json.loads(line)))
                 except ValueError as e:
                     raise ConfigError(f"{source}:{number}: not a JSON object: {e}") from None
+    if not rows:
+        raise ConfigError(f"{source}: the file has no items")
     items: list[Item] = []
     for number, row in rows:
         if not isinstance(row, dict):
             raise ConfigError(f"{source}:{number}: expected a JSON object, got {type(row).__name__}")
         try:
             if "identifier" in row and "sentence" in row:
-                items.append(_nlvr2_item(row, task, root))
+                item = _nlvr2_item(row, task, root)
             else:
-                items.append(_our_item(row, task, root))
+                item = _our_item(row, task, root)
         except KeyError as e:
             raise ConfigError(f"{source}:{number}: missing key {e}") from None
+        items.append(_checked(item, task, f"{source}:{number}"))
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
             raise ConfigError(f"{source}: the id '{item.id}' occurs more than once")
         seen.add(item.id)
     return items
+
+
+#: Keys of one item of our JSONL or NLVR2: a JSON object with one of them is a row, not a GQA file.
+_ROW_KEYS = frozenset({"id", "identifier", "question", "statement", "instruction", "text", "image", "left", "right"})
+
+
+def _looks_like_gqa(whole: Mapping[str, Any]) -> bool:
+    """Whether a JSON object is a GQA question file (question id → entry), not a one-line JSONL row."""
+    return not (_ROW_KEYS & set(whole)) and any(isinstance(v, dict) for v in whole.values())
+
+
+def _describe_images(names: Iterable[str]) -> str:
+    given = set(names)
+    if given == {"IMAGE"}:
+        return "one image"
+    if given == {"LEFT", "RIGHT"}:
+        return "left and right images"
+    return "the images " + ", ".join(sorted(given)) if given else "no image"
+
+
+#: How our JSONL names each task's images.
+_IMAGE_KEYS = {("IMAGE",): "key 'image'", ("LEFT", "RIGHT"): "keys 'left' and 'right'"}
+
+
+def _checked(item: Item, task: str, where: str) -> Item:
+    """``item``, when it has exactly the images ``task``'s programs read (else a :class:`ConfigError`)."""
+    wanted = TASK_INPUTS[task]
+    if set(item.images) != set(wanted):
+        keys = _IMAGE_KEYS.get(wanted)
+        raise ConfigError(
+            f"{where}: item '{item.id}' has {_describe_images(item.images)} but task {task} needs "
+            f"{_describe_images(wanted)}{f' ({keys})' if keys else ''}: is --task right for this file?"
+        )
+    return item
 
 
 def _whole_json(text: str) -> Any:
@@ -144,7 +197,18 @@ def _whole_json(text: str) -> Any:
         return None  # JSONL (or broken: reported line by line)
 
 
-def _gqa_item(qid: str, q: Mapping[str, Any], task: str, root: Path) -> Item:
+def _gqa_item(source: Path, qid: str, q: Any, task: str, root: Path) -> Item:
+    if not isinstance(q, dict):
+        raise ConfigError(
+            f"{source}: looks like a GQA question file (question id → entry), "
+            f"but entry '{qid}' is a {type(q).__name__}, not an object"
+        )
+    missing = [k for k in ("imageId", "question") if k not in q]
+    if missing:
+        raise ConfigError(
+            f"{source}: looks like a GQA question file (question id → entry), "
+            f"but entry '{qid}' lacks {' and '.join(repr(k) for k in missing)}"
+        )
     return Item(qid, task, str(q["question"]), {"IMAGE": str(root / f"{q['imageId']}.jpg")}, q.get("answer"))
 
 
@@ -184,40 +248,56 @@ _NUMBERS = {
         "sixteen seventeen eighteen nineteen twenty".split()
     )
 }
-_YES = {"yes", "true", "y"}
-_NO = {"no", "false", "n"}
+_YES = {"yes", "true"}
+_NO = {"no", "false"}
 _PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _number(text: str) -> str:
+    """A decimal number written by its value: ``2.50`` → ``2.5``, ``1.0`` → ``1``, ``007`` → ``7``."""
+    from decimal import Decimal
+
+    value = Decimal(text).normalize()
+    out = format(value, "f")
+    return "0" if out in ("-0", "0") else out
 
 
 def normalize_answer(value: Any) -> str:
     """A VQA-style normal form: lower case, no punctuation or articles, number words as digits, yes/no for booleans.
 
-    ``True``, ``'True'``, ``'true'`` and ``'yes'`` all become ``'yes'``; ``False``/``'False'``/``'no'`` ``'no'``.
+    ``True``, ``'True'``, ``'true'`` and ``'yes'`` all become ``'yes'``; ``False``/``'False'``/``'no'`` ``'no'``
+    (single letters such as ``'y'`` stay themselves). Numbers are written by their value, so they compare
+    by value: ``'2.50'``, ``2.5`` and ``'2.5'`` are ``'2.5'``; ``'1.0'``, ``1.0`` and ``'one'`` are ``'1'``;
+    ``'1,000'`` is ``'1000'``.
     """
     if value is None:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, (int, float)):
+    if isinstance(value, float):
+        return _number(repr(value)) if math.isfinite(value) else str(value)
+    if isinstance(value, int):
         return str(value)
     if isinstance(value, (list, tuple)):
         return " ".join(normalize_answer(v) for v in value)
     text = str(value).lower().strip()
     chars = []
     for i, c in enumerate(text):
-        # keep a decimal point between digits (2.5), a comma in 1,000 is dropped
-        if c == "." and 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit():
+        between_digits = 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit()
+        # keep a decimal point between digits (2.5) and a minus sign before a number; a comma in 1,000 is dropped
+        if c == "." and between_digits:
+            chars.append(c)
+        elif c == "-" and i + 1 < len(text) and text[i + 1].isdigit() and (i == 0 or text[i - 1].isspace()):
             chars.append(c)
         elif c == ",":
-            chars.append("" if 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit() else " ")
+            chars.append("" if between_digits else " ")
         elif c in _PUNCTUATION:
             chars.append(" " if c in "-/" else "")
         else:
             chars.append(c)
     words = [_NUMBERS.get(w, w) for w in "".join(chars).split() if w not in _ARTICLES]
-    out = " ".join(words)
+    out = " ".join(_number(w) if _NUMBER.fullmatch(w) else w for w in words)
     if out in _YES:
         return "yes"
     if out in _NO:
@@ -226,7 +306,11 @@ def normalize_answer(value: Any) -> str:
 
 
 def is_correct(answer: Any, expected: Any) -> bool:
-    """Whether ``answer`` matches ``expected`` after :func:`normalize_answer` (a list: any of them)."""
+    """Whether ``answer`` matches ``expected`` after :func:`normalize_answer`.
+
+    An ``expected`` list holds alternatives, VQA-style: the answer is correct when it matches any
+    one of them (``["gray", "grey"]``); it is not compared with the list as a whole.
+    """
     if isinstance(expected, list):
         return any(is_correct(answer, e) for e in expected)
     return normalize_answer(answer) == normalize_answer(expected)
@@ -267,19 +351,26 @@ class Summary:
     correct: int
     accuracy: float  # over the scored items (those with an expected answer)
     failures: dict[str, int]
-    latency: dict[str, float]  # p50, p90, p99 in seconds
+    latency: dict[str, float]  # p50, p90, p99 of the records' seconds (load + plan + run), in seconds
     module_seconds: dict[str, float]
     out_path: str = ""
     skipped: int = 0  # items found in the output file and not run again
     extra: dict[str, Any] = field(default_factory=dict)
     scored: int = -1  # items with an expected answer (-1: all of them)
     ran: int = -1  # items whose program ran to its end (no failure before the answer; -1: unknown)
+    wall_seconds: float = 0.0  # the wall time of this invocation of evaluate
+    evaluated: int = 0  # the items this invocation planned and ran (n less those found in the file)
 
     def __post_init__(self) -> None:
         if self.scored < 0:
             self.scored = self.n
         if self.ran < 0:
             self.ran = self.n - sum(v for k, v in self.failures.items() if k != "wrong_answer")
+
+    @property
+    def items_per_second(self) -> float:
+        """This invocation's throughput: the items it evaluated over its wall time."""
+        return self.evaluated / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     @property
     def failure_rates(self) -> dict[str, float]:
@@ -298,6 +389,9 @@ class Summary:
             "module_seconds": dict(self.module_seconds),
             "out_path": self.out_path,
             "skipped": self.skipped,
+            "evaluated": self.evaluated,
+            "wall_seconds": self.wall_seconds,
+            "items_per_second": self.items_per_second,
         }
 
     def to_table(self) -> str:
@@ -311,6 +405,8 @@ class Summary:
             rows.append((kind, f"{self.failure_rates[kind]:.1%} ({self.failures[kind]})"))
         for p in ("p50", "p90", "p99"):
             rows.append((f"latency {p}", f"{self.latency[p] * 1000:.1f} ms"))
+        rows.append(("wall time", f"{self.wall_seconds:.1f} s for the {self.evaluated} item(s) evaluated now"))
+        rows.append(("throughput", f"{self.items_per_second:.2f} items/s"))
         for name, seconds in sorted(self.module_seconds.items(), key=lambda kv: -kv[1]):
             rows.append((f"time in {name}", f"{seconds:.3f} s"))
         width = max(len(k) for k, _ in rows)
@@ -408,32 +504,77 @@ class _Progress:
         self.stream.flush()
 
 
+#: The key of the mark :func:`process_chunk` puts in place of the record of the item at which the LLM
+#: service stopped answering: ``{"id": ..., ABORTED: "the error"}``. :func:`evaluate` writes the records
+#: before it, not the mark, and stops with a :class:`ServiceError`.
+ABORTED = "_aborted"
+
+
 @dataclass
 class _Pending:
     item: Item
-    plans: list[Plan | PlanningError] = field(default_factory=list)
+    plans: list[Plan | PlanningError | ServiceError] = field(default_factory=list)
     inputs: dict[str, Any] | None = None
     load_error: str | None = None
+    load_seconds: float = 0.0
     plan_seconds: float = 0.0
+    run_seconds: float = 0.0
     results: list[Trace | VisprogError] = field(default_factory=list)
 
 
 def _run_jobs(
     interpreter: _Runner, jobs: Sequence[tuple[CheckedProgram, Mapping[str, Any]]]
-) -> list[Trace | VisprogError]:
+) -> list[tuple[Trace | VisprogError, float]]:
+    """Each job's result and when it finished: seconds from the start of the run of all of them."""
     if not jobs:
         return []
+    start = time.perf_counter()
     run_many = getattr(interpreter, "run_many", None)
     if run_many is not None:
-        return list(run_many(jobs))
+        results = list(run_many(jobs))
+        total = time.perf_counter() - start
+        return [(r, _finished(r, total)) for r in results]
     cache = RunCache()
-    out: list[Trace | VisprogError] = []
+    out: list[tuple[Trace | VisprogError, float]] = []
     for program, inputs in jobs:
+        result: Trace | VisprogError
         try:
-            out.append(interpreter.run(program, inputs, cache=cache))
+            result = interpreter.run(program, inputs, cache=cache)
         except VisprogError as e:
-            out.append(e)
+            result = e
+        out.append((result, time.perf_counter() - start))
     return out
+
+
+def _finished(result: Trace | VisprogError, total: float) -> float:
+    """When a job of ``run_many`` finished: its trace's seconds (from the start of the run of all the jobs)."""
+    trace = result if isinstance(result, Trace) else getattr(result, "trace", None)
+    if not isinstance(trace, Trace):
+        return 0.0  # never started (it failed its check)
+    return trace.seconds if trace.seconds > 0 or not isinstance(result, Trace) else total
+
+
+def _missing_images(items: Sequence[Item]) -> tuple[int, str | None]:
+    """How many items lack a local image file, and the first missing path (URLs are not checked).
+
+    One stat call per distinct path: GQA's questions share a few images each.
+    """
+    found: dict[str, bool] = {}
+    missing, first = 0, None
+    for item in items:
+        lacking = None
+        for src in item.images.values():
+            if "://" in src:
+                continue
+            if src not in found:
+                found[src] = os.path.isfile(src)
+            if not found[src]:
+                lacking = src
+                break
+        if lacking is not None:
+            missing += 1
+            first = first or lacking
+    return missing, first
 
 
 def evaluate(
@@ -470,6 +611,18 @@ def evaluate(
     record in the file, is printed as a table (to ``out``; stdout when
     ``progress``), and saved as ``<stem>.summary.json`` next to ``out_path``.
 
+    Before planning anything, the local image files of the items to run are looked for (one stat
+    call per file; URLs are not): when none of the items has its images this is a
+    :class:`ConfigError` (the wrong image folder, most likely); when some lack theirs, one warning
+    line goes to stderr and those items are recorded as ``execution`` failures.
+
+    When the LLM service stops answering (unreachable, timed out, key or model refused, rate limited
+    after the retries, server errors: a :class:`ServiceError` that is not ``per_request``), the items
+    of the chunk planned before it are run and written, and the evaluation stops with a
+    :class:`ServiceError` saying so: the items without a record are planned when the same call (or
+    command) runs again. A refusal of one request (``per_request``: its prompt is too long, a content
+    filter) is that item's ``plan_parse`` failure.
+
     Answers that are images (edit and tag) are saved under ``outputs`` (default: the folder
     ``<stem>.outputs`` next to ``out_path``, made on the first image) and named in the record's
     ``output_file``. Items without an expected answer are not scored: accuracy is over the scored
@@ -479,6 +632,7 @@ def evaluate(
     program ran but came out wrong or failed is saved as ``<traces>/<id>.html`` (the record's
     ``trace_file``); ``all_traces``: of every item that ran.
     """
+    started = time.perf_counter()
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
     if batch_size < 1:
@@ -494,6 +648,20 @@ def evaluate(
     done = _read_records(path)
     todo = [it for it in items if it.id not in done]
     skipped = len(items) - len(todo)
+    missing, first_missing = _missing_images(todo)
+    if todo and missing == len(todo):
+        what = (
+            "the item's image was not found:"
+            if len(todo) == 1
+            else f"none of the {len(todo)} items' images were found, e.g."
+        )
+        raise ConfigError(f"{what} {first_missing}; pass --images DIR, the folder with the images")
+    if missing:
+        print(
+            f"warning: {missing} of the {len(todo)} items to evaluate lack their images (e.g. {first_missing}); "
+            "they are recorded as execution failures",
+            file=sys.stderr,
+        )
     bar = _Progress(len(items), progress)
     for it in items:
         if it.id in done:
@@ -512,7 +680,7 @@ def evaluate(
         "traces": Path(traces) if traces is not None else None,
         "all_traces": all_traces,
     }
-    results: Iterable[list[dict[str, Any]]]
+    results: Iterator[list[dict[str, Any]]]
     if engine == "ray" and chunks:
         from visprog.engines import ray_chunks
 
@@ -520,14 +688,38 @@ def evaluate(
         results = ray_chunks(chunks, settings, address=address, workers=workers, **options)
     else:
         results = (process_chunk(c, planner, interpreter, **options) for c in chunks)
-    with path.open("a", encoding="utf-8") as f:
-        for records in results:  # chunk by chunk, in item order
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
-                done[rec["id"]] = rec
-                bar.update(rec["correct"])
+    written = 0
+    aborted: dict[str, Any] | None = None
+    try:
+        with path.open("a", encoding="utf-8") as f:
+            for records in results:  # chunk by chunk, in item order
+                for rec in records:
+                    if ABORTED in rec:
+                        aborted = rec
+                        continue
+                    f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                    done[rec["id"]] = rec
+                    written += 1
+                    bar.update(rec["correct"])
+                if aborted is not None:
+                    break
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # stops the Ray actors at once when the loop ended early
+    if aborted is not None:
+        if bar.enabled and 0 < bar.done < bar.total:
+            bar.stream.write("\n")
+        left = len(items) - len(done)
+        raise ServiceError(
+            f"the LLM stopped answering at item '{aborted['id']}': {aborted[ABORTED]}\n"
+            f"the records so far ({len(done)}, {written} of them written now) are saved in {path}; "
+            f"{left} item(s) have none yet: run the same command again to resume"
+        )
     summary = summarize([done[it.id] for it in items if it.id in done], out_path=str(path), skipped=skipped)
+    summary.wall_seconds = time.perf_counter() - started
+    summary.evaluated = written
     path.with_name(f"{path.stem}.summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     stream = out if out is not None else (sys.stdout if progress else None)
     if stream is not None:
@@ -552,35 +744,57 @@ def process_chunk(
     An answer that is an image (edit and tag programs) is saved as ``<outputs>/<id>.png`` (the record's
     ``output_file``) when ``outputs`` is given; trace pages go to ``traces`` as :func:`evaluate` says.
     The unit of work of both engines (a Ray actor calls it with its own planner and interpreter).
+
+    When the planner's LLM service fails (a :class:`ServiceError` that is not ``per_request``),
+    planning stops there: the items planned before it are run and get their records, the item it
+    failed on gets the mark ``{"id": ..., ABORTED: "the error"}`` instead (see :data:`ABORTED`), and
+    the items after it get nothing. A ``per_request`` error is the item's ``plan_parse`` failure.
     """
     from visprog.images import load_image
 
     pending = [_Pending(it) for it in chunk]
+    stop: tuple[_Pending, ServiceError] | None = None
     for p in pending:  # plan every item first: LLM calls one after another
+        t0 = time.perf_counter()
         try:
             p.inputs = {name: load_image(src, max_pixels=max_pixels, name=src) for name, src in p.item.images.items()}
         except (VisprogError, OSError, ValueError) as e:
             p.load_error = f"{type(e).__name__}: {e}" if not isinstance(e, VisprogError) else str(e)
             continue
+        finally:
+            p.load_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         for k in range(samples):
             try:
                 p.plans.append(planner.plan(p.item.task, p.item.text, sample=k, temperature=temperature))
             except PlanningError as e:
                 p.plans.append(e)
+            except ServiceError as e:
+                if not e.per_request:
+                    stop = (p, e)
+                else:
+                    p.plans.append(e)  # this request was refused: every sample's would be
+                break
         p.plan_seconds = time.perf_counter() - t0
+        if stop is not None:
+            break
+    planned = pending[: pending.index(stop[0])] if stop is not None else pending
     jobs: list[tuple[CheckedProgram, Mapping[str, Any]]] = []
     owners: list[_Pending] = []
-    for p in pending:
+    for p in planned:
         for plan in p.plans:
             if isinstance(plan, Plan) and p.inputs is not None:
                 jobs.append((plan.checked, p.inputs))
                 owners.append(p)
-    for p, result in zip(owners, _run_jobs(interpreter, jobs), strict=True):
+    for p, (result, finished) in zip(owners, _run_jobs(interpreter, jobs), strict=True):
         p.results.append(result)
+        p.run_seconds = max(p.run_seconds, finished)
     folder = Path(outputs) if outputs is not None else None
     pages = Path(traces) if traces is not None else None
-    return [_record(p, folder, pages, all_traces) for p in pending]
+    records = [_record(p, folder, pages, all_traces) for p in planned]
+    if stop is not None:
+        records.append({"id": stop[0].item.id, ABORTED: str(stop[1])})
+    return records
 
 
 def output_file(folder: Path, item_id: str, suffix: str = ".png") -> Path:
@@ -616,8 +830,11 @@ def _record(
         failure, error = "execution", p.load_error
     elif not valid:
         last = p.plans[-1]
-        assert isinstance(last, PlanningError)
-        failure, error = _plan_failure(last), str(last)
+        if isinstance(last, ServiceError):  # the LLM refused this request: no program came back
+            failure, error = "plan_parse", str(last)
+        else:
+            assert isinstance(last, PlanningError)
+            failure, error = _plan_failure(last), str(last)
     elif not traces:
         failure = "execution"
         error = str(p.results[-1]) if p.results else "no program ran"
@@ -666,5 +883,8 @@ def _record(
         "output_file": saved,
         "trace_file": page,
         "timings": timings,
-        "seconds": p.plan_seconds + sum(timings.values()),
+        "load_seconds": p.load_seconds,
+        "plan_seconds": p.plan_seconds,
+        "run_seconds": p.run_seconds,
+        "seconds": p.load_seconds + p.plan_seconds + p.run_seconds,
     }

@@ -671,3 +671,42 @@ def test_eval_on_edit_instructions_saves_the_images_and_scores_nothing(
     assert Path(on_ray["output_file"]) == (tmp_path / "ray-images" / saved.name).absolute()
     with PILImage.open(on_ray["output_file"]) as from_ray, PILImage.open(saved) as local:
         assert (np.asarray(from_ray) == np.asarray(local)).all()
+
+
+def test_eval_command_stops_clearly_on_wrong_data_and_on_an_llm_outage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.visprog.planner.conftest import Reply, serve_scripted
+
+    images = tmp_path / "images"
+    images.mkdir()
+    PILImage.fromarray(data.astronaut()).save(images / "astronaut.jpg")
+    rows = [{"id": f"q{i}", "image": "astronaut.jpg", "question": f"Faces {i}?", "answer": "1"} for i in range(3)]
+    dataset = tmp_path / "faces.jsonl"
+    dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    count = "OBJ0=FaceDet(image=IMAGE)\nANSWER0=Count(box=OBJ0)\nFINAL_RESULT=Result(var=ANSWER0)"
+    results = tmp_path / "results.jsonl"
+    monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path / "cache"))
+    with serve_scripted() as server:
+        argv = ["eval", dataset, "-o", results, "--base-url", server.url, "--model", "tiny", "--no-cache", "-q"]
+        # a GQA-style file with --task nlvr: one clear error, nothing planned
+        code, _, err = cli(*argv, "--task", "nlvr")
+        assert code == 1 and f"{dataset}:1: item 'q0' has one image but task nlvr needs left and right images" in err
+        # the images are not next to the data file: the error says to pass --images
+        code, _, err = cli(*argv, "--task", "gqa")
+        assert code == 1 and "none of the 3 items' images were found" in err and "pass --images DIR" in err
+        assert server.requests == [] and not results.exists()
+        # the LLM answers the first item, then fails: the first item's record is kept, the run stops
+        server.script([count, Reply.error(401, "Incorrect API key provided")])  # not retried
+        flags = ["--task", "gqa", "--images", images, "--backend", "FaceDet=cascade", "--batch-size", "2"]
+        code, _, err = cli(*argv, *flags)
+        assert code == 1 and "error: the LLM stopped answering at item 'q1'" in err and "HTTP 401" in err
+        assert "run the same command again to resume" in err and "Traceback" not in err
+        assert [json.loads(line)["id"] for line in results.read_text().splitlines()] == ["q0"]
+        # the same command resumes; the table has this run's wall time and throughput
+        server.script([count, count])
+        code, out, err = cli(*argv, *flags)
+        assert code == 0, err
+        assert re.search(r"wall time\s+\d+\.\d s for the 2 item\(s\) evaluated now", out)
+        assert re.search(r"throughput\s+\d+\.\d\d items/s", out)
+        assert [json.loads(line)["id"] for line in results.read_text().splitlines()] == ["q0", "q1", "q2"]

@@ -77,6 +77,8 @@ _NLVR = [
     ("S3 missing", _nlvr("and"), False, "missing.png"),  # execution: never planned
 ]
 REPLIES: dict[str, str] = {**{t: r for t, r, _ in _GQA}, **{t: r for t, r, _, _ in _NLVR}}
+#: Item texts the server answers with an HTTP error status instead (set by a test, in this process only).
+FAILING: dict[str, int] = {}
 
 
 @contextlib.contextmanager
@@ -93,6 +95,15 @@ def _keyed_server() -> Iterator[tuple[str, list[str]]]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0) or 0)) or b"{}")
             last = str(body.get("messages", [{}])[-1].get("content", ""))
+            failing = [status for text, status in FAILING.items() if text in last]
+            if failing:
+                error = json.dumps({"error": {"message": f"scripted HTTP {failing[0]}", "type": "x", "code": None}})
+                self.send_response(failing[0])
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(error.encode())))
+                self.end_headers()
+                self.wfile.write(error.encode())
+                return
             keys = [k for k in REPLIES if k in last]
             asked.extend(keys)
             content = REPLIES[max(keys, key=len)] if keys else "no scripted reply"
@@ -133,8 +144,10 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path / "visprog-cache"))
     fakes.reset()
+    FAILING.clear()
     yield
     fakes.reset()
+    FAILING.clear()
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +200,8 @@ def _comparable(path: Path) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text().splitlines():
         rec = json.loads(line)
-        rec.pop("timings")
-        rec.pop("seconds")
+        for key in ("timings", "load_seconds", "plan_seconds", "run_seconds", "seconds"):
+            rec.pop(key)
         out.append(rec)
     return out
 
@@ -254,6 +267,103 @@ def test_ray_engine_resumes(tmp_path: Path, local_ray: Any) -> None:
     assert (summary.n, summary.skipped, summary.correct) == (8, 3, 4)
     assert len(asked) == 8  # the 3 finished items were not planned again
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"g{i}" for i in range(8)]
+
+
+def test_ray_engine_llm_outage_and_refused_requests(tmp_path: Path, local_ray: Any) -> None:
+    """A refused request (HTTP 400) is the item's plan_parse record; an outage (HTTP 503) on an actor
+    stops the run after writing what its chunk planned before it; the same call resumes."""
+    images, gqa, _ = _data(tmp_path)
+    items = load_items(gqa, "gqa", images=images)
+    out = tmp_path / "outage.jsonl"
+    FAILING.update({"Q01 what?": 400, "Q04 color?": 503})
+    with _keyed_server() as (url, asked):
+        settings = _settings(url)
+        with pytest.raises(ServiceError) as info:
+            evaluate(
+                items,
+                None,  # type: ignore[arg-type]  # the actors build their own
+                None,
+                out_path=out,
+                progress=False,
+                engine="ray",
+                workers=2,
+                batch_size=3,
+                settings=settings,
+            )
+        message = str(info.value)
+        assert "the LLM stopped answering at item 'g4'" in message and "HTTP 503" in message
+        assert "run the same command again to resume" in message
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        # g3 was planned before g4 in the same chunk: it ran and has its record; g4 and later have none
+        assert [r["id"] for r in records] == ["g0", "g1", "g2", "g3"]
+        assert records[1]["failure"] == "plan_parse" and "HTTP 400" in records[1]["error"]
+        assert records[3]["correct"] is True and all("_aborted" not in r for r in records)
+        FAILING.pop("Q04 color?")
+        asked.clear()
+        summary = evaluate(
+            items,
+            None,  # type: ignore[arg-type]
+            None,
+            out_path=out,
+            progress=False,
+            engine="ray",
+            workers=2,
+            batch_size=3,
+            settings=settings,
+        )
+    assert (summary.n, summary.skipped, summary.evaluated) == (8, 4, 4)
+    assert sorted(asked) == sorted(text for text, *_ in _GQA[4:])  # only the items without a record
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"g{i}" for i in range(8)]
+    assert summary.failures == {"plan_parse": 2, "plan_check": 1, "execution": 0, "wrong_answer": 2}
+
+
+def test_service_errors_keep_per_request_through_pickling() -> None:
+    import pickle
+
+    for flag in (True, False):
+        error = pickle.loads(pickle.dumps(ServiceError("the server refused", per_request=flag)))
+        assert isinstance(error, ServiceError) and error.per_request is flag and str(error) == "the server refused"
+
+
+def test_actors_per_gpu_unless_the_device_is_cpu() -> None:
+    from visprog.engines import _actors
+
+    gpus = {"GPU": 4.0, "CPU": 16.0}
+    assert _actors(gpus, None, None) == (4, {"num_gpus": 1, "num_cpus": 1.0}, "cuda")
+    assert _actors(gpus, "cuda:1", 2) == (2, {"num_gpus": 1, "num_cpus": 1.0}, "cuda")  # --workers caps GPU actors
+    assert _actors(gpus, "auto", None)[1]["num_gpus"] == 1
+    assert _actors(gpus, "cpu", None) == (2, {"num_cpus": 1.0}, "cpu")  # no GPU reserved
+    assert _actors(gpus, "cpu", 8) == (8, {"num_cpus": 1.0}, "cpu")
+    assert _actors({"CPU": 2.0}, None, 4) == (4, {"num_cpus": 0.5}, None)
+    with pytest.raises(ConfigError, match="5 workers asked for, but the Ray cluster has 4 GPU"):
+        _actors(gpus, None, 5)
+
+
+def test_cpu_device_on_a_gpu_cluster_starts_cpu_actors() -> None:
+    """The actors' options come from the settings' device (a stand-in for ray records them)."""
+    from visprog.engines import _run_on_actors
+
+    seen: list[dict[str, Any]] = []
+
+    class _Stop(Exception):
+        pass
+
+    class FakeRay:
+        def cluster_resources(self) -> dict[str, float]:
+            return {"GPU": 2.0, "CPU": 8.0}
+
+        def remote(self, cls: Any) -> Any:
+            return self
+
+        def options(self, **kwargs: Any) -> Any:
+            seen.append(kwargs)
+            raise _Stop
+
+    chunks = [[Item("a", "gqa", "Q?", {"IMAGE": "a.png"})]] * 4
+    for device, expected in (("cpu", {"num_cpus": 1.0}), (None, {"num_gpus": 1, "num_cpus": 1.0})):
+        with pytest.raises(_Stop):
+            next(_run_on_actors(FakeRay(), chunks, WorkerSettings(device=device), None, {}))
+        assert seen.pop() == expected
 
 
 @module

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image as PILImage
 
 from tests import fakes
-from tests.visprog.planner.conftest import ScriptedServer, serve_scripted
-from visprog.errors import ConfigError
-from visprog.evaluate import Item, evaluate, is_correct, load_items, normalize_answer
+from tests.visprog.planner.conftest import Reply, ScriptedServer, serve_scripted
+from visprog.errors import ConfigError, ServiceError
+from visprog.evaluate import Item, Summary, evaluate, is_correct, load_items, normalize_answer, summarize
 from visprog.interpreter import Interpreter
 from visprog.planner.backends import backend_from_options
 from visprog.planner.core import Planner
@@ -293,6 +293,203 @@ def test_trace_pages_of_failed_and_wrong_items(server: ScriptedServer, tmp_path:
     assert len(list(pages.iterdir())) == 2
 
 
+def _rows_file(tmp_path: Path, n: int, name: str = "rows.jsonl", image: str = "coffee.png") -> Path:
+    data = tmp_path / name
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"r{i}", "image": image, "question": f"Row {i}?", "answer": f"a{i}"}) + "\n"
+            for i in range(n)
+        )
+    )
+    return data
+
+
+def test_missing_images_stop_before_planning_when_none_is_found(
+    server: ScriptedServer, tmp_path: Path, photos: Path
+) -> None:
+    data = _rows_file(tmp_path, 3)
+    items = load_items(data, "gqa")  # the images are in photos/, not next to the data file
+    with pytest.raises(ConfigError, match=r"none of the 3 items' images were found, e\.g\. .*coffee\.png") as info:
+        evaluate(items, _planner(server), _interpreter("native"), out_path=tmp_path / "none.jsonl", progress=False)
+    assert "pass --images DIR, the folder with the images" in str(info.value)
+    assert server.requests == [] and not (tmp_path / "none.summary.json").exists()
+    # URLs are not checked (they load, or fail, at run time), nor are items already done
+    urls = [Item("u", "gqa", "Q?", {"IMAGE": "http://127.0.0.1:1/missing.png"}, "x")]
+    server.script(["ANSWER0=Vqa(image=IMAGE, question='Q?')\nFINAL_RESULT=Result(var=ANSWER0)"])
+    out = tmp_path / "urls.jsonl"
+    assert evaluate(urls, _planner(server), _interpreter("native"), out_path=out, progress=False).n == 1
+    with pytest.raises(ConfigError, match=r"^the item's image was not found: .*coffee\.png; pass --images DIR"):
+        evaluate(items[:1], _planner(server), _interpreter("native"), out_path=out, progress=False)
+    out.write_text(json.dumps({"id": "r0", "correct": True, "failure": None, "expected": "a0"}) + "\n")
+    summary = evaluate(items[:1], _planner(server), _interpreter("native"), out_path=out, progress=False)
+    assert (summary.n, summary.skipped) == (1, 1)
+
+
+def test_some_missing_images_are_one_warning_and_execution_failures(
+    server: ScriptedServer, tmp_path: Path, photos: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.VQA_ANSWERS.update({f"Row {i}?": f"a{i}" for i in range(4)})
+    data = _rows_file(tmp_path, 4)
+    lines = data.read_text().splitlines()
+    lines[1] = lines[1].replace("coffee.png", "gone.png")
+    lines[3] = lines[3].replace("coffee.png", "also-gone.png")
+    data.write_text("\n".join(lines) + "\n")
+    server.script([_vqa_program("Row 0?"), _vqa_program("Row 2?")])
+    out = tmp_path / "some.jsonl"
+    items = load_items(data, "gqa", images=photos)
+    summary = evaluate(items, _planner(server), _interpreter("native"), out_path=out, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1
+    assert f"2 of the 4 items to evaluate lack their images (e.g. {photos / 'gone.png'})" in err
+    assert (summary.n, summary.correct, summary.failures["execution"]) == (4, 2, 2)
+    records = {r["id"]: r for r in _records(out)}
+    assert records["r1"]["failure"] == "execution" and "gone.png" in records["r1"]["error"]
+    assert len(server.requests) == 2  # the items without their images were never planned
+
+
+def test_a_request_the_llm_refuses_is_that_items_plan_parse_failure(
+    server: ScriptedServer, tmp_path: Path, photos: Path
+) -> None:
+    fakes.VQA_ANSWERS.update({f"Row {i}?": f"a{i}" for i in range(3)})
+    data = _rows_file(tmp_path, 3)
+    server.script(
+        [
+            _vqa_program("Row 0?"),
+            Reply.error(400, "This model's maximum context length is 4096 tokens"),
+            _vqa_program("Row 2?"),
+        ]
+    )
+    out = tmp_path / "refused.jsonl"
+    items = load_items(data, "gqa", images=photos)
+    summary = evaluate(items, _planner(server), _interpreter("native"), out_path=out, progress=False, samples=1)
+    assert (summary.n, summary.correct, summary.failures["plan_parse"]) == (3, 2, 1)
+    refused = _records(out)[1]
+    assert refused["id"] == "r1" and refused["failure"] == "plan_parse" and refused["program"] is None
+    assert "HTTP 400" in refused["error"] and "maximum context length" in refused["error"]
+    assert refused["programs"] == [None] and refused["correct"] is False
+    # with samples, a refused request is not sent again for the item's other samples
+    server.script([Reply.error(413, "payload too large"), _vqa_program("Row 2?"), _vqa_program("Row 2?")])
+    voted = tmp_path / "refused-voted.jsonl"
+    summary = evaluate(items[1:], _planner(server), _interpreter("native"), out_path=voted, progress=False, samples=2)
+    assert summary.failures["plan_parse"] == 1 and summary.correct == 1 and server.pending == 0
+    assert "HTTP 413" in _records(voted)[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [Reply.server_error(), Reply.error(401, "bad key"), Reply.rate_limited(), Reply.error(404, "no such model")],
+    ids=["500", "401", "429", "404"],
+)
+def test_an_llm_outage_stops_the_run_after_saving_what_was_planned_and_the_same_call_resumes(
+    outage: Reply, server: ScriptedServer, tmp_path: Path, photos: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.VQA_ANSWERS.update({f"Row {i}?": f"a{i}" for i in range(7)})
+    data = _rows_file(tmp_path, 7)
+    items = load_items(data, "gqa", images=photos)
+    out = tmp_path / "outage.jsonl"
+    # chunks of 3: r0-r2 finish; r3 and r4 are planned, then the LLM fails on r5
+    server.script([_vqa_program(f"Row {i}?") for i in range(5)] + [outage])
+    with pytest.raises(ServiceError) as info:
+        evaluate(items, _planner(server), _interpreter("native"), out_path=out, batch_size=3, progress=True)
+    message = str(info.value)
+    assert "the LLM stopped answering at item 'r5'" in message and str(server.url) in message
+    assert (
+        f"the records so far (5, 5 of them written now) are saved in {out}; 2 item(s) have none yet" in message
+        and "run the same command again to resume" in message
+    )
+    assert not info.value.per_request
+    records = _records(out)
+    assert [r["id"] for r in records] == ["r0", "r1", "r2", "r3", "r4"]  # r3, r4 ran although r5 failed
+    assert all(r["correct"] for r in records) and len(server.requests) == 6
+    assert not (tmp_path / "outage.summary.json").exists()
+    assert "eval [" in capsys.readouterr().err
+    # the same call again plans the items without a record: r5 and r6
+    server.script([_vqa_program("Row 5?"), _vqa_program("Row 6?")])
+    summary = evaluate(items, _planner(server), _interpreter("native"), out_path=out, batch_size=3, progress=False)
+    assert (summary.n, summary.correct, summary.skipped, summary.evaluated) == (7, 7, 5, 2)
+    assert [r["id"] for r in _records(out)] == [f"r{i}" for i in range(7)]
+    assert server.pending == 0 and len(server.requests) == 8
+
+
+def test_an_unreachable_llm_stops_the_run_at_the_first_item(tmp_path: Path, photos: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = backend_from_options(base_url=f"http://127.0.0.1:{port}/v1", model="tiny", max_retries=0, timeout=5)
+    planner = Planner(backend, registry=fakes.registry(), cache=False, repair_rounds=0)
+    items = load_items(_rows_file(tmp_path, 2), "gqa", images=photos)
+    out = tmp_path / "down.jsonl"
+    with pytest.raises(ServiceError, match=r"stopped answering at item 'r0'.*could not be reached") as info:
+        evaluate(items, planner, _interpreter("native"), out_path=out, progress=False)
+    assert "the records so far (0, 0 of them written now)" in str(info.value)
+    assert out.read_text() == ""
+
+
+class _Slow(_OneByOne):
+    """Every program takes at least 0.05 s more."""
+
+    def run(self, program: Any, inputs: Mapping[str, Any], *, cache: RunCache | None = None) -> Trace:
+        import time
+
+        time.sleep(0.05)
+        return super().run(program, inputs, cache=cache)
+
+
+@pytest.mark.parametrize("kind", ["native", "slow"])
+def test_latency_is_load_plus_plan_plus_run_and_the_summary_has_wall_time_and_throughput(
+    kind: str, server: ScriptedServer, tmp_path: Path, photos: Path
+) -> None:
+    fakes.VQA_ANSWERS.update({f"Row {i}?": f"a{i}" for i in range(4)})
+    items = load_items(_rows_file(tmp_path, 4), "gqa", images=photos)
+    server.script([_vqa_program(f"Row {i}?") for i in range(4)])
+    interpreter = _Slow(Interpreter(fakes.registry())) if kind == "slow" else _interpreter("native")
+    out = tmp_path / "latency.jsonl"
+    summary = evaluate(items, _planner(server), interpreter, out_path=out, batch_size=4, progress=False)
+    records = _records(out)
+    for rec in records:
+        assert rec["load_seconds"] > 0 and rec["plan_seconds"] > 0 and rec["run_seconds"] > 0
+        assert rec["seconds"] == pytest.approx(rec["load_seconds"] + rec["plan_seconds"] + rec["run_seconds"])
+        # the run's wall time from the start of the chunk's run: at least the item's own module time
+        assert rec["run_seconds"] >= sum(rec["timings"].values())
+    if kind == "slow":  # programs run one after another: the k-th finishes after k * 0.05 s
+        runs = [r["run_seconds"] for r in records]
+        assert runs == sorted(runs) and all(run >= 0.05 * (k + 1) for k, run in enumerate(runs))
+    seconds = sorted(r["seconds"] for r in records)
+    assert summary.latency["p50"] == pytest.approx((seconds[1] + seconds[2]) / 2)
+    # the items were loaded and planned one after another, then run together
+    before_run = sum(r["load_seconds"] + r["plan_seconds"] for r in records)
+    assert summary.evaluated == 4 and summary.wall_seconds >= before_run + max(r["run_seconds"] for r in records)
+    assert summary.items_per_second == pytest.approx(4 / summary.wall_seconds)
+    saved = json.loads((tmp_path / "latency.summary.json").read_text())
+    assert saved["evaluated"] == 4 and saved["wall_seconds"] == pytest.approx(summary.wall_seconds)
+    assert saved["items_per_second"] == pytest.approx(summary.items_per_second)
+    table = summary.to_table()
+    assert "for the 4 item(s) evaluated now" in table and f"{summary.items_per_second:.2f} items/s" in table
+    # a second call finds everything done: nothing evaluated now
+    again = evaluate(items, _planner(server), interpreter, out_path=out, progress=False)
+    assert (again.evaluated, again.items_per_second) == (0, 0.0) and again.latency == summary.latency
+
+
+def test_with_samples_run_seconds_is_the_last_run_of_the_item(
+    server: ScriptedServer, tmp_path: Path, photos: Path
+) -> None:
+    fakes.VQA_ANSWERS.update({"A?": "cat", "B?": "dog"})
+    items = load_items(_rows_file(tmp_path, 2), "gqa", images=photos)
+    server.script([_vqa_program("A?"), _vqa_program("B?"), _vqa_program("B?"), _vqa_program("A?")])
+    out = tmp_path / "samples.jsonl"
+    evaluate(items, _planner(server), _Slow(Interpreter(fakes.registry())), out_path=out, samples=2, progress=False)
+    first, second = _records(out)
+    # four runs one after another: the first item's last run ends after 2 x 0.05 s, the second's after 4 x
+    assert 0.1 <= first["run_seconds"] < second["run_seconds"] and second["run_seconds"] >= 0.2
+
+
+def test_summary_of_old_records_without_the_new_timings() -> None:
+    summary = summarize([{"id": "a", "seconds": 2.0, "correct": True, "expected": "x"}])
+    assert isinstance(summary, Summary) and summary.latency["p50"] == 2.0 and summary.wall_seconds == 0.0
+
+
 # -- loaders -----------------------------------------------------------------------
 
 
@@ -336,6 +533,57 @@ def test_our_jsonl_paths_and_errors(tmp_path: Path) -> None:
         load_items(data, "vqa")
 
 
+def test_the_items_must_have_the_images_the_task_reads(tmp_path: Path) -> None:
+    gqa_rows = tmp_path / "gqa.jsonl"
+    gqa_rows.write_text(json.dumps({"id": "q1", "image": "a.png", "question": "Q?"}) + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_items(gqa_rows, "nlvr")
+    assert str(info.value).startswith(
+        f"{gqa_rows}:1: item 'q1' has one image but task nlvr needs left and right images (keys 'left' and 'right')"
+    )
+    nlvr_rows = tmp_path / "nlvr.jsonl"
+    nlvr_rows.write_text(
+        json.dumps({"id": "n0", "image": "a.png", "statement": "S"})
+        + "\n"
+        + json.dumps({"id": "n1", "left": "a.png", "right": "b.png", "statement": "S"})
+        + "\n"
+    )
+    for task in ("gqa", "edit", "tag"):  # the first offending line is named
+        with pytest.raises(ConfigError, match=rf"nlvr\.jsonl:2: item 'n1' has left and right images but task {task} "):
+            load_items(nlvr_rows, task)
+    with pytest.raises(ConfigError, match=r"nlvr\.jsonl:1: item 'n0' has one image but task nlvr needs"):
+        load_items(nlvr_rows, "nlvr")
+    # the files as distributed
+    with pytest.raises(ConfigError, match=r"gqa_testdev_questions\.json: item '20968379' has one image but task nlvr"):
+        load_items(DATA / "gqa_testdev_questions.json", "nlvr")
+    with pytest.raises(ConfigError, match=r"nlvr2_dev\.jsonl:1: item 'dev-850-0-0' has left and right images"):
+        load_items(DATA / "nlvr2_dev.jsonl", "gqa")
+
+
+def test_a_gqa_file_with_an_entry_lacking_its_image_id_says_so(tmp_path: Path) -> None:
+    data = tmp_path / "questions.json"
+    data.write_text(json.dumps({"1": {"imageId": "n1", "question": "Q?"}, "2": {"question": "R?", "answer": "x"}}))
+    with pytest.raises(ConfigError) as info:
+        load_items(data, "gqa")
+    assert str(info.value) == (
+        f"{data}: looks like a GQA question file (question id → entry), but entry '2' lacks 'imageId'"
+    )
+    data.write_text(json.dumps({"1": {"answer": "x"}}))
+    with pytest.raises(ConfigError, match=r"entry '1' lacks 'imageId' and 'question'"):
+        load_items(data, "gqa")
+    data.write_text(json.dumps({"1": {"imageId": "n1", "question": "Q?"}, "2": "R?"}))
+    with pytest.raises(ConfigError, match=r"entry '2' is a str, not an object"):
+        load_items(data, "gqa")
+    for empty in ("{}", "[]", "", "\n\n"):
+        data.write_text(empty)
+        with pytest.raises(ConfigError, match=r"questions\.json: the file has no items"):
+            load_items(data, "gqa")
+    # a JSONL file of one line is still one item, even with an object inside
+    data.write_text(json.dumps({"id": "x", "image": "a.png", "question": "Q?", "meta": {"imageId": "n1"}}) + "\n")
+    (item,) = load_items(data, "gqa")
+    assert item.id == "x"
+
+
 # -- answers -----------------------------------------------------------------------
 
 
@@ -353,6 +601,15 @@ def test_our_jsonl_paths_and_errors(tmp_path: Path) -> None:
         (2.5, "2.5"),
         ("2.5", "2.5"),
         ("1,000", "1000"),
+        ("2.50", "2.5"),
+        ("1.0", "1"),
+        (1.0, "1"),
+        ("1,000.50", "1000.5"),
+        ("007", "7"),
+        ("-3 degrees", "-3 degrees"),
+        ("The 2.0 cars.", "2 cars"),
+        ("y", "y"),
+        ("N", "n"),
         (True, "yes"),
         (False, "no"),
         ("True", "yes"),
@@ -370,3 +627,12 @@ def test_is_correct() -> None:
     assert is_correct(True, "True") and is_correct("no", False) and is_correct("2", "two")
     assert is_correct("grey", ["gray", "grey"])
     assert not is_correct("yes", "False") and not is_correct("cat", "cats")
+
+
+def test_numbers_compare_by_value_and_single_letters_are_not_yes_or_no() -> None:
+    assert is_correct("2.50", 2.5) and is_correct(2.5, "2.50") and is_correct("1.0", 1) and is_correct(1, "1.0")
+    assert is_correct("1,000", 1000) and is_correct(1000.0, "1,000") and is_correct("one", "1.0")
+    assert not is_correct("2.5", 2) and not is_correct("1.01", 1)
+    assert not is_correct("y", "yes") and not is_correct("n", "no") and not is_correct("y", True)
+    # a list of expected answers: alternatives, any one of them counts (not the list as a whole)
+    assert is_correct("two", ["2", "pair"]) and not is_correct("2 pair", ["2", "pair"])

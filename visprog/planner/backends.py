@@ -17,6 +17,13 @@ completions) become :class:`~visprog.errors.ServiceError` naming the caller
 backend), the server and the model, and saying what to check. This is the one
 place where ``openai`` client exceptions turn into visprog errors.
 
+A refusal of one request (HTTP 400, 413 or 422: a prompt longer than the
+model's context, a content filter, a malformed request) is marked
+``per_request=True`` on the error: other requests may well succeed, and
+``visprog eval`` records the item and goes on. Every other failure (the
+server unreachable or too slow, the key or the model refused, rate limits
+after the retries, server errors) is about the service, not the request.
+
 Rate limits (429), server errors (5xx) and connection errors are retried
 ``max_retries`` times by the client with exponential backoff
 (0.5 s doubling, jittered), each wait capped at :data:`MAX_RETRY_WAIT` even
@@ -43,6 +50,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "MAX_RETRY_WAIT",
     "OPENAI_BASE_URL",
+    "PER_REQUEST_STATUSES",
     "STYLES",
     "LLMBackend",
     "LLMConfig",
@@ -57,6 +65,8 @@ DEFAULT_MODEL = "gpt-4o-mini"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: The longest wait, in seconds, between two tries of one request.
 MAX_RETRY_WAIT = 8.0
+#: HTTP statuses that refuse one request (not the service): ``ServiceError.per_request``.
+PER_REQUEST_STATUSES = frozenset({400, 413, 422})
 #: Placeholder key for servers that need none (the openai client insists on one).
 _NO_KEY = "not-needed"
 STYLES: tuple[str, ...] = ("chat", "completion")
@@ -268,6 +278,8 @@ class OpenAIBackend:
             )
         elif isinstance(e, openai.APIStatusError):
             message = f"{where} answered HTTP {e.status_code}: {e.message}"
+            if e.status_code in PER_REQUEST_STATUSES:
+                return ServiceError(self._scrub(message), per_request=True)
         elif isinstance(e, openai.APIResponseValidationError):
             message = f"{where} sent an answer that is not a completion: {e.message}"
         else:

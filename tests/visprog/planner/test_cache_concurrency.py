@@ -214,8 +214,8 @@ def _records(path: Path) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text().splitlines():
         rec = json.loads(line)
-        rec.pop("timings")
-        rec.pop("seconds")
+        for key in ("timings", "load_seconds", "plan_seconds", "run_seconds", "seconds"):
+            rec.pop(key)
         out.append(rec)
     return out
 
