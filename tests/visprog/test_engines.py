@@ -312,7 +312,9 @@ def test_ray_engine_llm_outage_and_refused_requests(tmp_path: Path, local_ray: A
             settings=settings,
         )
     assert (summary.n, summary.skipped, summary.evaluated) == (8, 4, 4)
-    assert sorted(asked) == sorted(text for text, *_ in _GQA[4:])  # only the items without a record
+    # only the items without a record (as a set: an actor of the first run, killed while its request
+    # was on the way, may still reach the server after the clear)
+    assert set(asked) == {text for text, *_ in _GQA[4:]}
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"g{i}" for i in range(8)]
     assert summary.failures == {"plan_parse": 2, "plan_check": 1, "execution": 0, "wrong_answer": 2}
 
