@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,7 +67,10 @@ def _pairs(values: Sequence[str] | None, option: str, default_key: str | None = 
             key, value = default_key, item
         if not key or not value:
             raise UsageError(f"{option} expects NAME=VALUE, got '{item}'")
-        out[key.strip()] = value.strip()
+        key, value = key.strip(), value.strip()
+        if key in out and out[key] != value:
+            raise UsageError(f"{option} {key} is given twice ({out[key]} and {value}): which one is meant?")
+        out[key] = value
     return out
 
 
@@ -118,10 +122,12 @@ def _hint(registry: Any, name: str) -> str:
     return f" (did you mean '{hint}'?)" if hint else ""
 
 
-def _print_error(e: BaseException, name: str, err: TextIO) -> None:
+def _print_error(e: BaseException, name: str, err: TextIO, command: str | None = None) -> None:
     if isinstance(e, ProgramError):
         print(f"{name}: {len(e.diagnostics)} {e.kind}{'s' if len(e.diagnostics) > 1 else ''}:", file=err)
         print(e.render(), file=err)
+        if command == "exec" and any("which was not given" in d.message for d in e.diagnostics):
+            print("hint: give the program its images with --image NAME=PATH (NAME defaults to IMAGE)", file=err)
     else:
         print(f"error: {e}", file=err)
 
@@ -356,8 +362,12 @@ def _cmd_task(args: argparse.Namespace, out: TextIO) -> int:
         valid = sum(1 for p, t in solution.samples if not isinstance(t, Exception) and t is not None)
         print(f"agreement: {solution.agreement:.0%} of {valid} valid sample(s) out of {args.samples}", file=out)
     if isinstance(result, Image):
-        target = args.output or f"{task}_result.png"
+        target = Path(args.output or f"{task}_result.png")
+        if args.output and (target.is_dir() or args.output.endswith(("/", os.sep))):
+            target = target / f"{task}_result.png"  # -o a folder: the image goes in it
         print(f"wrote {save_image(result, target)}", file=out)
+    elif args.output:
+        print(f"warning: the result is not an image ({shown}), so nothing was written to {args.output}", file=out)
     return 0
 
 
@@ -617,7 +627,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         print(f"error: {e}", file=err)
         return 2
     except VisprogError as e:
-        _print_error(e, name, err)
+        _print_error(e, name, err, getattr(args, "command", None))
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=err)

@@ -710,3 +710,47 @@ def test_eval_command_stops_clearly_on_wrong_data_and_on_an_llm_outage(
         assert re.search(r"wall time\s+\d+\.\d s for the 2 item\(s\) evaluated now", out)
         assert re.search(r"throughput\s+\d+\.\d\d items/s", out)
         assert [json.loads(line)["id"] for line in results.read_text().splitlines()] == ["q0", "q1", "q2"]
+
+
+def test_exec_without_its_image_says_how_to_give_it(tmp_path: Path) -> None:
+    program = tmp_path / "hide.vp"
+    program.write_text("OBJ0=FaceDet(image=IMAGE)\nFINAL_RESULT=Result(var=OBJ0)\n")
+    code, _, err = cli("exec", program)
+    assert code == 1
+    assert "the program reads the input IMAGE, which was not given (given: none)" in err
+    assert "hint: give the program its images with --image NAME=PATH (NAME defaults to IMAGE)" in err
+    assert "did you mean" not in err
+
+
+def test_an_input_given_twice_is_a_usage_error(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for path in (a, b):
+        PILImage.new("RGB", (8, 8)).save(path)
+    code, _, err = cli("exec", "RESULT=IMAGE", "--image", a, "--image", f"IMAGE={b}")
+    assert code == 2 and f"--image IMAGE is given twice ({a} and {b})" in err
+    code, _, _ = cli("exec", "RESULT=IMAGE", "--image", a, "--image", f"IMAGE={a}")  # the same twice is fine
+    assert code == 0
+
+
+def test_edit_output_into_a_folder_and_a_result_that_is_no_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.visprog.planner.conftest import serve_scripted
+
+    photo = tmp_path / "astronaut.png"
+    PILImage.fromarray(data.astronaut()).resize((128, 128)).save(photo)
+    blur = "IMAGE0=BgBlur(image=IMAGE, object=[])\nFINAL_RESULT=Result(var=IMAGE0)"
+    answer = "ANSWER0=Eval(expr=\"'no edit'\")\nFINAL_RESULT=Result(var=ANSWER0)"
+    folder = tmp_path / "edits"
+    folder.mkdir()
+    monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path / "cache"))
+    with serve_scripted() as server:
+        server.script([blur, answer])
+        common = ["--base-url", server.url, "--model", "tiny", "--no-cache", "-q", "--repair", "0"]
+        code, out, err = cli("edit", photo, "Blur the background", "-o", f"{folder}/", *common)
+        assert code == 0, err
+        assert f"wrote {folder / 'edit_result.png'}" in out and (folder / "edit_result.png").is_file()
+        code, out, err = cli("edit", photo, "Say no", "-o", tmp_path / "edited.png", *common)
+    assert code == 0, err
+    assert f"the result is not an image (no edit), so nothing was written to {tmp_path / 'edited.png'}" in out
+    assert not (tmp_path / "edited.png").exists()
