@@ -396,7 +396,8 @@ class TransformersBackend:
             else:
                 reason = "it is not in the Hugging Face cache and the hub could not be reached"
             raise ModelUnavailableError(_WHO, self.model, reason, fetch) from e
-        model.to(resolve_device(self.device))
+        where = "the local planner's device: [llm] device, or TransformersBackend(device=...)"
+        model.to(resolve_device(self.device, source=where))
         model.eval()
         return model, tokenizer
 
