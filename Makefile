@@ -3,7 +3,8 @@
 #   make test   set up, then run lint, types and the test suite
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build is enough for the tests; on a GPU machine pick the build for your CUDA.
+# The CPU build is enough for the tests; on a GPU machine pick the build for your CUDA, e.g.
+#   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
@@ -14,7 +15,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[models,test,dev]'
 	touch $@
 
