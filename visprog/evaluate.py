@@ -708,7 +708,11 @@ def evaluate(
         close = getattr(results, "close", None)
         if close is not None:
             close()  # stops the Ray actors at once when the loop ended early
-    if aborted is not None:
+    summary = summarize([done[it.id] for it in items if it.id in done], out_path=str(path), skipped=skipped)
+    summary.wall_seconds = time.perf_counter() - started
+    summary.evaluated = written
+    path.with_name(f"{path.stem}.summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    if aborted is not None:  # the summary so far is saved; the run stops here
         if bar.enabled and 0 < bar.done < bar.total:
             bar.stream.write("\n")
         left = len(items) - len(done)
@@ -717,10 +721,6 @@ def evaluate(
             f"the records so far ({len(done)}, {written} of them written now) are saved in {path}; "
             f"{left} item(s) have none yet: run the same command again to resume"
         )
-    summary = summarize([done[it.id] for it in items if it.id in done], out_path=str(path), skipped=skipped)
-    summary.wall_seconds = time.perf_counter() - started
-    summary.evaluated = written
-    path.with_name(f"{path.stem}.summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     stream = out if out is not None else (sys.stdout if progress else None)
     if stream is not None:
         print(summary.to_table(), file=stream)
@@ -778,6 +778,8 @@ def process_chunk(
         p.plan_seconds = time.perf_counter() - t0
         if stop is not None:
             break
+    if stop is None:
+        stop = _refused_alike(pending)
     planned = pending[: pending.index(stop[0])] if stop is not None else pending
     jobs: list[tuple[CheckedProgram, Mapping[str, Any]]] = []
     owners: list[_Pending] = []
@@ -795,6 +797,23 @@ def process_chunk(
     if stop is not None:
         records.append({"id": stop[0].item.id, ABORTED: str(stop[1])})
     return records
+
+
+def _refused_alike(pending: Sequence[_Pending]) -> tuple[_Pending, ServiceError] | None:
+    """Every item of the chunk that was asked refused with one and the same message (two or more):
+    a setup problem (a wrong model name some servers answer with HTTP 400), not the items. The chunk
+    then stops at the first of them, as for an outage, so that no item keeps a refusal as its record.
+    """
+    asked = [p for p in pending if p.inputs is not None]
+    refusals = [p.plans[-1] for p in asked if p.plans and isinstance(p.plans[-1], ServiceError)]
+    if len(asked) < 2 or len(refusals) < len(asked) or len({str(e) for e in refusals}) != 1:
+        return None
+    first = refusals[0]
+    assert isinstance(first, ServiceError)
+    return asked[0], ServiceError(
+        f"every request of {len(asked)} items was refused the same way, which points at the setup "
+        f"(the model name, the server) rather than the items: {first}"
+    )
 
 
 def output_file(folder: Path, item_id: str, suffix: str = ".png") -> Path:

@@ -375,6 +375,27 @@ def test_a_request_the_llm_refuses_is_that_items_plan_parse_failure(
     assert "HTTP 413" in _records(voted)[0]["error"]
 
 
+def test_every_request_refused_alike_is_a_setup_problem_not_the_items(
+    server: ScriptedServer, tmp_path: Path, photos: Path
+) -> None:
+    """Some servers answer a wrong model name with HTTP 400: a chunk refused identically stops the run."""
+    fakes.VQA_ANSWERS.update({f"Row {i}?": f"a{i}" for i in range(3)})
+    data = _rows_file(tmp_path, 3)
+    items = load_items(data, "gqa", images=photos)
+    out = tmp_path / "alike.jsonl"
+    server.script([Reply.error(400, "model 'gpt-5-typo' does not exist")] * 3)
+    with pytest.raises(ServiceError, match="every request of 3 items was refused the same way") as info:
+        evaluate(items, _planner(server), _interpreter("native"), out_path=out, progress=False, batch_size=3)
+    assert "model 'gpt-5-typo' does not exist" in str(info.value) and "resume" in str(info.value)
+    assert not out.exists() or out.read_text() == ""  # no item keeps the refusal as its record
+    saved = json.loads((tmp_path / "alike.summary.json").read_text())
+    assert saved["n"] == 0  # the summary so far is saved even when the run stops
+    # with the setup fixed, the same call evaluates every item
+    server.script([_vqa_program(f"Row {i}?") for i in range(3)])
+    summary = evaluate(items, _planner(server), _interpreter("native"), out_path=out, progress=False, batch_size=3)
+    assert (summary.n, summary.correct) == (3, 3)
+
+
 @pytest.mark.parametrize(
     "outage",
     [Reply.server_error(), Reply.error(401, "bad key"), Reply.rate_limited(), Reply.error(404, "no such model")],
@@ -401,7 +422,8 @@ def test_an_llm_outage_stops_the_run_after_saving_what_was_planned_and_the_same_
     records = _records(out)
     assert [r["id"] for r in records] == ["r0", "r1", "r2", "r3", "r4"]  # r3, r4 ran although r5 failed
     assert all(r["correct"] for r in records) and len(server.requests) == 6
-    assert not (tmp_path / "outage.summary.json").exists()
+    saved = json.loads((tmp_path / "outage.summary.json").read_text())  # the summary so far
+    assert (saved["n"], saved["correct"]) == (5, 5)
     assert "eval [" in capsys.readouterr().err
     # the same call again plans the items without a record: r5 and r6
     server.script([_vqa_program("Row 5?"), _vqa_program("Row 6?")])
