@@ -428,6 +428,7 @@ def _cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
         outputs=args.outputs,
         traces=args.traces,
         all_traces=args.all_traces,
+        plan_workers=args.plan_workers,
     )
     results = Path(args.output)
     print(f"wrote {results} and {results.with_name(results.stem + '.summary.json')}", file=out)
@@ -547,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1, help="draw K programs per item, run the valid ones, vote")
     p.add_argument("--max-batch", type=int, default=None, metavar="N", help="largest batched module call")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="items planned then run together")
+    p.add_argument(
+        "--plan-workers", type=int, default=1, metavar="N", help="LLM requests sent at once (an LLM server; default 1)"
+    )
     p.add_argument(
         "--engine", choices=["local", "ray"], default="local", help="run here, or on Ray actors (one per GPU)"
     )

@@ -596,12 +596,14 @@ def evaluate(
     outputs: str | Path | None = None,
     traces: str | Path | None = None,
     all_traces: bool = False,
+    plan_workers: int = 1,
 ) -> Summary:
     """Plan and run every item not yet in ``out_path``, append one JSON line each, return the :class:`Summary`.
 
     With ``samples`` > 1 every item gets that many plans (temperature 0.7 unless
     given); the valid ones run and the answers are voted on as
-    :meth:`Planner.solve` does.
+    :meth:`Planner.solve` does. ``plan_workers`` > 1 sends that many items' LLM requests at once
+    (an LLM server only); the records do not change.
 
     ``engine="ray"`` spreads the chunks over Ray actors (one per GPU, else
     ``workers`` CPU actors, default 2; ``address``: an existing cluster), each
@@ -641,6 +643,15 @@ def evaluate(
         raise ConfigError(f"unknown engine '{engine}': expected local or ray")
     if engine == "ray" and settings is None:
         raise ConfigError("engine 'ray' needs worker settings (visprog.engines.WorkerSettings)")
+    if plan_workers < 1:
+        raise ConfigError(f"plan_workers must be at least 1, got {plan_workers}")
+    local_model = (
+        bool(settings.planner.get("local"))
+        if engine == "ray" and settings is not None
+        else _is_local_model(getattr(planner, "backend", None))
+    )
+    if plan_workers > 1 and local_model:
+        raise ConfigError("planning several items at once needs an LLM server: a local model plans one at a time")
     if samples > 1 and temperature is None:
         temperature = 0.7
     path = Path(out_path)
@@ -679,6 +690,7 @@ def evaluate(
         "outputs": Path(outputs) if outputs is not None else path.with_name(f"{path.stem}.outputs"),
         "traces": Path(traces) if traces is not None else None,
         "all_traces": all_traces,
+        "plan_workers": plan_workers,
     }
     results: Iterator[list[dict[str, Any]]]
     if engine == "ray" and chunks:
@@ -738,8 +750,12 @@ def process_chunk(
     outputs: str | Path | None = None,
     traces: str | Path | None = None,
     all_traces: bool = False,
+    plan_workers: int = 1,
 ) -> list[dict[str, Any]]:
     """One output record per item of ``chunk``, in order: plan every item, then run the valid programs together.
+
+    ``plan_workers`` > 1 plans that many items at once (threads sending LLM requests side by side;
+    for an LLM server, not a local model). The records are the same, in item order.
 
     An answer that is an image (edit and tag programs) is saved as ``<outputs>/<id>.png`` (the record's
     ``output_file``) when ``outputs`` is given; trace pages go to ``traces`` as :func:`evaluate` says.
@@ -752,32 +768,50 @@ def process_chunk(
     """
     from visprog.images import load_image
 
-    pending = [_Pending(it) for it in chunk]
-    stop: tuple[_Pending, ServiceError] | None = None
-    for p in pending:  # plan every item first: LLM calls one after another
+    if plan_workers < 1:
+        raise ValueError(f"plan_workers must be at least 1, got {plan_workers}")
+    if _is_local_model(getattr(planner, "backend", None)):
+        plan_workers = 1  # a model in this process generates one reply at a time
+
+    def prepare(p: _Pending) -> ServiceError | None:
+        """Load the item's images and plan it; the outage that stopped it, if any."""
         t0 = time.perf_counter()
         try:
             p.inputs = {name: load_image(src, max_pixels=max_pixels, name=src) for name, src in p.item.images.items()}
         except (VisprogError, OSError, ValueError) as e:
             p.load_error = f"{type(e).__name__}: {e}" if not isinstance(e, VisprogError) else str(e)
-            continue
+            return None
         finally:
             p.load_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for k in range(samples):
-            try:
-                p.plans.append(planner.plan(p.item.task, p.item.text, sample=k, temperature=temperature))
-            except PlanningError as e:
-                p.plans.append(e)
-            except ServiceError as e:
-                if not e.per_request:
-                    stop = (p, e)
-                else:
+        try:
+            for k in range(samples):
+                try:
+                    p.plans.append(planner.plan(p.item.task, p.item.text, sample=k, temperature=temperature))
+                except PlanningError as e:
+                    p.plans.append(e)
+                except ServiceError as e:
+                    if not e.per_request:
+                        return e
                     p.plans.append(e)  # this request was refused: every sample's would be
+                    break
+        finally:
+            p.plan_seconds = time.perf_counter() - t0
+        return None
+
+    pending = [_Pending(it) for it in chunk]
+    stop: tuple[_Pending, ServiceError] | None = None
+    if plan_workers == 1:  # one LLM call after another; an outage stops at once
+        for p in pending:
+            if (error := prepare(p)) is not None:
+                stop = (p, error)
                 break
-        p.plan_seconds = time.perf_counter() - t0
-        if stop is not None:
-            break
+    else:  # up to plan_workers items planned at once; an outage stops at the first item it hit, in order
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=plan_workers, thread_name_prefix="visprog-plan") as pool:
+            errors = list(pool.map(prepare, pending))
+        stop = next(((p, e) for p, e in zip(pending, errors, strict=True) if e is not None), None)
     if stop is None:
         stop = _refused_alike(pending)
     planned = pending[: pending.index(stop[0])] if stop is not None else pending
@@ -797,6 +831,12 @@ def process_chunk(
     if stop is not None:
         records.append({"id": stop[0].item.id, ABORTED: str(stop[1])})
     return records
+
+
+def _is_local_model(backend: Any) -> bool:
+    from visprog.planner.backends import TransformersBackend
+
+    return isinstance(backend, TransformersBackend)
 
 
 def _refused_alike(pending: Sequence[_Pending]) -> tuple[_Pending, ServiceError] | None:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -79,6 +80,10 @@ _NLVR = [
 REPLIES: dict[str, str] = {**{t: r for t, r, _ in _GQA}, **{t: r for t, r, _, _ in _NLVR}}
 #: Item texts the server answers with an HTTP error status instead (set by a test, in this process only).
 FAILING: dict[str, int] = {}
+#: How long the server takes per reply, and how many requests it has had at once (now, most).
+SLOW = {"seconds": 0.0}
+IN_FLIGHT = {"now": 0, "most": 0}
+_in_flight_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -107,6 +112,12 @@ def _keyed_server() -> Iterator[tuple[str, list[str]]]:
             keys = [k for k in REPLIES if k in last]
             asked.extend(keys)
             content = REPLIES[max(keys, key=len)] if keys else "no scripted reply"
+            with _in_flight_lock:
+                IN_FLIGHT["now"] += 1
+                IN_FLIGHT["most"] = max(IN_FLIGHT["most"], IN_FLIGHT["now"])
+            time.sleep(SLOW["seconds"])
+            with _in_flight_lock:
+                IN_FLIGHT["now"] -= 1
             choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
             payload = {
                 "id": "c",
@@ -317,6 +328,36 @@ def test_ray_engine_llm_outage_and_refused_requests(tmp_path: Path, local_ray: A
     assert set(asked) == {text for text, *_ in _GQA[4:]}
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"g{i}" for i in range(8)]
     assert summary.failures == {"plan_parse": 2, "plan_check": 1, "execution": 0, "wrong_answer": 2}
+
+
+def test_planning_several_items_at_once_gives_the_same_records(tmp_path: Path) -> None:
+    images, gqa, _ = _data(tmp_path)
+    items = load_items(gqa, "gqa", images=images)
+    SLOW["seconds"] = 0.15
+    IN_FLIGHT.update(now=0, most=0)
+    try:
+        with _keyed_server() as (url, asked):
+            planner, interpreter = _settings(url).build()
+            one = evaluate(items, planner, interpreter, out_path=tmp_path / "one.jsonl", progress=False, batch_size=8)
+            assert IN_FLIGHT["most"] == 1
+            four = evaluate(
+                items,
+                planner,
+                interpreter,
+                out_path=tmp_path / "four.jsonl",
+                progress=False,
+                batch_size=8,
+                plan_workers=4,
+            )
+    finally:
+        SLOW["seconds"] = 0.0
+    assert IN_FLIGHT["most"] > 1  # requests really were side by side
+    assert sorted(asked) == sorted([text for text, *_ in _GQA] * 2)  # each item planned once per run
+    assert _comparable(tmp_path / "four.jsonl") == _comparable(tmp_path / "one.jsonl")
+    assert _counts(four) == _counts(one)
+    assert four.wall_seconds < one.wall_seconds
+    with pytest.raises(ConfigError, match="plan_workers must be at least 1"):
+        evaluate(items, planner, interpreter, out_path=tmp_path / "x.jsonl", progress=False, plan_workers=0)
 
 
 def test_service_errors_keep_per_request_through_pickling() -> None:
