@@ -657,6 +657,13 @@ def evaluate(
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = _read_records(path)
+    for it in items:  # resuming skips by id: a record of another task with the same id is not this item's
+        other = done.get(it.id, {}).get("task")
+        if other is not None and other != it.task:
+            raise ConfigError(
+                f"{path} already has a record for '{it.id}' from task {other}, not {it.task}: "
+                "write this evaluation to another file (-o)"
+            )
     todo = [it for it in items if it.id not in done]
     skipped = len(items) - len(todo)
     missing, first_missing = _missing_images(todo)

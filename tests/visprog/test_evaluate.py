@@ -224,6 +224,17 @@ def test_resume_plans_only_the_remaining_items(server: ScriptedServer, tmp_path:
     assert (again.n, again.skipped, len(server.requests)) == (20, 20, 20)
 
 
+def test_resuming_into_a_file_of_another_task_is_refused(server: ScriptedServer, tmp_path: Path, photos: Path) -> None:
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"id": "x1", "image": "chelsea.png", "question": "What?", "answer": "cat"}) + "\n")
+    out = tmp_path / "shared.jsonl"
+    out.write_text(json.dumps({"id": "x1", "task": "edit", "correct": None}) + "\n")
+    items = load_items(data, "gqa", images=photos)
+    with pytest.raises(ConfigError, match="already has a record for 'x1' from task edit, not gqa"):
+        evaluate(items, _planner(server), _interpreter("native"), out_path=out, progress=False)
+    assert server.requests == []
+
+
 def test_resume_ignores_a_line_cut_short(server: ScriptedServer, tmp_path: Path, photos: Path) -> None:
     data, replies = _gqa_file(tmp_path, photos)
     items = load_items(data, "gqa", images=photos)[:2]
