@@ -277,7 +277,7 @@ class _Checker:
             self.error(line, 1, f"the program has no result: end it with a line such as {example}")
         if self.diagnostics:
             self.diagnostics.sort(key=lambda d: (d.line, d.column))
-            raise ProgramCheckError(self.diagnostics)
+            raise ProgramCheckError(self.diagnostics, sorted(self.missing_inputs))
         nodes = [Node(s.index, s.step.target, s.module, s.step.line, s.step.source) for s in steps]
         edges = [Edge(src, s.index, name) for s in steps for name, src in s.sources.items()]
         used = {e.src for e in edges if isinstance(e.src, str)}

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from visprog.errors import ConfigError, ProgramError, StepError, VisprogError
+from visprog.errors import ConfigError, ProgramCheckError, ProgramError, StepError, VisprogError
 
 __all__ = ["main"]
 
@@ -126,7 +126,7 @@ def _print_error(e: BaseException, name: str, err: TextIO, command: str | None =
     if isinstance(e, ProgramError):
         print(f"{name}: {len(e.diagnostics)} {e.kind}{'s' if len(e.diagnostics) > 1 else ''}:", file=err)
         print(e.render(), file=err)
-        if command == "exec" and any("which was not given" in d.message for d in e.diagnostics):
+        if command == "exec" and isinstance(e, ProgramCheckError) and e.missing_inputs:
             print("hint: give the program its images with --image NAME=PATH (NAME defaults to IMAGE)", file=err)
     else:
         print(f"error: {e}", file=err)

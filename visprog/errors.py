@@ -93,9 +93,16 @@ class ProgramSyntaxError(ProgramError):
 
 
 class ProgramCheckError(ProgramError):
-    """The program parses but is not well formed (modules, arguments, types, names)."""
+    """The program parses but is not well formed (modules, arguments, types, names).
+
+    ``missing_inputs``: the inputs (``IMAGE``, ``LEFT``, ...) the program reads but the caller did not give.
+    """
 
     kind = "check error"
+
+    def __init__(self, diagnostics: Sequence[Diagnostic], missing_inputs: Sequence[str] = ()) -> None:
+        super().__init__(diagnostics)
+        self.missing_inputs: tuple[str, ...] = tuple(missing_inputs)
 
 
 class RegistrationError(VisprogError):

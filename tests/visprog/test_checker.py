@@ -130,6 +130,9 @@ def test_an_input_that_was_not_given_is_named_once(registry: Registry) -> None:
     assert messages(text, registry, inputs=[]) == [
         "line 1, col 13: the program reads the input IMAGE, which was not given (given: none)"
     ]
+    with pytest.raises(ProgramCheckError) as info:
+        check(text, registry, inputs=[])
+    assert info.value.missing_inputs == ("IMAGE",)
     # a program that assigns IMAGE itself is not missing an input
     assert check("IMAGE=LEFT\nA=Vqa(image=IMAGE, question='q')\nRESULT=A", registry, inputs=["LEFT"]).used_inputs == [
         "LEFT"
