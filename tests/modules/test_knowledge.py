@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 from visprog.modules.knowledge import SYSTEM_PROMPT, List_, parse_items
 from visprog.modules.logic import Result
 
+from tests.servers import clean_llm_env, closed_port, serve
 from tests.visprog.planner.conftest import Reply as Scripted
 from tests.visprog.planner.conftest import serve_scripted
 from visprog.errors import ConfigError, ServiceError, StepError
@@ -92,39 +91,21 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def server() -> Iterator[FakeServer]:
     fake = FakeServer(url="")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    httpd.daemon_threads = True
-    httpd.block_on_close = False
-    fake.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve(_handler(fake)) as url:
+        fake.url = f"{url}/v1"
         yield fake
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("slow"):
         return  # the real-LLM test uses the real environment
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VISPROG_LLM_MODEL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    clean_llm_env(monkeypatch)
 
 
 def make_ctx(**options: Any) -> Context:
     runtime = Runtime(device_request="cpu", modules={"List": options})
     return Context(runtime, RunCache()).for_module("List", List_.backends, List_.default_backend)
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_items_from_a_bulleted_reply(server: FakeServer) -> None:

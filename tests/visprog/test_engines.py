@@ -13,10 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ import pytest
 from PIL import Image as PILImage
 
 from tests import fakes
+from tests.servers import clean_llm_env, serve_keyed
 from visprog.engines import WorkerSettings
 from visprog.errors import ConfigError, ServiceError
 from visprog.evaluate import Item, Summary, evaluate, load_items
@@ -83,77 +81,16 @@ FAILING: dict[str, int] = {}
 #: How long the server takes per reply, and how many requests it has had at once (now, most).
 SLOW = {"seconds": 0.0}
 IN_FLIGHT = {"now": 0, "most": 0}
-_in_flight_lock = threading.Lock()
 
 
-@contextlib.contextmanager
-def _keyed_server() -> Iterator[tuple[str, list[str]]]:
-    """An OpenAI-compatible chat server that answers by which item text the request contains."""
-    asked: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 5.0
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0) or 0)) or b"{}")
-            last = str(body.get("messages", [{}])[-1].get("content", ""))
-            failing = [status for text, status in FAILING.items() if text in last]
-            if failing:
-                error = json.dumps({"error": {"message": f"scripted HTTP {failing[0]}", "type": "x", "code": None}})
-                self.send_response(failing[0])
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(error.encode())))
-                self.end_headers()
-                self.wfile.write(error.encode())
-                return
-            keys = [k for k in REPLIES if k in last]
-            asked.extend(keys)
-            content = REPLIES[max(keys, key=len)] if keys else "no scripted reply"
-            with _in_flight_lock:
-                IN_FLIGHT["now"] += 1
-                IN_FLIGHT["most"] = max(IN_FLIGHT["most"], IN_FLIGHT["now"])
-            time.sleep(SLOW["seconds"])
-            with _in_flight_lock:
-                IN_FLIGHT["now"] -= 1
-            choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-            payload = {
-                "id": "c",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body.get("model", ""),
-                "choices": [choice],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            }
-            data = json.dumps(payload).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", asked
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+def _keyed_server() -> contextlib.AbstractContextManager[tuple[str, list[str]]]:
+    """The chat server answering by item text, with this file's failing and slow replies."""
+    return serve_keyed(REPLIES, failing=FAILING, slow=SLOW, in_flight=IN_FLIGHT)
 
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VISPROG_LLM_MODEL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path / "visprog-cache"))
+    clean_llm_env(monkeypatch, tmp_path / "visprog-cache")
     fakes.reset()
     FAILING.clear()
     yield

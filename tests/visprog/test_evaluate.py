@@ -16,6 +16,7 @@ import pytest
 from PIL import Image as PILImage
 
 from tests import fakes
+from tests.servers import clean_llm_env, closed_port
 from tests.visprog.planner.conftest import Reply, ScriptedServer, serve_scripted
 from visprog.errors import ConfigError, ServiceError
 from visprog.evaluate import Item, Summary, evaluate, is_correct, load_items, normalize_answer, summarize
@@ -30,12 +31,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "eval"
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VISPROG_LLM_MODEL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path / "visprog-cache"))
+    clean_llm_env(monkeypatch, tmp_path / "visprog-cache")
     fakes.reset()
     yield
     fakes.reset()
@@ -445,12 +441,8 @@ def test_an_llm_outage_stops_the_run_after_saving_what_was_planned_and_the_same_
 
 
 def test_an_unreachable_llm_stops_the_run_at_the_first_item(tmp_path: Path, photos: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    backend = backend_from_options(base_url=f"http://127.0.0.1:{port}/v1", model="tiny", max_retries=0, timeout=5)
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    backend = backend_from_options(base_url=url, model="tiny", max_retries=0, timeout=5)
     planner = Planner(backend, registry=fakes.registry(), cache=False, repair_rounds=0)
     items = load_items(_rows_file(tmp_path, 2), "gqa", images=photos)
     out = tmp_path / "down.jsonl"

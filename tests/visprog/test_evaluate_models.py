@@ -38,6 +38,7 @@ from visprog.modules.vqa import clean_answer
 
 from tests.modules.test_detection import _clip_vocab, owl_reference
 from tests.modules.test_vqa import _build_blip, blip_reference
+from tests.servers import clean_llm_env
 from tests.visprog.planner.conftest import ScriptedServer, serve_scripted
 from visprog.evaluate import Item, Summary, evaluate, load_items, normalize_answer
 from visprog.interpreter import Interpreter
@@ -376,12 +377,7 @@ def _nlvr_cases(ref: Reference) -> list[Case]:
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VISPROG_LLM_MODEL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path / "visprog-cache"))
+    clean_llm_env(monkeypatch, tmp_path / "visprog-cache")
     monkeypatch.delenv("VISPROG_CONFIG", raising=False)
 
 

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.servers import closed_port
 from visprog import hub
 from visprog.errors import ModelUnavailableError
 from visprog.hub import is_cached, load_model, model_statuses, redundant_files
@@ -102,11 +102,6 @@ def test_model_loads_are_reported_unless_quiet(tmp_path: Path, capsys: pytest.Ca
 # --- a missing model when the hub cannot be reached ------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture
 def hub_down(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[str]]:
@@ -115,7 +110,7 @@ def hub_down(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[s
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub, "_unreachable", {})
     asked: list[str] = []

@@ -25,14 +25,13 @@ import hashlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -45,6 +44,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from tests.modules.test_vqa import _build_blip  # noqa: E402  (needs torch and transformers)
+from tests.servers import closed_port, serve  # noqa: E402
 
 FAKE_ID = "visprog-tests/tiny-blip-vqa"
 COMMIT = "c0ffee" + "0" * 34
@@ -184,25 +184,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 def serve_hub(repos: dict[str, dict[str, bytes]]) -> Iterator[FakeHub]:
     """A fake Hugging Face Hub serving ``repos`` on an ephemeral port of 127.0.0.1, while the block runs."""
     hub = FakeHub(repos)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
-    httpd.daemon_threads = True
-    httpd.block_on_close = False
-    hub.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve(_handler(hub)) as url:
+        hub.url = url
         yield hub
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-def _closed_port() -> int:
-    """A port of 127.0.0.1 that nothing listens on (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- running visprog as a user would -------------------------------------------
@@ -358,7 +342,7 @@ def test_a_failed_pull_says_why_and_names_the_model_without_a_traceback(
     repo: dict[str, bytes], tmp_path: Path, where: str
 ) -> None:
     with serve_hub({FAKE_ID: repo}) as hub:
-        endpoint = f"http://127.0.0.1:{_closed_port()}" if where == "server down" else hub.url
+        endpoint = f"http://127.0.0.1:{closed_port()}" if where == "server down" else hub.url
         model_id = "visprog-tests/no-such-model" if where == "unknown model" else FAKE_ID
         pulled = visprog(
             ["models", "pull", "Vqa", "--model", f"Vqa={model_id}"],
@@ -421,7 +405,7 @@ def test_pulling_a_local_folder_downloads_nothing(blip_dir: Path, tmp_path: Path
 
 
 def test_a_missing_model_fails_in_seconds_when_the_hub_cannot_be_reached(photo: Path, tmp_path: Path) -> None:
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    endpoint = f"http://127.0.0.1:{closed_port()}"
     run = ["exec", PROGRAM, "--image", str(photo), "--model", f"Vqa={FAKE_ID}", "--device", "cpu", "-q"]
     started = time.monotonic()
     ran = visprog(run, endpoint=endpoint, hf_home=tmp_path / "hf", online=True, cwd=tmp_path)

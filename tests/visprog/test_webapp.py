@@ -6,10 +6,8 @@ import functools
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import skimage.data
 from PIL import Image as PILImage
 
 from tests import fakes
-from tests.visprog.planner.conftest import ScriptedServer, _handler
+from tests.visprog.planner.conftest import ScriptedServer, serve_scripted
 from visprog.errors import ConfigError, ModelUnavailableError, VisprogError
 from visprog.planner.backends import backend_from_options
 from visprog.planner.core import Planner
@@ -52,20 +50,8 @@ INSTRUCTION = "Hide the face with sunglasses emoji"
 @contextmanager
 def scripted_llm() -> Iterator[ScriptedServer]:
     """The planner tests' scripted OpenAI-compatible server, on an ephemeral port of 127.0.0.1."""
-    scripted = ScriptedServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(scripted))
-    httpd.daemon_threads = True
-    httpd.block_on_close = False
-    scripted.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve_scripted() as scripted:
         yield scripted
-    finally:
-        scripted._stopping.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture

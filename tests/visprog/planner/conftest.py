@@ -32,11 +32,13 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.servers import clean_llm_env, serve
 
 __all__ = ["RecordedRequest", "Reply", "ScriptedServer", "serve_scripted"]
 
@@ -205,19 +207,9 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 def serve_scripted() -> Iterator[ScriptedServer]:
     """A scripted OpenAI-compatible server on an ephemeral port of 127.0.0.1, while the block runs."""
     server = ScriptedServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
-    httpd.daemon_threads = True
-    httpd.block_on_close = False
-    server.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve(_handler(server), on_stop=server._stopping.set) as url:
+        server.url = f"{url}/v1"
         yield server
-    finally:
-        server._stopping.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -230,20 +222,4 @@ def llm_server() -> Iterator[ScriptedServer]:
 @pytest.fixture(autouse=True)
 def _clean_llm_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No OpenAI settings or proxies leak in from the environment; the plan cache lives in ``tmp_path``."""
-    for name in (
-        "OPENAI_API_KEY",
-        "OPENAI_ADMIN_KEY",
-        "OPENAI_BASE_URL",
-        "OPENAI_ORG_ID",
-        "OPENAI_PROJECT_ID",
-        "OPENAI_CUSTOM_HEADERS",
-        "VISPROG_LLM_MODEL",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-    ):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path / "visprog-cache"))
+    clean_llm_env(monkeypatch, tmp_path / "visprog-cache")

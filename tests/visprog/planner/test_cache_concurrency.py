@@ -9,21 +9,19 @@ request (actors plan concurrently, so replies cannot depend on request order).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import sqlite3
-import threading
 import traceback
 import warnings
 from collections.abc import Iterator
 from contextlib import closing
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.servers import serve_keyed
 from tests.visprog.planner.conftest import ScriptedServer
 from visprog.planner import cache as cache_module
 from visprog.planner.cache import PlanCache
@@ -150,45 +148,6 @@ def test_a_locked_cache_is_a_miss_and_a_skipped_write(
 QUESTIONS = {f"Q{k} what is in region {k}?": _program(f"What is in region {k}?") for k in range(6)}
 
 
-@contextlib.contextmanager
-def _keyed_server() -> Iterator[tuple[str, list[str]]]:
-    """An OpenAI-compatible chat server that answers by which item text the request contains."""
-    asked: list[str] = []
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 5.0
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0) or 0)) or b"{}")
-            last = str(body.get("messages", [{}])[-1].get("content", ""))
-            keys = [k for k in QUESTIONS if k in last]
-            with lock:
-                asked.extend(keys)
-            content = QUESTIONS[keys[0]] if keys else "no scripted reply"
-            choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-            usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-            payload = {"id": "c", "object": "chat.completion", "created": 0, "model": body.get("model", "")}
-            data = json.dumps({**payload, "choices": [choice], "usage": usage}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", asked
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +216,7 @@ def test_ray_actors_share_one_plan_cache(
         common: dict[str, Any] = {"engine": "ray", "workers": 3, "settings": settings, "batch_size": 1}
         return evaluate(items, planner, interpreter, out_path=out, progress=False, **common)
 
-    with _keyed_server() as (url, asked):  # one server for both runs: its address is part of every plan's key
+    with serve_keyed(QUESTIONS) as (url, asked):  # one server for both runs: its address is part of every plan's key
         first = run(url, tmp_path / "first.jsonl")
         assert (first.n, first.correct) == (12, 12)  # every item planned and answered ('yes' is the fake's answer)
         assert set(asked) == set(QUESTIONS) and len(asked) <= len(texts)  # a question asked twice at once: both plan
