@@ -129,41 +129,25 @@ def dino_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def owl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import (
-        CLIPTokenizer,
-        Owlv2Config,
-        Owlv2ForObjectDetection,
-        Owlv2ImageProcessorPil,
-        Owlv2Processor,
-    )
+def build_owl(folder: Path, vocab_folder: Path) -> Path:
+    """A tiny random OWLv2 (seeded, heads damped) saved with its processor to ``folder``."""
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil, Owlv2Processor
 
-    folder = tmp_path_factory.mktemp("owlv2-tiny-random")
-    vocab, merges = _clip_vocab(tmp_path_factory.mktemp("clip"))
+    vocab, merges = _clip_vocab(vocab_folder)
     tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=16)
     bos, eos = len(tokenizer) - 2, len(tokenizer) - 1  # <|startoftext|>, <|endoftext|>
     assert tokenizer.convert_ids_to_tokens([bos, eos]) == ["<|startoftext|>", "<|endoftext|>"]
+    tiny = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
     config = Owlv2Config(
         text_config={
+            **tiny,
             "vocab_size": len(tokenizer),
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
             "max_position_embeddings": 16,
             "bos_token_id": bos,
             "eos_token_id": eos,
             "pad_token_id": eos,
         },
-        vision_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 64,
-            "patch_size": 8,  # 8x8 patches: 64 boxes
-        },
+        vision_config={**tiny, "image_size": 64, "patch_size": 8},  # 8x8 patches: 64 boxes
         projection_dim=16,
     )
     torch.manual_seed(0)
@@ -178,6 +162,11 @@ def owl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     image_processor = Owlv2ImageProcessorPil(size={"height": 64, "width": 64})
     Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def owl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_owl(tmp_path_factory.mktemp("owlv2-tiny-random"), tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")

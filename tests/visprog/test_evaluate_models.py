@@ -36,7 +36,7 @@ import pytest
 from PIL import Image
 from visprog.modules.vqa import clean_answer
 
-from tests.modules.test_detection import _clip_vocab, owl_reference
+from tests.modules.test_detection import build_owl, owl_reference
 from tests.modules.test_vqa import _build_blip, blip_reference
 from tests.servers import clean_llm_env
 from tests.visprog.planner.conftest import ScriptedServer, serve_scripted
@@ -83,37 +83,6 @@ BOTTOM_CROP = (0, 18, 64, 48)  # Crop(Loc 'BOTTOM' = (0, 24, 64, 48)): 1.5x arou
 
 
 # --- tiny models and their reference answers ------------------------------------------------
-
-
-def _build_owl(folder: Path, vocab_folder: Path) -> None:
-    """The tiny random OWLv2 of tests/modules/test_detection.py (same config, seed and damped heads)."""
-    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil, Owlv2Processor
-
-    vocab, merges = _clip_vocab(vocab_folder)
-    tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=16)
-    bos, eos = len(tokenizer) - 2, len(tokenizer) - 1
-    tiny = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
-    config = Owlv2Config(
-        text_config={
-            **tiny,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 16,
-            "bos_token_id": bos,
-            "eos_token_id": eos,
-            "pad_token_id": eos,
-        },
-        vision_config={**tiny, "image_size": 64, "patch_size": 8},
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    model = Owlv2ForObjectDetection(config)
-    with torch.no_grad():
-        for layer in (model.box_head.dense2, model.class_head.logit_shift, model.class_head.logit_scale):
-            layer.weight.normal_(std=0.01)
-            layer.bias.zero_()
-    model.save_pretrained(folder)
-    image_processor = Owlv2ImageProcessorPil(size={"height": 64, "width": 64})
-    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 
 
 class Reference:
@@ -394,7 +363,7 @@ def _one_thread() -> Iterator[None]:
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     blip, owl = tmp_path_factory.mktemp("tiny-blip-vqa"), tmp_path_factory.mktemp("tiny-owlv2")
     _build_blip(blip)
-    _build_owl(owl, tmp_path_factory.mktemp("clip-vocab"))
+    build_owl(owl, tmp_path_factory.mktemp("clip-vocab"))
     return {"blip": blip, "owl": owl}
 
 
