@@ -463,6 +463,15 @@ def _read_records(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _ends_a_line(path: Path) -> bool:
+    """Whether the file is missing, empty or ends with a newline (its last byte only is read)."""
+    if not path.is_file() or not path.stat().st_size:
+        return True
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
 def _plan_failure(error: PlanningError) -> str:
     """``plan_parse`` when the last attempt's program is empty or does not parse, else ``plan_check``."""
     from visprog.parser import parse
@@ -686,7 +695,7 @@ def evaluate(
             bar.done += 1
             bar.correct += done[it.id].get("correct") is True
             bar.scored += done[it.id].get("correct") is not None
-    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+    if not _ends_a_line(path):
         with path.open("a", encoding="utf-8") as f:
             f.write("\n")  # a line cut short by a crash stays on its own
     chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
