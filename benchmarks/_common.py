@@ -81,13 +81,14 @@ def blip_interpreter(model_dir: str, max_batch: int | None) -> Any:
     import visprog.modules.logic as logic
     from visprog.modules.vqa import Vqa
 
-    from visprog.interpreter import Interpreter
-    from visprog.registry import Registry, _specs_in
-    from visprog.runtime import Runtime
+    from visprog.language.signatures import Registry
+    from visprog.running.interpreter import Interpreter
+    from visprog.running.plugins import specs_in
+    from visprog.running.runtime import Runtime
 
     torch.set_num_threads(1)  # as tests/modules/test_vqa.py does: tiny models run faster on one thread
     registry = Registry()
-    registry.register_all(_specs_in(logic, "builtin"), source="builtin")
+    registry.register_all(specs_in(logic, "builtin"), source="builtin")
     registry.register(Vqa)
     runtime = Runtime(device_request="cpu", modules={"Vqa": {"model": model_dir}})
     return Interpreter(registry, runtime, max_batch=max_batch)

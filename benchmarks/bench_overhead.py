@@ -16,9 +16,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _common
-from visprog.interpreter import Interpreter
-from visprog.registry import Registry, module
-from visprog.runtime import Runtime
+from visprog.language.signatures import Registry, module
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Runtime
 
 MODULE_SECONDS = 0.001  # the "real" module the overhead is compared with
 

@@ -26,7 +26,7 @@ FINAL_RESULT=Result(var=ANSWER2)
 
 PROBE = (
     "import sys\n"
-    "from visprog.cli import main\n"
+    "from visprog.apps.cli import main\n"
     "code = main(['check', sys.argv[1]])\n"
     "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
     "print('HEAVY=' + ','.join(heavy))\n"

@@ -33,10 +33,10 @@ from typing import Any
 
 from visprog.modules._ops import nms
 
-from visprog.hub import load_model
-from visprog.registry import module
-from visprog.runtime import Context
-from visprog.types import Detection, Image, Objects
+from visprog.language.signatures import module
+from visprog.language.values import Detection, Image, Objects
+from visprog.running.hub import load_model
+from visprog.running.runtime import Context
 
 __all__ = ["BACKENDS", "DEFAULTS", "REGION_WORDS", "Loc"]
 

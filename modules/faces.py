@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visprog.errors import ModelUnavailableError
-from visprog.hub import fetch_command, load_model
-from visprog.registry import module
-from visprog.runtime import Context
-from visprog.types import Detection, Image, Objects
+from visprog.language.signatures import module
+from visprog.language.values import Detection, Image, Objects
+from visprog.running.hub import fetch_command, load_model
+from visprog.running.runtime import Context
 
 if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
     import numpy as np

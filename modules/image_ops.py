@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter
 
-from visprog.drawing import PALETTE
-from visprog.drawing import font as _font
-from visprog.registry import module
-from visprog.types import Detection, Image, Objects
+from visprog.language.signatures import module
+from visprog.language.values import Detection, Image, Objects
+from visprog.presentation.drawing import PALETTE
+from visprog.presentation.drawing import font as _font
 
 if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
     import numpy as np

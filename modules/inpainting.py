@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image as PILImage
 
 from visprog.errors import VisprogError
-from visprog.hub import load_model
-from visprog.registry import module
-from visprog.runtime import Context
-from visprog.types import Image, Objects, parse_bool
+from visprog.language.signatures import module
+from visprog.language.values import Image, Objects, parse_bool
+from visprog.running.hub import load_model
+from visprog.running.runtime import Context
 
 if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
     import numpy as np

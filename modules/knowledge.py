@@ -16,7 +16,7 @@ Options (``[modules.List]`` in the config, or ``--model List=NAME``):
 A config file's ``[llm]`` table (the planner's settings) supplies ``model``,
 ``base_url``, ``api_key``, ``timeout`` and ``max_retries`` where List has none.
 
-The request goes through the planner's :class:`~visprog.planner.backends.OpenAIBackend`,
+The request goes through the planner's :class:`~visprog.llm.clients.OpenAIBackend`,
 so List and the planner share one client setup (retries of rate limits, server
 errors and lost connections with capped backoff) and one translation of
 ``openai`` failures into errors that name List, the server and the model, and
@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from visprog.errors import ConfigError, ServiceError
-from visprog.planner.backends import DEFAULT_MODEL, LLMConfig, OpenAIBackend
-from visprog.registry import module
-from visprog.runtime import Context
+from visprog.language.signatures import module
+from visprog.llm.clients import DEFAULT_MODEL, LLMConfig, OpenAIBackend
+from visprog.running.runtime import Context
 
 __all__ = ["DEFAULT_MODEL", "SYSTEM_PROMPT", "List_", "parse_items", "user_prompt"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from visprog.registry import module
-from visprog.types import Template
+from visprog.language.signatures import module
+from visprog.language.values import Template
 
 
 @module(aliases=["EVAL"])

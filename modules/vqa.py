@@ -24,10 +24,10 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from visprog.hub import load_model
-from visprog.registry import module
-from visprog.runtime import Context
-from visprog.types import Image
+from visprog.language.signatures import module
+from visprog.language.values import Image
+from visprog.running.hub import load_model
+from visprog.running.runtime import Context
 
 __all__ = ["INSTRUCTION", "Vqa", "clean_answer", "vlm_messages", "vqa_batch"]
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from visprog.planner.core import Planner
-from visprog.registry import Registry
+from visprog.language.signatures import Registry
 
 __all__ = ["ScriptedLLM", "scripted_planner", "show"]
 

@@ -17,6 +17,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(autouse=True, scope="session")
 def _offline_face_detector() -> None:
-    from visprog.runtime import default_runtime
+    from visprog.running.runtime import default_runtime
 
     default_runtime().set_option("FaceDet", "backend", "cascade")

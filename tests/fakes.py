@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image as PILImage
 
-from visprog.registry import Registry, module
-from visprog.runtime import Context
-from visprog.types import Detection, Image, Objects
+from visprog.language.signatures import Registry, module
+from visprog.language.values import Detection, Image, Objects
+from visprog.running.runtime import Context
 
 CALLS: list[tuple[str, int]] = []  # (module, number of argument sets in the call)
 VQA_ANSWERS: dict[str, str] = {}
@@ -176,10 +176,10 @@ def registry() -> Registry:
     import visprog.modules.image_ops as image_ops
     import visprog.modules.logic as logic
 
-    from visprog.registry import _specs_in
+    from visprog.running.plugins import specs_in
 
     reg = Registry()
     for mod in (logic, image_ops, faces):
-        reg.register_all(_specs_in(mod, "builtin"), source="builtin")
+        reg.register_all(specs_in(mod, "builtin"), source="builtin")
     reg.register_all(FAKES, source="tests.fakes")
     return reg

@@ -113,7 +113,7 @@ def _check_quickstart(nb: dict[str, Any]) -> None:
     assert _text(ask).rstrip().endswith("'yes'")
     assert "result: str 'yes'" in _text(_cell(nb, "print(solution.trace.to_text())"))
 
-    from visprog.trace import Trace
+    from visprog.running.trace import Trace
 
     if hasattr(Trace, "_repr_html_"):  # the trace renders inline
         html = _data(_trace_cell(nb), "text/html")
@@ -158,7 +158,7 @@ def _check_write_a_module(nb: dict[str, Any]) -> None:
     assert "requests: 2" in sent
     assert "Pixelate in the system prompt: True" in sent
     assert "unknown argument 'objects' for Pixelate (did you mean 'object'?)" in sent
-    assert "(aliases: PIXELATE; from plugin 'pixelate')" in _text(_cell(nb, "load_entry_points"))
+    assert "(aliases: PIXELATE; from plugin 'pixelate')" in _text(_cell(nb, "load_plugins"))
     assert "is already taken by module 'Crop'" in _text(_cell(nb, "def MyCrop("))
 
 

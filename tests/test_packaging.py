@@ -81,10 +81,10 @@ def test_wheel_contents(wheel: Path) -> None:
     for name in [
         "visprog/__init__.py",
         "visprog/__main__.py",
-        "visprog/cli.py",
-        "visprog/grammar.lark",
-        "visprog/expr.lark",
-        "visprog/fonts/DejaVuSans.ttf",
+        "visprog/apps/cli.py",
+        "visprog/language/grammar.lark",
+        "visprog/language/expr.lark",
+        "visprog/presentation/fonts/DejaVuSans.ttf",
         "visprog/py.typed",
         "visprog/modules/image_ops.py",
         # the planner's prompt sets ship as package data (importlib.resources.files("visprog.prompts"))
@@ -97,8 +97,9 @@ def test_wheel_contents(wheel: Path) -> None:
     assert MODULE_FILES and "__init__.py" in MODULE_FILES
     for name in MODULE_FILES:
         assert f"visprog/modules/{name}" in names, name
-    for name in (ROOT / "visprog").glob("*.py"):
-        assert f"visprog/{name.name}" in names, name.name
+    for path in (ROOT / "visprog").rglob("*.py"):  # every layer's package ships
+        relative = path.relative_to(ROOT).as_posix()
+        assert relative in names, relative
     top = {n.split("/")[0] for n in names}
     assert "modules" not in top
     assert "tests" not in top
@@ -112,7 +113,7 @@ def test_wheel_contents(wheel: Path) -> None:
     group = dict(parser["visprog.modules"])
     assert sorted(group) == FAMILIES
     assert group == {family: f"visprog.modules.{family}" for family in FAMILIES}
-    assert dict(parser["console_scripts"]) == {"visprog": "visprog.cli:main"}
+    assert dict(parser["console_scripts"]) == {"visprog": "visprog.apps.cli:main"}
 
 
 CHECK_PROGRAM = textwrap.dedent(
@@ -129,13 +130,13 @@ PROBE = textwrap.dedent(
     """\
     import importlib.resources, importlib.util, json, sys
     import visprog, visprog.modules.image_ops
-    from visprog.registry import default_registry
-    font = importlib.resources.files("visprog") / "fonts" / "DejaVuSans.ttf"
+    from visprog.running.plugins import default_registry
+    font = importlib.resources.files("visprog.presentation") / "fonts" / "DejaVuSans.ttf"
     print(json.dumps({
         "visprog": visprog.__file__,
         "image_ops": visprog.modules.image_ops.__file__,
         "modules": importlib.util.find_spec("modules") is not None,
-        "grammar": (importlib.resources.files("visprog") / "grammar.lark").is_file(),
+        "grammar": (importlib.resources.files("visprog.language") / "grammar.lark").is_file(),
         "font": len(font.read_bytes()),
         "sources": sorted({s.source for s in default_registry()}),
         "version": visprog.__version__,

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from tests.visprog.planner.conftest import ScriptedServer, serve_scripted
+from tests.llm_server import ScriptedServer, serve_scripted
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from visprog.api import ask, check, create_planner, edit, run, solve, tag, verify
 from visprog.errors import (
     Diagnostic,
     EvalError,
@@ -22,10 +21,12 @@ from visprog.errors import (
     StepError,
     VisprogError,
 )
-from visprog.parser import parse
-from visprog.registry import ModuleSpec, Registry, default_registry, module
-from visprog.runtime import Context, Runtime
-from visprog.types import Detection, Image, Objects, Template, Type
+from visprog.language.parser import parse
+from visprog.language.signatures import ModuleSpec, Registry, module
+from visprog.language.values import Detection, Image, Objects, Template, Type
+from visprog.running.plugins import default_registry
+from visprog.running.runtime import Context, Runtime
+from visprog.solve import ask, check, create_planner, edit, run, solve, tag, verify
 
 try:
     __version__ = version("visprog")

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from visprog.cli import main
+from visprog.apps.cli import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from visprog.trace import Trace
+    from visprog.running.trace import Trace
 
 __all__ = [
     "ConfigError",

@@ -24,11 +24,12 @@ from visprog.modules import clip
 from visprog.modules.clip import Classify, Select, masked_crop
 
 from visprog.errors import StepError
-from visprog.hub import load_model
-from visprog.interpreter import Interpreter
-from visprog.registry import Registry, _specs_in
-from visprog.runtime import Context, RunCache, Runtime
-from visprog.types import Detection, Type
+from visprog.language.signatures import Registry
+from visprog.language.values import Detection, Type
+from visprog.running.hub import load_model
+from visprog.running.interpreter import Interpreter
+from visprog.running.plugins import specs_in
+from visprog.running.runtime import Context, RunCache, Runtime
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -177,7 +178,7 @@ def registry() -> Registry:
 
     reg = Registry()
     for mod in (image_ops, faces, clip):
-        reg.register_all(_specs_in(mod, "builtin"), source="builtin")
+        reg.register_all(specs_in(mod, "builtin"), source="builtin")
     return reg
 
 

@@ -23,10 +23,10 @@ from visprog.modules._ops import box_iou
 from visprog.modules.detection import Loc
 
 from visprog.errors import StepError
-from visprog.interpreter import Interpreter
-from visprog.registry import Registry
-from visprog.runtime import Context, ModelPool, RunCache, Runtime
-from visprog.types import Detection
+from visprog.language.signatures import Registry
+from visprog.language.values import Detection
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Context, ModelPool, RunCache, Runtime
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

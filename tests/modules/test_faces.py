@@ -21,11 +21,11 @@ from visprog.modules import faces
 from visprog.modules.faces import YUNET_FILE, YUNET_REPO, FaceDet, yunet_model_file
 
 from visprog.errors import ModelUnavailableError, StepError
-from visprog.hub import is_cached
-from visprog.interpreter import Interpreter
-from visprog.registry import Registry
-from visprog.runtime import Context, RunCache, Runtime
-from visprog.types import Detection
+from visprog.language.signatures import Registry
+from visprog.language.values import Detection
+from visprog.running.hub import is_cached
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Context, RunCache, Runtime
 
 #: the astronaut's face in the 512x512 photo (x0, y0, x1, y1), checked by hand
 ASTRONAUT_FACE = (175, 65, 265, 165)

@@ -26,9 +26,9 @@ from visprog.modules.image_ops import (
 )
 
 import visprog
-from visprog import drawing
-from visprog.registry import ModuleSpec, Registry
-from visprog.types import Detection
+from visprog.language.signatures import ModuleSpec, Registry
+from visprog.language.values import Detection
+from visprog.presentation import drawing
 
 TWEMOJI_YELLOW = np.array([255, 204, 77])
 

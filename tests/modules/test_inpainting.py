@@ -32,10 +32,11 @@ from visprog.modules.inpainting import (
 )
 
 from visprog.errors import ModelUnavailableError, StepError, VisprogError
-from visprog.interpreter import Interpreter
-from visprog.registry import Registry
-from visprog.runtime import Context, RunCache, Runtime
-from visprog.types import Detection
+from visprog.language.signatures import Registry
+from visprog.language.values import Detection
+from visprog.running.interpreter import Interpreter
+from visprog.running.plugins import load_plugins
+from visprog.running.runtime import Context, RunCache, Runtime
 
 FAST = {"num_inference_steps": 2, "size": 64}
 
@@ -322,7 +323,7 @@ def test_import_loads_no_torch_or_diffusers() -> None:
 
 def registry() -> Registry:
     reg = Registry()
-    reg.load_entry_points()  # FaceDet, Result, ...
+    load_plugins(reg)  # FaceDet, Result, ...
     if "Replace" not in reg:
         reg.register(Replace)
     return reg

@@ -15,14 +15,14 @@ import pytest
 from visprog.modules.knowledge import SYSTEM_PROMPT, List_, parse_items
 from visprog.modules.logic import Result
 
+from tests.llm_server import Reply as Scripted
+from tests.llm_server import serve_scripted
 from tests.servers import clean_llm_env, closed_port, serve
-from tests.visprog.planner.conftest import Reply as Scripted
-from tests.visprog.planner.conftest import serve_scripted
 from visprog.errors import ConfigError, ServiceError, StepError
-from visprog.interpreter import Interpreter
-from visprog.planner.backends import OpenAIBackend
-from visprog.registry import Registry
-from visprog.runtime import Context, RunCache, Runtime
+from visprog.language.signatures import Registry
+from visprog.llm.clients import OpenAIBackend
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Context, RunCache, Runtime
 
 KEY = "sk-test-secret-0123456789"
 QUERY = "main characters of the TV show Big Bang Theory"

@@ -26,10 +26,10 @@ from visprog.modules import _ops, segmentation
 from visprog.modules.segmentation import SAM_EMBEDDING_CACHE, Seg, load_sam, sam_image_embedding
 
 from visprog.errors import StepError
-from visprog.interpreter import Interpreter
-from visprog.registry import ModuleSpec, Registry
-from visprog.runtime import Context, RunCache, Runtime
-from visprog.types import Detection
+from visprog.language.signatures import ModuleSpec, Registry
+from visprog.language.values import Detection
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Context, RunCache, Runtime
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -17,9 +17,9 @@ from PIL import Image
 from tests.modules.test_clip import _clip_folder
 from tests.modules.test_inpainting import FAST, build_tiny_pipeline
 from tests.modules.test_segmentation import SAM_OPTIONS, astronaut, sam_dir, small_astronaut
-from visprog.interpreter import Interpreter
-from visprog.registry import default_registry
-from visprog.runtime import RunCache, Runtime
+from visprog.running.interpreter import Interpreter
+from visprog.running.plugins import default_registry
+from visprog.running.runtime import RunCache, Runtime
 
 torch = pytest.importorskip("torch")
 
@@ -73,8 +73,8 @@ def test_seg_select_classify_replace_share_models_and_image_work(
     cache = RunCache()
 
     # Load the pooled models first so hooks can count their encoders during the run.
-    from visprog.hub import load_model
-    from visprog.runtime import Context
+    from visprog.running.hub import load_model
+    from visprog.running.runtime import Context
 
     def ctx(name: str) -> Context:
         spec = registry[name]

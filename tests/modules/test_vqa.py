@@ -23,10 +23,10 @@ from visprog.modules.logic import Result
 from visprog.modules.vqa import INSTRUCTION, Vqa, clean_answer, vlm_messages, vqa_batch
 
 from visprog.errors import StepError
-from visprog.hub import load_model
-from visprog.interpreter import Interpreter
-from visprog.registry import Registry
-from visprog.runtime import Context, RunCache, Runtime
+from visprog.language.signatures import Registry
+from visprog.running.hub import load_model
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Context, RunCache, Runtime
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 
 from tests import fakes
-from visprog.checker import check
 from visprog.errors import ProgramCheckError
-from visprog.registry import Registry
-from visprog.types import Type
+from visprog.language.checker import check
+from visprog.language.signatures import Registry
+from visprog.language.values import Type
 
 
 @pytest.fixture(scope="module")

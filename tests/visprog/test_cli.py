@@ -20,7 +20,7 @@ import pytest
 from PIL import Image as PILImage
 from skimage import data
 
-from visprog.cli import main
+from visprog.apps.cli import main
 
 BUILTINS = ["Crop", "CropRightOf", "Count", "Eval", "Result", "ColorPop", "BgBlur", "Emoji", "Tag", "FaceDet"]
 
@@ -486,7 +486,7 @@ def test_console_script_exec(photo: Path, tmp_path: Path) -> None:
 NO_TORCH_SCRIPT = """\
 import io, json, sys
 import visprog
-from visprog.cli import main
+from visprog.apps.cli import main
 
 program = sys.argv[1]
 codes = [
@@ -543,14 +543,14 @@ def test_trace_option_writes_a_self_contained_html_page_also_for_a_failed_run(tm
 
 
 def test_serve_starts_the_web_app_with_the_command_line_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    import visprog.webapp
+    import visprog.apps.webapp
 
     seen: dict[str, object] = {}
 
     def fake_serve(host: str, port: int, **kwargs: object) -> None:
         seen.update(host=host, port=port, **kwargs)
 
-    monkeypatch.setattr(visprog.webapp, "serve", fake_serve)
+    monkeypatch.setattr(visprog.apps.webapp, "serve", fake_serve)
     code, out, _ = cli("serve", "--port", "7999", "--backend", "FaceDet=cascade", "--max-upload-mb", "5")
     assert code == 0 and "http://127.0.0.1:7999" in out
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7999 and seen["max_upload_bytes"] == 5_000_000
@@ -560,7 +560,7 @@ def test_serve_starts_the_web_app_with_the_command_line_settings(monkeypatch: py
 
 
 def test_eval_command_scores_a_data_set_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.visprog.planner.conftest import serve_scripted
+    from tests.llm_server import serve_scripted
 
     PILImage.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg")
     PILImage.fromarray(data.coffee()).save(tmp_path / "coffee.jpg")
@@ -626,7 +626,7 @@ def test_eval_command_scores_a_data_set_and_resumes(tmp_path: Path, monkeypatch:
 def test_eval_on_edit_instructions_saves_the_images_and_scores_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.visprog.planner.conftest import serve_scripted
+    from tests.llm_server import serve_scripted
 
     PILImage.fromarray(data.astronaut()).resize((256, 256)).save(tmp_path / "astronaut.png")
     items = [
@@ -676,7 +676,7 @@ def test_eval_on_edit_instructions_saves_the_images_and_scores_nothing(
 def test_eval_command_stops_clearly_on_wrong_data_and_on_an_llm_outage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.visprog.planner.conftest import Reply, serve_scripted
+    from tests.llm_server import Reply, serve_scripted
 
     images = tmp_path / "images"
     images.mkdir()
@@ -735,7 +735,7 @@ def test_an_input_given_twice_is_a_usage_error(tmp_path: Path) -> None:
 def test_edit_output_into_a_folder_and_a_result_that_is_no_image(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.visprog.planner.conftest import serve_scripted
+    from tests.llm_server import serve_scripted
 
     photo = tmp_path / "astronaut.png"
     PILImage.fromarray(data.astronaut()).resize((128, 128)).save(photo)

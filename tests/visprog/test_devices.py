@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from visprog.errors import ConfigError, StepError
-from visprog.runtime import Runtime, check_device, resolve_device
+from visprog.running.runtime import Runtime, check_device, resolve_device
 
 torch = pytest.importorskip("torch")
 
@@ -134,8 +134,8 @@ def test_the_check_waits_for_the_first_model(monkeypatch: pytest.MonkeyPatch, tm
 
 def test_import_visprog_stays_torch_free() -> None:
     code = (
-        "import sys, visprog, visprog.runtime, visprog.hub\n"
-        "visprog.runtime.Runtime(device_request='cuda')\n"
+        "import sys, visprog, visprog.running.runtime, visprog.running.hub\n"
+        "visprog.running.runtime.Runtime(device_request='cuda')\n"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -167,8 +167,8 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(device: str | None, blip_dir: str, photo: Path) -> object:
-    from visprog.images import load_image
-    from visprog.interpreter import Interpreter
+    from visprog.running.images import load_image
+    from visprog.running.interpreter import Interpreter
 
     runtime = Runtime(device_request=device, modules={"Vqa": {"model": blip_dir}}, progress=False)
     return Interpreter(runtime=runtime).run(PROGRAM, {"IMAGE": load_image(photo)}).result

@@ -11,11 +11,11 @@ from skimage import data
 
 from tests import fakes
 from visprog.errors import ProgramCheckError, StepError
-from visprog.interpreter import Interpreter
-from visprog.registry import Registry, module
-from visprog.runtime import Context
-from visprog.trace import Trace
-from visprog.types import Image
+from visprog.language.signatures import Registry, module
+from visprog.language.values import Image
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Context
+from visprog.running.trace import Trace
 
 NLVR = """\
 ANSWER0=Vqa(image=LEFT, question='How many wolves are in the image?')

@@ -22,11 +22,11 @@ from PIL import Image as PILImage
 
 from tests import fakes
 from tests.servers import clean_llm_env, serve_keyed
-from visprog.engines import WorkerSettings
 from visprog.errors import ConfigError, ServiceError
-from visprog.evaluate import Item, Summary, evaluate, load_items
-from visprog.registry import module
-from visprog.types import Image
+from visprog.evaluation.engines import WorkerSettings
+from visprog.evaluation.runner import Item, Summary, evaluate, load_items
+from visprog.language.signatures import module
+from visprog.language.values import Image
 
 ray = pytest.importorskip("ray", reason="the ray engine needs Ray (pip install 'visprog[ray]')")
 
@@ -306,7 +306,7 @@ def test_service_errors_keep_per_request_through_pickling() -> None:
 
 
 def test_actors_per_gpu_unless_the_device_is_cpu() -> None:
-    from visprog.engines import _actors
+    from visprog.evaluation.engines import _actors
 
     gpus = {"GPU": 4.0, "CPU": 16.0}
     assert _actors(gpus, None, None) == (4, {"num_gpus": 1, "num_cpus": 1.0}, "cuda")
@@ -321,7 +321,7 @@ def test_actors_per_gpu_unless_the_device_is_cpu() -> None:
 
 def test_cpu_device_on_a_gpu_cluster_starts_cpu_actors() -> None:
     """The actors' options come from the settings' device (a stand-in for ray records them)."""
-    from visprog.engines import _run_on_actors
+    from visprog.evaluation.engines import _run_on_actors
 
     seen: list[dict[str, Any]] = []
 
@@ -394,7 +394,7 @@ def test_ray_engine_errors(tmp_path: Path) -> None:
         evaluate([], None, None, out_path=tmp_path / "x.jsonl", engine="ray", progress=False)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown engine 'spark'"):
         evaluate([], None, None, out_path=tmp_path / "x.jsonl", engine="spark", progress=False)  # type: ignore[arg-type]
-    from visprog.engines import load_factory, ray_chunks
+    from visprog.evaluation.engines import load_factory, ray_chunks
 
     with pytest.raises(ConfigError, match="no function nope"):
         load_factory("tests.fakes:nope")
@@ -417,9 +417,9 @@ REPLIES.update(dict(_TINY))
 
 def test_ray_engine_matches_local_with_a_tiny_model(tmp_path: Path, local_ray: Any) -> None:
     from tests.modules.test_vqa import _build_blip
-    from visprog.interpreter import Interpreter
-    from visprog.registry import default_registry
-    from visprog.runtime import Runtime
+    from visprog.running.interpreter import Interpreter
+    from visprog.running.plugins import default_registry
+    from visprog.running.runtime import Runtime
 
     blip = tmp_path / "tiny-blip"
     _build_blip(blip)
@@ -446,7 +446,7 @@ def test_ray_engine_matches_local_with_a_tiny_model(tmp_path: Path, local_ray: A
             planner=planner_options,
             device="cpu",
             modules={"Vqa": {"model": str(blip)}},
-            registry="visprog.registry:default_registry",
+            registry="visprog.running.plugins:default_registry",
             max_batch=4,
         )
         items = load_items(data, "gqa", images=images)

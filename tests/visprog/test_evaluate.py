@@ -16,15 +16,15 @@ import pytest
 from PIL import Image as PILImage
 
 from tests import fakes
+from tests.llm_server import Reply, ScriptedServer, serve_scripted
 from tests.servers import clean_llm_env, closed_port
-from tests.visprog.planner.conftest import Reply, ScriptedServer, serve_scripted
 from visprog.errors import ConfigError, ServiceError
-from visprog.evaluate import Item, Summary, evaluate, is_correct, load_items, normalize_answer, summarize
-from visprog.interpreter import Interpreter
-from visprog.planner.backends import backend_from_options
+from visprog.evaluation.runner import Item, Summary, evaluate, is_correct, load_items, normalize_answer, summarize
+from visprog.llm.clients import backend_from_options
 from visprog.planner.core import Planner
-from visprog.runtime import RunCache
-from visprog.trace import Trace
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import RunCache
+from visprog.running.trace import Trace
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "eval"
 

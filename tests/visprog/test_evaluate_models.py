@@ -2,7 +2,7 @@
 
 A 20-item GQA question JSON and a 10-item NLVR2 JSONL are planned by the scripted
 planner (a loopback OpenAI-compatible server) and run by an
-:class:`~visprog.interpreter.Interpreter` with the default registry: Vqa on a tiny
+:class:`~visprog.running.interpreter.Interpreter` with the default registry: Vqa on a tiny
 random BLIP, Loc on a tiny random OWLv2 and on its region words, Crop, CropBelow,
 CropLeftOf, Count, Eval and Result.
 
@@ -36,17 +36,17 @@ import pytest
 from PIL import Image
 from visprog.modules.vqa import clean_answer
 
+from tests.llm_server import ScriptedServer, serve_scripted
 from tests.modules.test_detection import build_owl, owl_reference
 from tests.modules.test_vqa import _build_blip, blip_reference
 from tests.servers import clean_llm_env
-from tests.visprog.planner.conftest import ScriptedServer, serve_scripted
-from visprog.evaluate import Item, Summary, evaluate, load_items, normalize_answer
-from visprog.interpreter import Interpreter
-from visprog.planner.backends import backend_from_options
+from visprog.evaluation.runner import Item, Summary, evaluate, load_items, normalize_answer
+from visprog.llm.clients import backend_from_options
 from visprog.planner.core import Planner
-from visprog.registry import default_registry
-from visprog.runtime import Runtime
-from visprog.trace import Trace
+from visprog.running.interpreter import Interpreter
+from visprog.running.plugins import default_registry
+from visprog.running.runtime import Runtime
+from visprog.running.trace import Trace
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -665,7 +665,7 @@ def test_eval_command_on_the_nlvr2_file(
     models: dict[str, Path], images: Path, reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``visprog eval --task nlvr`` with the models in a config file: the same records, item by item."""
-    from visprog.cli import main
+    from visprog.apps.cli import main
 
     for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         monkeypatch.setenv(name, "error" if "VERBOSITY" in name else "1")  # -q sets them; restored afterwards

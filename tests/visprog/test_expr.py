@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import visprog.expr as expr_module
+import visprog.language.expr as expr_module
 from visprog.errors import EvalError
-from visprog.expr import BoundExpression, Expression, evaluate, parse_template
-from visprog.types import Template
+from visprog.language.expr import BoundExpression, Expression, evaluate, parse_template
+from visprog.language.values import Template
 
 # --------------------------------------------------------------------------- VisProg templates
 

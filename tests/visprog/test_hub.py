@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.servers import closed_port
-from visprog import hub
 from visprog.errors import ModelUnavailableError
-from visprog.hub import is_cached, load_model, model_statuses, redundant_files
-from visprog.registry import default_registry
-from visprog.runtime import Context, RunCache, Runtime
+from visprog.running import hub
+from visprog.running.hub import is_cached, load_model, model_statuses, redundant_files
+from visprog.running.plugins import default_registry
+from visprog.running.runtime import Context, RunCache, Runtime
 
 
 def test_a_download_skips_redundant_copies_of_the_weights() -> None:

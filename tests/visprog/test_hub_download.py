@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from visprog.hub import redundant_files
+from visprog.running.hub import redundant_files
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -259,9 +259,9 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference_answer(blip_dir: Path, photo: Path) -> str:
     """The answer with the saved folder loaded directly (no hub, no cache)."""
-    from visprog.images import load_image
-    from visprog.interpreter import Interpreter
-    from visprog.runtime import Runtime
+    from visprog.running.images import load_image
+    from visprog.running.interpreter import Interpreter
+    from visprog.running.runtime import Runtime
 
     runtime = Runtime(device_request="cpu", modules={"Vqa": {"model": str(blip_dir)}})
     answer = Interpreter(runtime=runtime).run(PROGRAM, {"IMAGE": load_image(str(photo))}).result

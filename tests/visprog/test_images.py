@@ -1,4 +1,4 @@
-"""visprog.images: loading any image Pillow reads as RGB, safely."""
+"""visprog.running.images: loading any image Pillow reads as RGB, safely."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import ExifTags, Image, features
 from skimage import data
 
 from visprog.errors import ImageError
-from visprog.images import (
+from visprog.running.images import (
     DEFAULT_MAX_PIXELS,
     load_image,
     max_pixels,

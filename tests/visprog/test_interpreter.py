@@ -11,10 +11,10 @@ from skimage import data
 
 from tests import fakes
 from visprog.errors import StepError, VisprogError
-from visprog.interpreter import Interpreter
-from visprog.registry import Registry, module
-from visprog.runtime import Context
-from visprog.types import Image
+from visprog.language.signatures import Registry, module
+from visprog.language.values import Image
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Context
 
 NLVR = """\
 ANSWER0=Vqa(image=LEFT, question='How many wolves are in the image?')

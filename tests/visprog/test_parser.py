@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from visprog import ast
 from visprog.errors import ProgramSyntaxError
-from visprog.parser import parse
+from visprog.language import syntax
+from visprog.language.parser import parse
 
 
 def test_one_step_per_line_with_spaces_comments_blank_lines_and_trailing_commas() -> None:
@@ -21,7 +21,7 @@ def test_one_step_per_line_with_spaces_comments_blank_lines_and_trailing_commas(
     call = program.steps[0].call
     assert call is not None and call.module == "Loc"
     assert [a.name for a in call.args] == ["image", "object"]
-    assert call.args[1].value == ast.Literal("wolf", 3, 42)
+    assert call.args[1].value == syntax.Literal("wolf", 3, 42)
     assert program.steps[0].source == "BOX0 =  Loc ( image = IMAGE , object = 'wolf' , )   # trailing comment"
 
 
@@ -34,7 +34,7 @@ def test_values() -> None:
     call = program.steps[0].call
     assert call is not None
     values = {a.name: a.value for a in call.args}
-    literals = {k: v.value for k, v in values.items() if isinstance(v, ast.Literal)}
+    literals = {k: v.value for k, v in values.items() if isinstance(v, syntax.Literal)}
     assert literals == {
         "a": "Is this Disney's castle?",
         "b": "it's",
@@ -47,16 +47,16 @@ def test_values() -> None:
         "i": None,
     }
     assert isinstance(literals["c"], int) and isinstance(literals["e"], float)
-    assert values["j"] == ast.Ref("IMAGE", 1, text.index("IMAGE") + 1)
+    assert values["j"] == syntax.Ref("IMAGE", 1, text.index("IMAGE") + 1)
     lst = values["k"]
-    assert isinstance(lst, ast.ListValue)
+    assert isinstance(lst, syntax.ListValue)
     assert [type(i).__name__ for i in lst.items] == ["Literal", "Literal", "ListValue", "Ref"]
-    assert values["l"] == ast.ListValue((), 1, values["l"].column)
+    assert values["l"] == syntax.ListValue((), 1, values["l"].column)
 
 
 def test_bare_result_forms() -> None:
     program = parse("A=Vqa(image=IMAGE, question='q')\nRESULT=A\n")
-    assert program.steps[1].expr == ast.Ref("A", 2, 8)
+    assert program.steps[1].expr == syntax.Ref("A", 2, 8)
     assert program.steps[1].is_result
     assert parse("FINAL_ANSWER=Result(var=A)").steps[0].is_result
     assert parse("FINAL_RESULT=RESULT(var=A)").steps[0].is_result

@@ -23,12 +23,13 @@ from PIL import Image as PILImage
 from skimage import data
 
 import visprog
-from visprog.checker import check
 from visprog.errors import RegistrationError
-from visprog.interpreter import Interpreter
-from visprog.registry import ENTRY_POINT_GROUP, Registry, module, normalize
-from visprog.runtime import Context
-from visprog.types import Image, Objects, Type
+from visprog.language.checker import check
+from visprog.language.signatures import Registry, module, normalize
+from visprog.language.values import Image, Objects, Type
+from visprog.running.interpreter import Interpreter
+from visprog.running.plugins import ENTRY_POINT_GROUP, load_plugins
+from visprog.running.runtime import Context
 
 BUILTINS = {
     "Crop",
@@ -129,7 +130,7 @@ def astronaut() -> PILImage.Image:
 
 def test_load_entry_points_registers_builtins_and_the_plugin(demo_plugin: str) -> None:
     registry = Registry()
-    loaded = registry.load_entry_points()
+    loaded = load_plugins(registry)
     assert {"logic", "image_ops", "faces", "demo"} <= set(loaded)
     assert BUILTINS <= set(registry.names())
     assert {"Invert", "Brightness"} <= set(registry.names())
@@ -147,19 +148,19 @@ def test_load_entry_points_registers_builtins_and_the_plugin(demo_plugin: str) -
 
 def test_load_entry_points_is_idempotent(demo_plugin: str) -> None:
     registry = Registry()
-    first = registry.load_entry_points()
+    first = load_plugins(registry)
     names, specs = registry.names(), {s.name: s for s in registry}
     assert "demo" in first
-    assert registry.load_entry_points() == []
+    assert load_plugins(registry) == []
     assert registry.names() == names
     assert all(registry[name] is spec for name, spec in specs.items())
     # a copy remembers what it loaded too
-    assert registry.copy().load_entry_points() == []
+    assert load_plugins(registry.copy()) == []
 
 
 def test_plugin_program_checks_and_runs_with_correct_pixels(demo_plugin: str, astronaut: PILImage.Image) -> None:
     registry = Registry()
-    registry.load_entry_points()
+    load_plugins(registry)
     program = textwrap.dedent(
         """\
         A=Invert(image=IMAGE)
@@ -283,7 +284,7 @@ def test_bad_plugin_raises_registration_error_naming_plugin_module_and_parameter
     source = "import visprog\nfrom visprog import Image, Objects\n" + textwrap.dedent(body)
     dist = make_distribution(on_path, package, source, {f"ep_{case}": package})
     with pytest.raises(RegistrationError) as info:
-        Registry().load_entry_points()
+        load_plugins(Registry())
     message = str(info.value)
     assert f"plugin 'ep_{case}' of {dist}" in message
     for part in expected:
@@ -338,7 +339,7 @@ def test_plugin_clashing_with_a_builtin_name_is_refused(case: str, on_path: Path
     _, plugin_module, _, _ = CLASHES[case]
     dist = _clash_plugin(on_path, case)
     with pytest.raises(RegistrationError) as info:
-        Registry().load_entry_points()
+        load_plugins(Registry())
     message = str(info.value)
     assert f"plugin 'clash' of {dist}" in message
     assert f"module '{plugin_module}'" in message
@@ -351,7 +352,7 @@ def test_plugin_earlier_on_sys_path_does_not_shadow_a_builtin(case: str, on_path
     dist = _clash_plugin(on_path, case)
     registry = Registry()
     with pytest.raises(RegistrationError) as info:
-        registry.load_entry_points()
+        load_plugins(registry)
     builtin = "Crop" if case == "CROP" else "Count"
     assert str(info.value).startswith(f"module '{plugin_module}' (from plugin 'clash' of {dist}): name '{name}'")
     assert f"is already taken by module '{builtin}' (from plugin '{builtin_family}' of visprog)" in str(info.value)
@@ -361,13 +362,13 @@ def test_plugin_earlier_on_sys_path_does_not_shadow_a_builtin(case: str, on_path
 def test_clash_with_a_builtin_is_reported_against_the_plugin(on_path: Path) -> None:
     """With built-ins already loaded, the plugin (not the built-in) is the one refused."""
     registry = Registry()
-    registry.load_entry_points()  # built-ins only: the plugin is not on the path yet
+    load_plugins(registry)  # built-ins only: the plugin is not on the path yet
     body = CLASHES["CROP"][0]
     package = "visprog_plugin_clash_late"
     make_distribution(on_path, package, "import visprog\nfrom visprog import Image, Objects\n" + textwrap.dedent(body))
     importlib.invalidate_caches()
     with pytest.raises(RegistrationError) as info:
-        registry.load_entry_points()
+        load_plugins(registry)
     message = str(info.value)
     assert "module 'MyCrop' (from plugin 'demo' of visprog-plugin-clash-late)" in message
     assert "name 'CROP' is already taken by module 'Crop' (from plugin 'image_ops' of visprog)" in message
@@ -379,7 +380,7 @@ def test_plugin_whose_import_fails_names_the_entry_point(on_path: Path) -> None:
     package = "visprog_plugin_broken"
     dist = make_distribution(on_path, package, "import visprog_no_such_dependency_xyz\n", {"broken_ep": package})
     with pytest.raises(RegistrationError) as info:
-        Registry().load_entry_points()
+        load_plugins(Registry())
     message = str(info.value)
     assert f"plugin 'broken_ep' of {dist}" in message
     assert f"cannot import {package}" in message
@@ -389,19 +390,19 @@ def test_plugin_whose_import_fails_names_the_entry_point(on_path: Path) -> None:
 def test_entry_point_naming_a_missing_module(on_path: Path) -> None:
     make_distribution(on_path, "visprog_plugin_typo", "", {"typo": "visprog_plugin_typo.nothing_here"})
     with pytest.raises(RegistrationError, match=r"plugin 'typo' of visprog-plugin-typo: cannot import"):
-        Registry().load_entry_points()
+        load_plugins(Registry())
 
 
 def test_plugin_that_declares_nothing(on_path: Path) -> None:
     make_distribution(on_path, "visprog_plugin_empty", "X = 1\n", {"empty": "visprog_plugin_empty"})
     with pytest.raises(RegistrationError, match=r"plugin 'empty' of visprog-plugin-empty: .*declares no modules"):
-        Registry().load_entry_points()
+        load_plugins(Registry())
 
 
 def test_entry_point_naming_a_single_spec(on_path: Path) -> None:
     make_distribution(on_path, "visprog_plugin_single", DEMO_PLUGIN, {"one": "visprog_plugin_single:Invert"})
     registry = Registry()
-    assert "one" in registry.load_entry_points()
+    assert "one" in load_plugins(registry)
     assert "Invert" in registry and "Brightness" not in registry
     assert registry["invert"].source == "plugin 'one' of visprog-plugin-single"
 
@@ -437,7 +438,7 @@ def test_name_normalisation() -> None:
 
 def test_builtin_aliases_resolve_in_every_spelling() -> None:
     registry = Registry()
-    registry.load_entry_points()
+    load_plugins(registry)
     for spelling in ["CROP_RIGHTOF", "CropRightOf", "croprightof", "Crop_Right_Of"]:
         assert registry[spelling].name == "CropRightOf"
     for spelling in ["CROP", "CROP_BEHIND", "crop_infrontof"]:
@@ -461,7 +462,7 @@ def test_registering_a_clashing_name_is_refused() -> None:
 
 def test_suggest() -> None:
     registry = Registry()
-    registry.load_entry_points()
+    load_plugins(registry)
     assert registry.suggest("Cropp") == "Crop"
     assert registry.suggest("FaceDett") == "FaceDet"
     assert registry.suggest("COLOR_POPP") == "ColorPop"
@@ -493,7 +494,7 @@ def test_signature_text_and_context_parameter() -> None:
     assert spec.param("limit").required is False  # type: ignore[union-attr]
     assert spec.param("image").required is True  # type: ignore[union-attr]
     registry = Registry()
-    registry.load_entry_points()
+    load_plugins(registry)
     facedet = registry["FaceDet"]
     assert [p.name for p in facedet.params] == ["image"]
     assert facedet.context_param == "ctx"
@@ -549,7 +550,7 @@ def test_docstring_parsing() -> None:
     assert spec.param("words").description == "at most this many words."  # type: ignore[union-attr]
     assert spec.returns_description == "the description, one sentence."
     registry = Registry()
-    registry.load_entry_points()
+    load_plugins(registry)
     expr = registry["Eval"].param("expr")
     assert expr is not None
     assert "\n" not in expr.description

@@ -22,12 +22,12 @@ from PIL import Image as PILImage
 from skimage import data
 
 from tests import fakes
-from visprog.checker import check
 from visprog.errors import ProgramCheckError, ProgramError, ProgramSyntaxError
-from visprog.interpreter import Interpreter
-from visprog.parser import parse
-from visprog.runtime import Runtime
-from visprog.types import Detection
+from visprog.language.checker import check
+from visprog.language.parser import parse
+from visprog.language.values import Detection
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Runtime
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
 OK = sorted((PROGRAMS / "ok").glob("*.vp"))

@@ -22,10 +22,11 @@ from skimage import data
 
 import visprog
 from tests import fakes
-from visprog.checker import check
 from visprog.errors import ConfigError, ProgramCheckError
-from visprog.interpreter import Interpreter
-from visprog.parser import parse
+from visprog.language.checker import check
+from visprog.language.parser import parse
+from visprog.language.signatures import Registry
+from visprog.language.values import Image
 from visprog.planner.prompts import (
     TASKS,
     Example,
@@ -37,9 +38,9 @@ from visprog.planner.prompts import (
     repair_messages,
     repair_prompt,
 )
-from visprog.registry import Registry, default_registry
-from visprog.runtime import Runtime
-from visprog.types import Image
+from visprog.running.interpreter import Interpreter
+from visprog.running.plugins import default_registry
+from visprog.running.runtime import Runtime
 
 #: FaceDet's cascade backend ships with scikit-image: no download.
 RUNTIME = Runtime(modules={"FaceDet": {"backend": "cascade"}})

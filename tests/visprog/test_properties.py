@@ -21,11 +21,11 @@ from PIL import Image as PILImage
 from skimage import data
 
 from tests import fakes
-from visprog.checker import check
 from visprog.errors import ProgramCheckError, ProgramError, ProgramSyntaxError, StepError
-from visprog.interpreter import Interpreter
-from visprog.parser import parse
-from visprog.runtime import Runtime
+from visprog.language.checker import check
+from visprog.language.parser import parse
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Runtime
 
 REGISTRY = fakes.registry()
 RUNTIME = Runtime(modules={"FaceDet": {"backend": "cascade"}})  # offline, no download

@@ -17,9 +17,9 @@ from skimage import data
 
 from tests import fakes
 from visprog.errors import StepError
-from visprog.interpreter import Interpreter
-from visprog.registry import module
-from visprog.render import (
+from visprog.language.signatures import module
+from visprog.language.values import Detection, Image, Objects
+from visprog.presentation.html import (
     JPEG_QUALITY,
     MAX_SIDE,
     THUMB_SIDE,
@@ -28,9 +28,9 @@ from visprog.render import (
     trace_fragment,
     trace_html,
 )
-from visprog.runtime import Context, Runtime
-from visprog.trace import Trace
-from visprog.types import Detection, Image, Objects
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Context, Runtime
+from visprog.running.trace import Trace
 
 GQA = """\
 # What colour is the wolf, if there is one?
@@ -558,7 +558,7 @@ DEMO_PAGE_BOUND = 600_000
 
 
 def test_the_demo_page_is_small(interpreter: Interpreter, astronaut: Image) -> None:
-    from visprog.cli import DEMO_PROGRAM
+    from visprog.apps.cli import DEMO_PROGRAM
 
     trace = interpreter.run(DEMO_PROGRAM, {"IMAGE": astronaut})
     page = trace.to_html(text="Hide the astronaut's face with an emoji.")

@@ -20,9 +20,9 @@ from skimage import data
 
 from tests import fakes
 from visprog.errors import StepError
-from visprog.interpreter import Interpreter
-from visprog.runtime import Runtime
-from visprog.trace import Trace
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Runtime
+from visprog.running.trace import Trace
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -17,13 +17,8 @@ import skimage.data
 from PIL import Image as PILImage
 
 from tests import fakes
-from tests.visprog.planner.conftest import ScriptedServer, serve_scripted
-from visprog.errors import ConfigError, ModelUnavailableError, VisprogError
-from visprog.planner.backends import backend_from_options
-from visprog.planner.core import Planner
-from visprog.runtime import Runtime
-from visprog.trace import Trace
-from visprog.webapp import (
+from tests.llm_server import ScriptedServer, serve_scripted
+from visprog.apps.webapp import (
     Outcome,
     Refused,
     build_app,
@@ -35,6 +30,11 @@ from visprog.webapp import (
     serve,
     trace_view,
 )
+from visprog.errors import ConfigError, ModelUnavailableError, VisprogError
+from visprog.llm.clients import backend_from_options
+from visprog.planner.core import Planner
+from visprog.running.runtime import Runtime
+from visprog.running.trace import Trace
 
 EMOJI_PROGRAM = (
     "OBJ0=FaceDet(image=IMAGE)\n"
@@ -436,7 +436,7 @@ def test_the_trace_view_names_the_instruction(
     server: ScriptedServer, planner: Planner, runtime: Runtime, astronaut: Path
 ) -> None:
     if not hasattr(Trace, "to_html"):
-        pytest.skip("no rich trace view (visprog.render) in this tree")
+        pytest.skip("no rich trace view (visprog.presentation.html) in this tree")
     server.script([EMOJI_PROGRAM])
     out = plan_and_run(INSTRUCTION, "edit", str(astronaut), planner=planner, runtime=runtime)
     assert out.trace_html.startswith('<iframe class="vp-trace-frame"')
@@ -493,7 +493,7 @@ def test_without_gradio_the_app_says_how_to_install_it(monkeypatch: pytest.Monke
 
 def test_importing_the_web_app_imports_no_gradio() -> None:
     code = (
-        "import sys, visprog, visprog.webapp, visprog.cli\n"
+        "import sys, visprog, visprog.apps.webapp, visprog.apps.cli\n"
         "bad = [m for m in ('gradio', 'torch', 'playwright') if m in sys.modules]\n"
         "print(json.dumps(bad))"
     )

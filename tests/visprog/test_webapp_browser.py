@@ -19,11 +19,11 @@ import skimage.data
 from PIL import Image as PILImage
 
 from tests import fakes
-from tests.visprog.planner.conftest import ScriptedServer
+from tests.llm_server import ScriptedServer
 from tests.visprog.test_webapp import EMOJI_PROGRAM, INSTRUCTION, scripted_llm
-from visprog.planner.backends import backend_from_options
+from visprog.llm.clients import backend_from_options
 from visprog.planner.core import Planner
-from visprog.runtime import Runtime
+from visprog.running.runtime import Runtime
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -74,7 +74,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The app on a free port of 127.0.0.1, with a scripted planner; closed at the end."""
-    from visprog.webapp import build_app, launch_options
+    from visprog.apps.webapp import build_app, launch_options
 
     with pytest.MonkeyPatch.context() as mp, scripted_llm() as llm:
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")

@@ -15,15 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from visprog.checker import CheckedProgram, check
 from visprog.errors import ProgramError, StepError, VisprogError
-from visprog.planner.backends import LLMBackend
+from visprog.language.checker import CheckedProgram, check
+from visprog.language.signatures import Registry
+from visprog.language.values import Image
+from visprog.llm.clients import LLMBackend
 from visprog.planner.cache import PlanCache
 from visprog.planner.extract import extract_program
 from visprog.planner.prompts import PromptSet, build_messages, load_prompts, repair_messages
-from visprog.registry import Registry, default_registry
-from visprog.trace import Trace
-from visprog.types import Image
+from visprog.running.plugins import default_registry
+from visprog.running.trace import Trace
 
 __all__ = ["Attempt", "Plan", "Planner", "PlanningError", "Solution", "vote"]
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from visprog.errors import ConfigError
-from visprog.registry import ModuleSpec, Registry
+from visprog.language.signatures import ModuleSpec, Registry
 
 __all__ = [
     "TASKS",

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.llm_server import ScriptedServer
 from tests.servers import serve_keyed
-from tests.visprog.planner.conftest import ScriptedServer
 from visprog.planner import cache as cache_module
 from visprog.planner.cache import PlanCache
 
@@ -109,7 +109,7 @@ def test_a_locked_cache_is_a_miss_and_a_skipped_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llm_server: ScriptedServer
 ) -> None:
     from tests import fakes
-    from visprog.planner.backends import backend_from_options
+    from visprog.llm.clients import backend_from_options
     from visprog.planner.core import Planner
 
     path = tmp_path / "plans.sqlite"
@@ -184,8 +184,8 @@ def test_ray_actors_share_one_plan_cache(
 ) -> None:
     from PIL import Image as PILImage
 
-    from visprog.engines import WorkerSettings
-    from visprog.evaluate import evaluate, load_items
+    from visprog.evaluation.engines import WorkerSettings
+    from visprog.evaluation.runner import evaluate, load_items
 
     monkeypatch.setenv("VISPROG_CACHE_DIR", str(ray_cache_dir))  # the driver's cache is the actors' one
     cache_file = ray_cache_dir / "plans.sqlite"

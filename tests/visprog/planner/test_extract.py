@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from visprog.parser import parse
+from visprog.language.parser import parse
 from visprog.planner.extract import extract_program, looks_like_step
 
 PROGRAM = "BOX0=Loc(image=IMAGE, object='cat')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"

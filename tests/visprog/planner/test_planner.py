@@ -12,16 +12,16 @@ from PIL import Image as PILImage
 from skimage import data
 
 from tests import fakes
-from tests.visprog.planner.conftest import Reply, ScriptedServer
-from visprog.cli import main
+from tests.llm_server import Reply, ScriptedServer
+from visprog.apps.cli import main
 from visprog.errors import ServiceError
-from visprog.interpreter import Interpreter
-from visprog.planner.backends import backend_from_options
+from visprog.language.signatures import module
+from visprog.language.values import Image
+from visprog.llm.clients import backend_from_options
 from visprog.planner.cache import PlanCache
 from visprog.planner.core import Planner, PlanningError, vote
-from visprog.registry import module
-from visprog.runtime import Runtime
-from visprog.types import Image
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Runtime
 
 GOOD = "BOX0=Loc(image=IMAGE, object='dog')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"
 UNKNOWN_MODULE = GOOD.replace("=Loc(", "=Locate_Things(")

@@ -307,7 +307,7 @@ def _looks_like_path(model: str) -> bool:
 
 
 def _missing_weights(e: BaseException) -> bool:
-    from visprog.hub import _is_missing_weights
+    from visprog.running.hub import _is_missing_weights
 
     if _is_missing_weights(e):
         return True
@@ -366,8 +366,8 @@ class TransformersBackend:
             return self._loaded
 
     def _load_now(self) -> tuple[Any, Any]:
-        from visprog.hub import _offline
-        from visprog.runtime import resolve_device
+        from visprog.running.hub import _offline
+        from visprog.running.runtime import resolve_device
 
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer

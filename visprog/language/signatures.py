@@ -14,7 +14,7 @@ A module is declared once, as a typed Python function with a docstring::
 The signature's keyword parameters are the program's argument names and
 their types; the docstring's summary and ``Args:`` are the descriptions the
 checker, ``visprog modules`` and the planner show. A parameter annotated
-:class:`~visprog.runtime.Context` is not a program argument: the interpreter
+:class:`~visprog.running.runtime.Context` is not a program argument: the interpreter
 passes the run context there.
 
 Built-in modules and plugins register the same way: through the entry-point
@@ -26,31 +26,29 @@ group ``visprog.modules``, whose entries name a Python module (every
 from __future__ import annotations
 
 import difflib
-import importlib.metadata
 import inspect
 import re
 import threading
-import types as pytypes
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from visprog.errors import RegistrationError
-from visprog.runtime import Context
-from visprog.types import Type, type_of_annotation
+from visprog.language.values import Type, type_of_annotation
 
 __all__ = [
-    "ENTRY_POINT_GROUP",
+    "CONTEXT_MARKER",
     "ModuleSpec",
     "Param",
     "Registry",
-    "default_registry",
     "module",
     "normalize",
 ]
 
-ENTRY_POINT_GROUP = "visprog.modules"
+#: A parameter whose annotation has this attribute set to True receives the run context
+#: (:class:`visprog.running.runtime.Context`), not a program argument.
+CONTEXT_MARKER = "__visprog_context__"
 
 _MISSING: Any = inspect.Parameter.empty
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -198,7 +196,7 @@ def _build_spec(
         if p.name not in hints:
             raise RegistrationError(f"{where}: parameter '{p.name}' has no type hint")
         hint = hints[p.name]
-        if hint is Context:
+        if getattr(hint, CONTEXT_MARKER, False) is True:
             context_param = p.name
             continue
         try:
@@ -296,15 +294,16 @@ class Registry:
 
     _specs: dict[str, ModuleSpec] = field(default_factory=dict)
     _index: dict[str, str] = field(default_factory=dict)
-    _loaded_plugins: set[str] = field(default_factory=set)
-    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    #: the entry points already loaded into this registry (see :mod:`visprog.running.plugins`)
+    loaded_plugins: set[str] = field(default_factory=set)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def register(self, spec: ModuleSpec, *, source: str | None = None) -> ModuleSpec:
         if not isinstance(spec, ModuleSpec):
             raise RegistrationError(f"cannot register {spec!r}: declare it with @visprog.module first")
         if source is not None:
             spec = _replace_source(spec, source)
-        with self._lock:
+        with self.lock:
             for n in (spec.name, *spec.aliases):
                 key = normalize(n)
                 owner = self._index.get(key)
@@ -322,7 +321,7 @@ class Registry:
     def register_all(self, specs: Iterable[ModuleSpec], *, source: str | None = None) -> None:
         """Register several modules: all of them, or none when one name is taken."""
         specs = list(specs)
-        with self._lock:
+        with self.lock:
             trial = self.copy()
             for s in specs:
                 trial.register(s, source=source)
@@ -362,74 +361,11 @@ class Registry:
         new = Registry()
         new._specs = dict(self._specs)
         new._index = dict(self._index)
-        new._loaded_plugins = set(self._loaded_plugins)
+        new.loaded_plugins = set(self.loaded_plugins)
         return new
-
-    def load_entry_points(self, entry_points: Iterable[importlib.metadata.EntryPoint] | None = None) -> list[str]:
-        """Register every module of the ``visprog.modules`` entry points. Idempotent.
-
-        Returns the names of the entry points loaded by this call.
-        """
-        if entry_points is None:
-            entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-        # Built-ins first, so a plugin can never take a built-in's name, whatever sys.path says.
-        ordered = sorted(entry_points, key=lambda ep: _dist_name(ep) != "visprog")
-        loaded = []
-        for ep in ordered:
-            dist = _dist_name(ep)
-            key = f"{dist or '?'}:{ep.name}={ep.value}"
-            with self._lock:
-                if key in self._loaded_plugins:
-                    continue
-                source = f"plugin '{ep.name}'" + (f" of {dist}" if dist else "")
-                try:
-                    obj = ep.load()
-                except RegistrationError as e:
-                    raise RegistrationError(f"{source}: {e}") from e
-                except Exception as e:
-                    raise RegistrationError(f"{source}: cannot import {ep.value}: {type(e).__name__}: {e}") from e
-                self.register_all(_specs_in(obj, source), source=source)
-                self._loaded_plugins.add(key)
-                loaded.append(ep.name)
-        return loaded
-
-
-def _dist_name(ep: importlib.metadata.EntryPoint) -> str | None:
-    dist = getattr(ep, "dist", None)
-    return getattr(dist, "name", None) if dist is not None else None
 
 
 def _replace_source(spec: ModuleSpec, source: str) -> ModuleSpec:
     from dataclasses import replace
 
     return spec if spec.source == source else replace(spec, source=source)
-
-
-def _specs_in(obj: Any, source: str) -> list[ModuleSpec]:
-    if isinstance(obj, ModuleSpec):
-        return [obj]
-    if isinstance(obj, pytypes.ModuleType):
-        specs = [v for v in vars(obj).values() if isinstance(v, ModuleSpec)]
-        if not specs:
-            raise RegistrationError(f"{source}: {obj.__name__} declares no modules")
-        return specs
-    if isinstance(obj, (list, tuple)) and all(isinstance(v, ModuleSpec) for v in obj):
-        return list(obj)
-    raise RegistrationError(
-        f"{source}: the entry point must name a Python module or a @visprog.module, got {type(obj).__name__}"
-    )
-
-
-_default: Registry | None = None
-_default_lock = threading.Lock()
-
-
-def default_registry() -> Registry:
-    """The process-wide registry with built-in modules and installed plugins loaded."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            reg = Registry()
-            reg.load_entry_points()
-            _default = reg
-        return _default

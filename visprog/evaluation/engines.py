@@ -1,4 +1,4 @@
-"""Engines for :func:`visprog.evaluate.evaluate`: the chunks of items run here (``local``) or on Ray actors (``ray``).
+"""Engines for evaluation runs: the chunks of items run here (``local``) or on Ray actors (``ray``).
 
 The Ray engine starts one actor per GPU of the cluster (``num_gpus=1`` each;
 Ray gives each its own ``CUDA_VISIBLE_DEVICES``; ``workers`` of them when
@@ -7,10 +7,10 @@ cluster has no GPU or the settings' device is ``cpu`` (CPU actors reserve no
 GPU). Each actor builds its planner, interpreter and runtime once, from
 :class:`WorkerSettings` (plain, picklable values: the registry is named by an
 importable ``"module:function"``), and runs chunks with
-:func:`visprog.evaluate.process_chunk`, the local engine's unit of work. The
+:func:`visprog.evaluation.runner.process_chunk`, the local engine's unit of work. The
 driver gets the chunks' records back in item order, as they finish, and writes
 them as the local engine does (a chunk whose LLM stopped answering comes back
-with its records so far and a mark, :data:`visprog.evaluate.ABORTED`, for the
+with its records so far and a mark, :data:`visprog.evaluation.runner.ABORTED`, for the
 item it stopped at: the driver writes the records, then stops).
 
 Ray is imported only here, inside the functions that need it: ``import
@@ -28,16 +28,16 @@ from typing import TYPE_CHECKING, Any
 from visprog.errors import ConfigError, ServiceError
 
 if TYPE_CHECKING:
-    from visprog.evaluate import Item
-    from visprog.interpreter import Interpreter
+    from visprog.evaluation.runner import Item
+    from visprog.language.signatures import Registry
     from visprog.planner.core import Planner
-    from visprog.registry import Registry
-    from visprog.runtime import Runtime
+    from visprog.running.interpreter import Interpreter
+    from visprog.running.runtime import Runtime
 
 __all__ = ["DEFAULT_REGISTRY", "WorkerSettings", "load_factory", "ray_chunks"]
 
 #: The registry factory a worker calls unless told otherwise.
-DEFAULT_REGISTRY = "visprog.registry:default_registry"
+DEFAULT_REGISTRY = "visprog.running.plugins:default_registry"
 
 #: CPU actors started when the cluster has no GPU and ``workers`` is not given.
 DEFAULT_CPU_WORKERS = 2
@@ -64,12 +64,12 @@ def load_factory(spec: str) -> Callable[[], Registry]:
 class WorkerSettings:
     """What a worker needs to build its planner, interpreter and runtime: plain values only.
 
-    ``planner``: keyword options of :func:`visprog.api.create_planner` (``model``,
+    ``planner``: keyword options of :func:`visprog.solve.create_planner` (``model``,
     ``base_url``, ``style``, ``local``, ``repair_rounds``, ``cache``,
     ``temperature``, ...; not ``registry``). ``device``, ``half``, ``modules``
-    and ``llm`` are the :class:`~visprog.runtime.Runtime`'s settings;
+    and ``llm`` are the :class:`~visprog.running.runtime.Runtime`'s settings;
     ``registry`` a ``"module:function"`` returning the
-    :class:`~visprog.registry.Registry`; ``max_batch`` the interpreter's.
+    :class:`~visprog.language.signatures.Registry`; ``max_batch`` the interpreter's.
     """
 
     planner: dict[str, Any] = field(default_factory=dict)
@@ -102,9 +102,9 @@ class WorkerSettings:
 
     def build(self, *, device: str | None = None) -> tuple[Planner, Interpreter]:
         """A planner and an interpreter sharing one registry and a new runtime (``device`` wins over the settings')."""
-        from visprog.api import create_planner
-        from visprog.interpreter import Interpreter
-        from visprog.runtime import Runtime
+        from visprog.running.interpreter import Interpreter
+        from visprog.running.runtime import Runtime
+        from visprog.solve import create_planner
 
         if "registry" in self.planner:
             raise ConfigError("WorkerSettings.planner cannot hold 'registry': name a factory in .registry")
@@ -130,7 +130,7 @@ class _Worker:
         return True
 
     def run(self, chunk: Sequence[Item], options: dict[str, Any]) -> list[dict[str, Any]]:
-        from visprog.evaluate import process_chunk
+        from visprog.evaluation.runner import process_chunk
 
         return process_chunk(chunk, self.planner, self.interpreter, **options)
 
@@ -195,7 +195,7 @@ def ray_chunks(
 
     Connects to the cluster at ``address`` (local Ray when None) unless Ray is
     already initialised in this process; a Ray started here is shut down at the end.
-    ``options`` are :func:`visprog.evaluate.process_chunk`'s (``samples``, ``temperature``,
+    ``options`` are :func:`visprog.evaluation.runner.process_chunk`'s (``samples``, ``temperature``,
     ``max_pixels``, ``outputs``, ``traces``, ...). The actors save image answers and trace pages
     themselves: folders are made absolute here, and on a cluster of several machines they must be
     folders every node sees, like the images.

@@ -2,7 +2,7 @@
 
 Steps run in dependency order. Steps that become ready together and use the
 same module are handed to that module in one call when it declares a batch
-implementation. Every run returns a :class:`~visprog.trace.Trace`; a failing
+implementation. Every run returns a :class:`~visprog.running.trace.Trace`; a failing
 step raises :class:`~visprog.errors.StepError` carrying the trace so far.
 :meth:`Interpreter.run_many` runs many programs through the same engine and
 batches ready steps of one module across all of them.
@@ -14,13 +14,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from visprog import ast
-from visprog.checker import CheckedProgram, CheckedStep, check
 from visprog.errors import StepError, VisprogError
-from visprog.registry import ModuleSpec, Registry, default_registry
-from visprog.runtime import Context, RunCache, Runtime, default_runtime
-from visprog.trace import StepRecord, Trace
-from visprog.types import Type, coerce, exact_type, type_of_value
+from visprog.language import syntax
+from visprog.language.checker import CheckedProgram, CheckedStep, check
+from visprog.language.signatures import ModuleSpec, Registry
+from visprog.language.values import Type, coerce, exact_type, type_of_value
+from visprog.running.plugins import default_registry
+from visprog.running.runtime import Context, RunCache, Runtime, default_runtime
+from visprog.running.trace import StepRecord, Trace
 
 __all__ = ["Interpreter", "run"]
 
@@ -81,7 +82,7 @@ class _Plan:
 
 def _step_args(s: CheckedStep) -> tuple[_ArgPlan, ...]:
     if s.spec is None:
-        assert not isinstance(s.step.expr, ast.Call)
+        assert not isinstance(s.step.expr, syntax.Call)
         return (_arg("value", s.step.expr, s, None, False),)
     call = s.step.call
     assert call is not None
@@ -96,9 +97,9 @@ def _step_args(s: CheckedStep) -> tuple[_ArgPlan, ...]:
     return tuple(out)
 
 
-def _arg(name: str, value: ast.Value, s: CheckedStep, type_: Type | None, optional: bool) -> _ArgPlan:
+def _arg(name: str, value: syntax.Value, s: CheckedStep, type_: Type | None, optional: bool) -> _ArgPlan:
     to_type = None if type_ is None or type_ is Type.ANY else type_
-    if isinstance(value, ast.Literal):
+    if isinstance(value, syntax.Literal):
         if to_type is None:
             return (name, _LITERAL, value.value, None, optional, None)
         try:  # a literal converts the same way every run: do it once
@@ -106,7 +107,7 @@ def _arg(name: str, value: ast.Value, s: CheckedStep, type_: Type | None, option
         except TypeError:  # reported when the step runs
             return (name, _LITERAL, value.value, to_type, optional, None)
     exact = _EXACT.get(to_type)
-    if isinstance(value, ast.Ref):
+    if isinstance(value, syntax.Ref):
         source = s.sources[value.name]
         return (name, _INPUT if type(source) is str else _VALUE, source, to_type, optional, exact)
     return (name, _OTHER, value, to_type, optional, exact)
@@ -156,13 +157,13 @@ class Interpreter:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.max_batch = max_batch
 
-    def check(self, program: str | ast.Program, inputs: Mapping[str, Any] | None = None) -> CheckedProgram:
+    def check(self, program: str | syntax.Program, inputs: Mapping[str, Any] | None = None) -> CheckedProgram:
         types = None if inputs is None else {k: type_of_value(v) for k, v in inputs.items()}
         return check(program, self.registry, types)
 
     def run(
         self,
-        program: CheckedProgram | str | ast.Program,
+        program: CheckedProgram | str | syntax.Program,
         inputs: Mapping[str, Any],
         *,
         cache: RunCache | None = None,
@@ -176,7 +177,7 @@ class Interpreter:
 
     def run_many(
         self,
-        jobs: Sequence[tuple[CheckedProgram | str | ast.Program, Mapping[str, Any]]],
+        jobs: Sequence[tuple[CheckedProgram | str | syntax.Program, Mapping[str, Any]]],
         *,
         cache: RunCache | None = None,
     ) -> list[Trace | VisprogError]:
@@ -186,7 +187,7 @@ class Interpreter:
         ``max_batch`` argument sets. A job that fails to check gets its
         :class:`~visprog.errors.ProgramError`, a job whose step fails gets its
         :class:`~visprog.errors.StepError` (with its partial trace); the other jobs go on. One
-        :class:`~visprog.runtime.RunCache` serves every job of the call.
+        :class:`~visprog.running.runtime.RunCache` serves every job of the call.
         """
         results: list[Trace | VisprogError | None] = [None] * len(jobs)
         running: list[tuple[int, _Job]] = []
@@ -204,7 +205,7 @@ class Interpreter:
             out.append(r)
         return out
 
-    def _job(self, program: CheckedProgram | str | ast.Program, inputs: Mapping[str, Any]) -> _Job:
+    def _job(self, program: CheckedProgram | str | syntax.Program, inputs: Mapping[str, Any]) -> _Job:
         checked = program if isinstance(program, CheckedProgram) else self.check(program, inputs)
         missing = [name for name in checked.used_inputs if name not in inputs]
         if missing:
@@ -430,14 +431,14 @@ def _lookup(s: CheckedStep, name: str, values: dict[int, Any], inputs: Mapping[s
     return inputs[source] if isinstance(source, str) else values[source]
 
 
-def _resolve(s: CheckedStep, v: ast.Value, values: dict[int, Any], inputs: Mapping[str, Any]) -> Any:
-    if isinstance(v, ast.Literal):
+def _resolve(s: CheckedStep, v: syntax.Value, values: dict[int, Any], inputs: Mapping[str, Any]) -> Any:
+    if isinstance(v, syntax.Literal):
         return v.value
-    if isinstance(v, ast.ListValue):
+    if isinstance(v, syntax.ListValue):
         return [_resolve(s, item, values, inputs) for item in v.items]
     return _lookup(s, v.name, values, inputs)
 
 
-def run(program: str | ast.Program | CheckedProgram, inputs: Mapping[str, Any], **kwargs: Any) -> Trace:
+def run(program: str | syntax.Program | CheckedProgram, inputs: Mapping[str, Any], **kwargs: Any) -> Trace:
     """Run a program with the default registry and a new runtime."""
     return Interpreter(**kwargs).run(program, inputs)

@@ -1,4 +1,4 @@
-"""Program text to :class:`visprog.ast.Program`.
+"""Program text to :class:`visprog.language.syntax.Program`.
 
 The grammar lives in ``grammar.lark`` (LALR). Lark's errors never reach the
 user: they become :class:`~visprog.errors.ProgramSyntaxError` with the line,
@@ -16,15 +16,15 @@ from typing import Any
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from visprog import ast
 from visprog.errors import Diagnostic, ProgramSyntaxError
+from visprog.language import syntax
 
 __all__ = ["parse"]
 
 
 @functools.cache
 def _parser() -> Lark:
-    grammar = (files("visprog") / "grammar.lark").read_text(encoding="utf-8")
+    grammar = (files("visprog.language") / "grammar.lark").read_text(encoding="utf-8")
     return Lark(grammar, parser="lalr", start=["program", "line"], maybe_placeholders=False)
 
 
@@ -60,38 +60,38 @@ class _ToAst(Transformer[Token, Any]):
     def _line(self, token: Token) -> int:
         return (token.line or 1) + self._offset
 
-    def string(self, tok: Token) -> ast.Literal:
-        return ast.Literal(_unquote(str(tok)), self._line(tok), tok.column or 1)
+    def string(self, tok: Token) -> syntax.Literal:
+        return syntax.Literal(_unquote(str(tok)), self._line(tok), tok.column or 1)
 
-    def number(self, tok: Token) -> ast.Literal:
-        return ast.Literal(_number(str(tok)), self._line(tok), tok.column or 1)
+    def number(self, tok: Token) -> syntax.Literal:
+        return syntax.Literal(_number(str(tok)), self._line(tok), tok.column or 1)
 
-    def name(self, tok: Token) -> ast.Literal | ast.Ref:
+    def name(self, tok: Token) -> syntax.Literal | syntax.Ref:
         if str(tok) in _CONSTANTS:
-            return ast.Literal(_CONSTANTS[str(tok)], self._line(tok), tok.column or 1)
-        return ast.Ref(str(tok), self._line(tok), tok.column or 1)
+            return syntax.Literal(_CONSTANTS[str(tok)], self._line(tok), tok.column or 1)
+        return syntax.Ref(str(tok), self._line(tok), tok.column or 1)
 
-    def list(self, bracket: Token, *items: ast.Value | None) -> ast.ListValue:
+    def list(self, bracket: Token, *items: syntax.Value | None) -> syntax.ListValue:
         values = tuple(i for i in items if i is not None)
-        return ast.ListValue(values, self._line(bracket), bracket.column or 1)
+        return syntax.ListValue(values, self._line(bracket), bracket.column or 1)
 
-    def arg(self, name: Token, value: ast.Value) -> ast.Arg:
-        return ast.Arg(str(name), value, self._line(name), name.column or 1)
+    def arg(self, name: Token, value: syntax.Value) -> syntax.Arg:
+        return syntax.Arg(str(name), value, self._line(name), name.column or 1)
 
-    def call(self, name: Token, *args: ast.Arg | None) -> ast.Call:
-        return ast.Call(str(name), tuple(a for a in args if a is not None), self._line(name), name.column or 1)
+    def call(self, name: Token, *args: syntax.Arg | None) -> syntax.Call:
+        return syntax.Call(str(name), tuple(a for a in args if a is not None), self._line(name), name.column or 1)
 
-    def _step(self, target: Token, expr: ast.Call | ast.Value) -> ast.Step:
+    def _step(self, target: Token, expr: syntax.Call | syntax.Value) -> syntax.Step:
         line = self._line(target)
-        return ast.Step(str(target), expr, line, target.column or 1, self._lines[line - 1].strip())
+        return syntax.Step(str(target), expr, line, target.column or 1, self._lines[line - 1].strip())
 
     call_step = _step
     value_step = _step
 
-    def program(self, *steps: ast.Step) -> tuple[ast.Step, ...]:
+    def program(self, *steps: syntax.Step) -> tuple[syntax.Step, ...]:
         return steps
 
-    def line(self, *steps: ast.Step) -> tuple[ast.Step, ...]:
+    def line(self, *steps: syntax.Step) -> tuple[syntax.Step, ...]:
         return steps
 
 
@@ -131,7 +131,7 @@ def _message(err: UnexpectedInput, text: str) -> tuple[int, int, str]:
     """(line, column, message) for one Lark error on one line of text."""
     line, col = err.line or 1, err.column or 1
     if isinstance(err, UnexpectedCharacters):
-        lines = ast.split_lines(text)
+        lines = syntax.split_lines(text)
         src = lines[line - 1] if 0 < line <= len(lines) else ""
         ch = src[col - 1] if 0 < col <= len(src) else ""
         if ch == "\r":
@@ -144,7 +144,7 @@ def _message(err: UnexpectedInput, text: str) -> tuple[int, int, str]:
         tok: Token = err.token
         expected: set[str] = set(err.expected)
         if tok.type in ("$END", "_NL"):
-            lines = ast.split_lines(text)
+            lines = syntax.split_lines(text)
             src = lines[line - 1] if 0 < line <= len(lines) else ""
             line, col = line, len(src.rstrip()) + 1
             if "RPAR" in expected:
@@ -154,7 +154,7 @@ def _message(err: UnexpectedInput, text: str) -> tuple[int, int, str]:
         if expected == {"EQUAL"}:
             if tok.type == "LPAR":
                 return line, col, "a step must assign its result: write NAME=Module(...)"
-            lines = ast.split_lines(text)
+            lines = syntax.split_lines(text)
             before = lines[line - 1][: col - 1] if 0 < line <= len(lines) else ""
             if tok.type in ("COMMA", "RPAR") and "(" in before:
                 value = re.findall(r"[A-Za-z_][A-Za-z0-9_]*\s*$", before)
@@ -176,7 +176,7 @@ def _message(err: UnexpectedInput, text: str) -> tuple[int, int, str]:
     return line, col, str(err).splitlines()[0]
 
 
-def _parse_line(text: str, number: int, lines: list[str]) -> tuple[tuple[ast.Step, ...], Diagnostic | None]:
+def _parse_line(text: str, number: int, lines: list[str]) -> tuple[tuple[syntax.Step, ...], Diagnostic | None]:
     try:
         tree = _parser().parse(text, start="line")
     except UnexpectedInput as e:
@@ -205,11 +205,11 @@ def _too_deep(lines: list[str]) -> list[Diagnostic]:
     return out
 
 
-def parse(text: str) -> ast.Program:
+def parse(text: str) -> syntax.Program:
     """Parse a whole program. Raises :class:`ProgramSyntaxError` listing every bad line."""
     if not isinstance(text, str):
         raise TypeError(f"a program is text, got {type(text).__name__}")
-    lines = ast.split_lines(text)
+    lines = syntax.split_lines(text)
     too_deep = _too_deep(lines)
     if too_deep:
         raise ProgramSyntaxError(too_deep)
@@ -226,4 +226,4 @@ def parse(text: str) -> ast.Program:
             diagnostics.append(Diagnostic(at, col, msg, lines[min(at, len(lines)) - 1]))
         raise ProgramSyntaxError(diagnostics) from None
     steps = _ToAst(lines).transform(tree)
-    return ast.Program(text, tuple(steps))
+    return syntax.Program(text, tuple(steps))

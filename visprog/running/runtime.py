@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from visprog.errors import ConfigError
 
@@ -254,6 +254,9 @@ class Context:
     module: str = ""
     backends: Mapping[str, str | None] = field(default_factory=dict)
     default_backend: str | None = None
+
+    #: marks this class for module signatures (visprog.language.signatures.CONTEXT_MARKER)
+    __visprog_context__: ClassVar[bool] = True
 
     @property
     def pool(self) -> ModelPool:

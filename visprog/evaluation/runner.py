@@ -19,7 +19,7 @@ Data files (:func:`load_items`):
 
 :func:`evaluate` plans every item of a chunk (one LLM call after another),
 runs the chunk's valid programs together (``Interpreter.run_many`` when the
-interpreter has it, else one :meth:`~visprog.interpreter.Interpreter.run` each
+interpreter has it, else one :meth:`~visprog.running.interpreter.Interpreter.run` each
 with a shared run cache), and appends one JSON line per item to the output
 file, flushed at once; items already in the file are skipped, so a run can be
 resumed.
@@ -28,7 +28,7 @@ Every item must have the images its task reads (:data:`TASK_INPUTS`), checked
 as the file is loaded.
 
 Failure kinds: ``plan_parse`` (the last attempt's program is empty or does
-not parse: :func:`visprog.parser.parse` raises; or the LLM refused the request,
+not parse: :func:`visprog.language.parser.parse` raises; or the LLM refused the request,
 a ``per_request`` :class:`~visprog.errors.ServiceError`, and no program came
 back), ``plan_check`` (it parses but fails the check), ``execution`` (an image
 does not load or every valid program fails while running), ``wrong_answer``.
@@ -53,14 +53,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from visprog.checker import CheckedProgram
 from visprog.errors import ConfigError, ProgramError, ServiceError, VisprogError
+from visprog.language.checker import CheckedProgram
 from visprog.planner.core import Plan, Planner, PlanningError, vote
-from visprog.runtime import RunCache
-from visprog.trace import Trace
+from visprog.running.runtime import RunCache
+from visprog.running.trace import Trace
 
 if TYPE_CHECKING:
-    from visprog.engines import WorkerSettings
+    from visprog.evaluation.engines import WorkerSettings
 
 __all__ = [
     "ABORTED",
@@ -335,7 +335,7 @@ def _json_safe(value: Any) -> Any:
         return [_json_safe(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): _json_safe(v) for k, v in value.items()}
-    from visprog.types import describe_value
+    from visprog.language.values import describe_value
 
     return describe_value(value)
 
@@ -474,7 +474,7 @@ def _ends_a_line(path: Path) -> bool:
 
 def _plan_failure(error: PlanningError) -> str:
     """``plan_parse`` when the last attempt's program is empty or does not parse, else ``plan_check``."""
-    from visprog.parser import parse
+    from visprog.language.parser import parse
 
     last = error.attempts[-1] if error.attempts else None
     if last is None or not last.program.strip():
@@ -617,7 +617,7 @@ def evaluate(
     ``engine="ray"`` spreads the chunks over Ray actors (one per GPU, else
     ``workers`` CPU actors, default 2; ``address``: an existing cluster), each
     building its own planner and interpreter from ``settings`` (a
-    :class:`visprog.engines.WorkerSettings`; ``planner`` and ``interpreter`` are
+    :class:`visprog.evaluation.engines.WorkerSettings`; ``planner`` and ``interpreter`` are
     then not used); the records and the summary are the same. The summary covers every item of ``items`` with a
     record in the file, is printed as a table (to ``out``; stdout when
     ``progress``), and saved as ``<stem>.summary.json`` next to ``out_path``.
@@ -651,7 +651,7 @@ def evaluate(
     if engine not in ("local", "ray"):
         raise ConfigError(f"unknown engine '{engine}': expected local or ray")
     if engine == "ray" and settings is None:
-        raise ConfigError("engine 'ray' needs worker settings (visprog.engines.WorkerSettings)")
+        raise ConfigError("engine 'ray' needs worker settings (visprog.evaluation.engines.WorkerSettings)")
     if plan_workers < 1:
         raise ConfigError(f"plan_workers must be at least 1, got {plan_workers}")
     local_model = (
@@ -710,7 +710,7 @@ def evaluate(
     }
     results: Iterator[list[dict[str, Any]]]
     if engine == "ray" and chunks:
-        from visprog.engines import ray_chunks
+        from visprog.evaluation.engines import ray_chunks
 
         assert settings is not None
         results = ray_chunks(chunks, settings, address=address, workers=workers, **options)
@@ -782,7 +782,7 @@ def process_chunk(
     failed on gets the mark ``{"id": ..., ABORTED: "the error"}`` instead (see :data:`ABORTED`), and
     the items after it get nothing. A ``per_request`` error is the item's ``plan_parse`` failure.
     """
-    from visprog.images import load_image
+    from visprog.running.images import load_image
 
     if plan_workers < 1:
         raise ValueError(f"plan_workers must be at least 1, got {plan_workers}")
@@ -850,7 +850,7 @@ def process_chunk(
 
 
 def _is_local_model(backend: Any) -> bool:
-    from visprog.planner.backends import TransformersBackend
+    from visprog.llm.clients import TransformersBackend
 
     return isinstance(backend, TransformersBackend)
 

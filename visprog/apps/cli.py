@@ -75,8 +75,8 @@ def _pairs(values: Sequence[str] | None, option: str, default_key: str | None = 
 
 
 def _runtime(args: argparse.Namespace) -> Any:
-    from visprog.registry import default_registry
-    from visprog.runtime import Runtime
+    from visprog.running.plugins import default_registry
+    from visprog.running.runtime import Runtime
 
     runtime = Runtime.from_config(
         getattr(args, "config", None),
@@ -133,10 +133,10 @@ def _print_error(e: BaseException, name: str, err: TextIO, command: str | None =
 
 
 def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
-    from visprog.checker import check
+    from visprog.solve import check
 
     text, name = _read_program(args.program)
-    checked = check(text, inputs=args.input or None)
+    checked = check(text, args.input or None)
     result = checked.steps[checked.result]
     print(
         f"{name}: ok, {len(checked.steps)} steps, inputs {', '.join(checked.used_inputs) or 'none'}, "
@@ -147,16 +147,16 @@ def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
-    from visprog.checker import check
+    from visprog.solve import check
 
     text, _ = _read_program(args.program)
-    graph = check(text, inputs=args.input or None).graph
+    graph = check(text, args.input or None).graph
     out.write(graph.to_dot() if args.dot else graph.to_mermaid())
     return 0
 
 
 def _cmd_modules(args: argparse.Namespace, out: TextIO) -> int:
-    from visprog.registry import default_registry
+    from visprog.running.plugins import default_registry
 
     specs = list(default_registry())
     if args.json:
@@ -195,8 +195,8 @@ def _cmd_modules(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, out: TextIO) -> int:
-    from visprog import hub
-    from visprog.registry import default_registry
+    from visprog.running import hub
+    from visprog.running.plugins import default_registry
 
     registry = default_registry()
     runtime = _runtime(args)
@@ -237,8 +237,8 @@ def _cmd_models(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _write_images(trace: Any, outdir: Path, out: TextIO) -> None:
-    from visprog.images import save_image
-    from visprog.types import Image
+    from visprog.language.values import Image
+    from visprog.running.images import save_image
 
     for record in sorted(trace.records, key=lambda r: r.index):
         if record.ok and isinstance(record.output, Image) and record.module not in ("Result", "="):
@@ -252,8 +252,8 @@ def _write_images(trace: Any, outdir: Path, out: TextIO) -> None:
 def _execute(
     text: str, images: dict[str, Any], args: argparse.Namespace, out: TextIO, label: str | None = None
 ) -> int:
-    from visprog.interpreter import Interpreter
-    from visprog.types import describe_value
+    from visprog.language.values import describe_value
+    from visprog.running.interpreter import Interpreter
 
     interpreter = Interpreter(runtime=_runtime(args))
     try:
@@ -286,7 +286,7 @@ def _save_trace(trace: Any, args: argparse.Namespace, out: TextIO, text: str | N
 
 
 def _cmd_exec(args: argparse.Namespace, out: TextIO) -> int:
-    from visprog.images import load_image
+    from visprog.running.images import load_image
 
     text, _ = _read_program(args.program)
     paths = _pairs(args.image, "--image", default_key="IMAGE")
@@ -297,7 +297,7 @@ def _cmd_exec(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from skimage import data
 
-    from visprog.images import load_image
+    from visprog.running.images import load_image
 
     if not args.backend:
         args.backend = ["FaceDet=cascade"]
@@ -316,10 +316,10 @@ TASKS = {
 
 
 def _cmd_task(args: argparse.Namespace, out: TextIO) -> int:
-    from visprog.api import create_planner
-    from visprog.images import load_image, save_image
-    from visprog.interpreter import Interpreter
-    from visprog.types import Image, describe_value
+    from visprog.language.values import Image, describe_value
+    from visprog.running.images import load_image, save_image
+    from visprog.running.interpreter import Interpreter
+    from visprog.solve import create_planner
 
     task, names, _ = TASKS[args.command]
     runtime, options = _planner_options(args)
@@ -391,9 +391,9 @@ def _planner_options(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def _cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
-    from visprog.api import create_planner
-    from visprog.evaluate import evaluate, load_items
-    from visprog.interpreter import Interpreter
+    from visprog.evaluation.runner import evaluate, load_items
+    from visprog.running.interpreter import Interpreter
+    from visprog.solve import create_planner
 
     runtime, options = _planner_options(args)
     planner = create_planner(**options)
@@ -407,7 +407,7 @@ def _cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     interpreter = Interpreter(planner.registry, runtime, max_batch=args.max_batch)
     settings = None
     if args.engine == "ray":
-        from visprog.engines import WorkerSettings
+        from visprog.evaluation.engines import WorkerSettings
 
         settings = WorkerSettings.from_runtime(runtime, options, max_batch=args.max_batch)
     evaluate(
@@ -441,8 +441,8 @@ def _cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
-    from visprog.api import create_planner
-    from visprog.webapp import serve
+    from visprog.apps.webapp import serve
+    from visprog.solve import create_planner
 
     runtime, options = _planner_options(args)
     print(f"visprog web app on http://{args.host}:{args.port} (Ctrl+C to stop)", file=out)

@@ -12,12 +12,12 @@ import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from visprog import ast
-from visprog.dag import Edge, Graph, Node, build
 from visprog.errors import Diagnostic, EvalError, ProgramCheckError
-from visprog.expr import Expression, parse_template
-from visprog.registry import ModuleSpec, Registry, default_registry
-from visprog.types import Type, assignable
+from visprog.language import syntax
+from visprog.language.expr import Expression, parse_template
+from visprog.language.graph import Edge, Graph, Node, build
+from visprog.language.signatures import ModuleSpec, Registry
+from visprog.language.values import Type, assignable
 
 __all__ = ["DEFAULT_INPUTS", "CheckedProgram", "CheckedStep", "check"]
 
@@ -30,7 +30,7 @@ class CheckedStep:
     """A step with its module resolved, its output type and where each name it uses comes from."""
 
     index: int
-    step: ast.Step
+    step: syntax.Step
     spec: ModuleSpec | None
     type: Type
     #: variable name -> index of the step that assigned it, or the input's name
@@ -50,7 +50,7 @@ class CheckedStep:
 class CheckedProgram:
     """A program that passed the checker: safe to hand to the interpreter."""
 
-    program: ast.Program
+    program: syntax.Program
     steps: tuple[CheckedStep, ...]
     inputs: Mapping[str, Type]
     result: int
@@ -82,7 +82,7 @@ def _did_you_mean(name: str | None) -> str:
 
 
 class _Checker:
-    def __init__(self, program: ast.Program, registry: Registry, inputs: Mapping[str, Type]) -> None:
+    def __init__(self, program: syntax.Program, registry: Registry, inputs: Mapping[str, Type]) -> None:
         self.program = program
         self.registry = registry
         self.inputs = dict(inputs)
@@ -99,7 +99,7 @@ class _Checker:
 
     # -- values ---------------------------------------------------------
 
-    def ref_type(self, ref: ast.Ref, sources: dict[str, int | str]) -> Type | None:
+    def ref_type(self, ref: syntax.Ref, sources: dict[str, int | str]) -> Type | None:
         if ref.name in self.defined:
             index, t = self.defined[ref.name]
             sources[ref.name] = index
@@ -127,11 +127,11 @@ class _Checker:
         known = [*self.defined, *self.inputs]
         self.error(line, column, f"undefined variable '{name}'{where}{_did_you_mean(_suggest(name, known))}")
 
-    def value_type(self, value: ast.Value, sources: dict[str, int | str]) -> Type | None:
+    def value_type(self, value: syntax.Value, sources: dict[str, int | str]) -> Type | None:
         """The value's type; None when it is unknown because of an error already reported."""
-        if isinstance(value, ast.Ref):
+        if isinstance(value, syntax.Ref):
             return self.ref_type(value, sources)
-        if isinstance(value, ast.Literal):
+        if isinstance(value, syntax.Literal):
             v = value.value
             if v is None:
                 return Type.NONE
@@ -149,8 +149,8 @@ class _Checker:
             return Type.LIST_STR
         return Type.ANY if Type.ANY in item_types else Type.LIST
 
-    def describe(self, value: ast.Value, t: Type) -> str:
-        if isinstance(value, ast.Ref):
+    def describe(self, value: syntax.Value, t: Type) -> str:
+        if isinstance(value, syntax.Ref):
             if value.name in self.defined:
                 index = self.defined[value.name][0]
                 return f"{t} ({value.name}, from line {self.program.steps[index].line})"
@@ -164,7 +164,7 @@ class _Checker:
     # -- steps ----------------------------------------------------------
 
     def check_call(
-        self, call: ast.Call, sources: dict[str, int | str]
+        self, call: syntax.Call, sources: dict[str, int | str]
     ) -> tuple[ModuleSpec | None, Type, dict[str, Expression]]:
         spec = self.registry.get(call.module)
         templates: dict[str, Expression] = {}
@@ -174,7 +174,7 @@ class _Checker:
             for arg in call.args:
                 self.value_type(arg.value, sources)
             return None, Type.ANY, templates
-        seen: dict[str, ast.Arg] = {}
+        seen: dict[str, syntax.Arg] = {}
         for arg in call.args:
             if arg.name in seen:
                 self.error(
@@ -220,9 +220,9 @@ class _Checker:
                 )
         return spec, spec.returns, templates
 
-    def check_template(self, spec: ModuleSpec, arg: ast.Arg, sources: dict[str, int | str]) -> Expression | None:
+    def check_template(self, spec: ModuleSpec, arg: syntax.Arg, sources: dict[str, int | str]) -> Expression | None:
         value = arg.value
-        if not (isinstance(value, ast.Literal) and isinstance(value.value, str)):
+        if not (isinstance(value, syntax.Literal) and isinstance(value.value, str)):
             t = self.value_type(value, sources)
             if t is not None:
                 self.error(
@@ -263,7 +263,7 @@ class _Checker:
             sources: dict[str, int | str] = {}
             templates: dict[str, Expression] = {}
             spec: ModuleSpec | None = None
-            if isinstance(step.expr, ast.Call):
+            if isinstance(step.expr, syntax.Call):
                 spec, out, templates = self.check_call(step.expr, sources)
             else:
                 out = self.value_type(step.expr, sources) or Type.ANY
@@ -294,20 +294,20 @@ def _string_column(source_line: str, quote_column: int, index: int) -> int:
     return col
 
 
-def _empty_list(value: ast.Value) -> bool:
-    return isinstance(value, ast.ListValue) and not value.items
+def _empty_list(value: syntax.Value) -> bool:
+    return isinstance(value, syntax.ListValue) and not value.items
 
 
-def _short(value: ast.Value) -> str:
-    if isinstance(value, ast.Literal):
+def _short(value: syntax.Value) -> str:
+    if isinstance(value, syntax.Literal):
         text = repr(value.value)
         return text if len(text) <= 30 else text[:27] + "..."
     return "list"
 
 
 def check(
-    program: ast.Program | str,
-    registry: Registry | None = None,
+    program: syntax.Program | str,
+    registry: Registry,
     inputs: Mapping[str, Type] | Iterable[str] | None = None,
 ) -> CheckedProgram:
     """Check a program (text or parsed). Raises ProgramSyntaxError or ProgramCheckError.
@@ -316,7 +316,7 @@ def check(
     names); by default ``IMAGE``, ``LEFT`` and ``RIGHT``.
     """
     if isinstance(program, str):
-        from visprog.parser import parse
+        from visprog.language.parser import parse
 
         program = parse(program)
     if inputs is None:
@@ -325,4 +325,4 @@ def check(
         resolved = inputs
     else:
         resolved = {name: Type.IMAGE for name in inputs}
-    return _Checker(program, registry or default_registry(), resolved).run()
+    return _Checker(program, registry, resolved).run()

@@ -12,7 +12,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
 
-from visprog.types import Template, describe_value
+from visprog.language.values import Template, describe_value
 
 __all__ = ["StepRecord", "Trace"]
 
@@ -121,9 +121,9 @@ class Trace:
         at most ``max_image_side`` pixels on their longest side (``None``: full
         size) and embedded as JPEG or PNG, whichever suits each one
         (``image_format="auto"``; ``"png"``: all lossless); the run's own
-        images are not changed. See :func:`visprog.render.trace_html`.
+        images are not changed. See :func:`visprog.presentation.html.trace_html`.
         """
-        from visprog.render import trace_html
+        from visprog.presentation.html import trace_html
 
         return trace_html(self, title=title, text=text, max_image_side=max_image_side, image_format=image_format)
 
@@ -145,6 +145,6 @@ class Trace:
 
     def _repr_html_(self) -> str:
         """The trace rendered inline in a notebook cell (the page's body, with scoped CSS, pictures kept small)."""
-        from visprog.render import trace_fragment
+        from visprog.presentation.html import trace_fragment
 
         return trace_fragment(self)

@@ -50,13 +50,13 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter
 
-from visprog.ast import split_lines
-from visprog.drawing import PALETTE
-from visprog.drawing import font as _font
-from visprog.types import Detection, Template
+from visprog.language.syntax import split_lines
+from visprog.language.values import Detection, Template
+from visprog.presentation.drawing import PALETTE
+from visprog.presentation.drawing import font as _font
 
 if TYPE_CHECKING:
-    from visprog.trace import StepRecord, Trace
+    from visprog.running.trace import StepRecord, Trace
 
 __all__ = [
     "IMAGE_FORMAT",

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.visprog.planner.conftest import Reply, ScriptedServer
+from tests.llm_server import Reply, ScriptedServer
 from visprog.errors import ConfigError, ModelUnavailableError, ServiceError
-from visprog.planner import backends
-from visprog.planner.backends import (
+from visprog.llm import clients as backends
+from visprog.llm.clients import (
     LLMBackend,
     LLMConfig,
     OpenAIBackend,
@@ -342,7 +342,7 @@ def test_backend_from_options(llm_server: ScriptedServer, tmp_path: Path) -> Non
 
 def test_import_does_not_import_openai_or_torch() -> None:
     code = (
-        "import sys, visprog.planner.backends, visprog.planner.extract, visprog.planner.cache; "
+        "import sys, visprog.llm.clients, visprog.planner.extract, visprog.planner.cache; "
         "assert not {'openai', 'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

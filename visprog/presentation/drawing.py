@@ -11,7 +11,7 @@ from PIL import ImageFont
 __all__ = ["FONT_FILE", "PALETTE", "font"]
 
 #: DejaVu Sans, shipped inside the package (never a system font path).
-FONT_FILE = importlib.resources.files("visprog") / "fonts" / "DejaVuSans.ttf"
+FONT_FILE = importlib.resources.files("visprog.presentation") / "fonts" / "DejaVuSans.ttf"
 
 #: Distinct colours (Tableau 10), handed out to labels or objects in order.
 PALETTE: tuple[tuple[int, int, int], ...] = (

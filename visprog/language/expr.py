@@ -38,7 +38,7 @@ from lark.exceptions import (
 )
 
 from visprog.errors import EvalError
-from visprog.types import Template, describe_value, parse_bool, parse_number
+from visprog.language.values import Template, describe_value, parse_bool, parse_number
 
 __all__ = [
     "BinaryOp",
@@ -174,7 +174,7 @@ class Occurrence:
 
 @functools.cache
 def _parser() -> Lark:
-    grammar = resources.files("visprog").joinpath("expr.lark").read_text(encoding="utf-8")
+    grammar = resources.files("visprog.language").joinpath("expr.lark").read_text(encoding="utf-8")
     # The basic lexer: a keyword is always a keyword, never a bare name where a value is expected.
     return Lark(grammar, parser="lalr", lexer="basic", start="start")
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from visprog.errors import ConfigError, ImageError, ProgramError, ServiceError, StepError, VisprogError
-from visprog.registry import Registry
-from visprog.runtime import Runtime
-from visprog.trace import Trace
-from visprog.types import Image, describe_value
+from visprog.language.signatures import Registry
+from visprog.language.values import Image, describe_value
+from visprog.running.runtime import Runtime
+from visprog.running.trace import Trace
 
 if TYPE_CHECKING:
     import gradio
@@ -188,7 +188,7 @@ def load_uploads(
     Raises :class:`Refused` for a file over ``max_upload_bytes`` or an image that
     cannot be read or is over ``max_pixels``.
     """
-    from visprog.images import load_image
+    from visprog.running.images import load_image
 
     loaded: dict[str, Image] = {}
     for name, path in images.items():
@@ -317,8 +317,8 @@ def plan_and_run(
     function that returns one (called here, so that a planner that cannot be
     created is reported like any other error).
     """
-    from visprog.interpreter import Interpreter
     from visprog.planner.core import PlanningError
+    from visprog.running.interpreter import Interpreter
 
     text = (text or "").strip()
     try:
@@ -389,14 +389,14 @@ def run_program(
     A program that does not parse or check comes back with the checker's
     diagnostics (line, column, the line with a caret) as its message.
     """
-    from visprog.checker import check
-    from visprog.interpreter import Interpreter
+    from visprog.running.interpreter import Interpreter
+    from visprog.solve import check
 
     source = program or ""
     if not source.strip():
         return _failure("No program", "Plan one with 'Plan and run', or write one in the program box.")
     try:
-        checked = check(source, registry, None)
+        checked = check(source, registry=registry)
     except ProgramError as e:
         return _program_error(e)
     try:
@@ -510,12 +510,12 @@ def build_app(
     """The VisProg web app as a :class:`gradio.Blocks` (launch it with ``launch_options()``).
 
     ``planner_factory`` returns the :class:`~visprog.planner.core.Planner`
-    (default :func:`visprog.api.create_planner` with ``registry``); it is
+    (default :func:`visprog.solve.create_planner` with ``registry``); it is
     called on the first "Plan and run", not here. ``registry`` and
     ``runtime`` are what "Run edited program" runs with (planned programs
     run with the planner's registry). ``max_upload_bytes`` caps each
     uploaded file; ``max_pixels`` each image's width x height (default
-    :func:`visprog.images.max_pixels`).
+    :func:`visprog.running.images.max_pixels`).
     """
     gr = _gradio()
 
@@ -523,7 +523,7 @@ def build_app(
         raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
 
     def default_factory() -> Planner:
-        from visprog.api import create_planner
+        from visprog.solve import create_planner
 
         return create_planner(registry=registry)
 

@@ -6,12 +6,13 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from visprog.checker import CheckedProgram
-from visprog.checker import check as _check
-from visprog.registry import Registry
-from visprog.runtime import Runtime
-from visprog.trace import Trace
-from visprog.types import Type
+from visprog.language.checker import CheckedProgram
+from visprog.language.checker import check as _check
+from visprog.language.signatures import Registry
+from visprog.language.values import Type
+from visprog.running.plugins import default_registry
+from visprog.running.runtime import Runtime
+from visprog.running.trace import Trace
 
 if TYPE_CHECKING:
     from visprog.planner.core import Planner, Solution
@@ -29,7 +30,7 @@ def check(
 
     ``inputs`` names what the caller will pass (default ``IMAGE``, ``LEFT``, ``RIGHT``).
     """
-    return _check(program, registry, inputs)
+    return _check(program, registry or default_registry(), inputs)
 
 
 def run(
@@ -41,14 +42,14 @@ def run(
     max_pixels: int | None = None,
     max_batch: int | None = None,
 ) -> Trace:
-    """Run ``program`` and return its :class:`~visprog.trace.Trace` (``trace.result`` is the answer).
+    """Run ``program`` and return its :class:`~visprog.running.trace.Trace` (``trace.result`` is the answer).
 
     ``images`` maps input names to images (a path, bytes, a PIL image or a
     numpy array); a single image is passed as ``IMAGE``. Other values (text,
     numbers) are passed through as they are.
     """
-    from visprog.images import load_image
-    from visprog.interpreter import Interpreter
+    from visprog.running.images import load_image
+    from visprog.running.interpreter import Interpreter
 
     if not isinstance(images, Mapping):
         images = {"IMAGE": images}
@@ -94,7 +95,7 @@ def create_planner(
     """A planner on an OpenAI-compatible server (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
     ``VISPROG_LLM_MODEL`` as the openai client reads them) or, with ``local=``, a local
     transformers causal LM (a hub id or folder)."""
-    from visprog.planner.backends import backend_from_options
+    from visprog.llm.clients import backend_from_options
     from visprog.planner.core import Planner
 
     backend = backend_from_options(
@@ -120,8 +121,8 @@ def solve(
 ) -> Solution:
     """Plan a program for ``text`` with the ``task``'s prompts, run it on ``images``, return the
     :class:`~visprog.planner.core.Solution` (``.result``, ``.program``, ``.trace``, ``.agreement``)."""
-    from visprog.images import load_image
-    from visprog.interpreter import Interpreter
+    from visprog.running.images import load_image
+    from visprog.running.interpreter import Interpreter
 
     loaded = {
         name: load_image(value, max_pixels=max_pixels, name=_label(name, value)) for name, value in images.items()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from visprog.errors import ModelUnavailableError, ServiceError
-from visprog.runtime import Context
+from visprog.running.runtime import Context
 
 __all__ = [
     "IGNORE_PATTERNS",

@@ -1,0 +1,1 @@
+"""Dataset evaluation: data formats, answer scoring, records, summary, runner and engines."""

@@ -1,0 +1,187 @@
+"""Events: what is happening while a program is planned and run.
+
+The interpreter and the planner report their progress as events, plain frozen
+dataclasses. A caller gets them through a callback (``on_event=``) or as an
+iterator (:func:`stream`). The web app, the CLI's progress and any server read
+progress from these and nothing else.
+
+Interpreter events: :class:`RunStarted`, :class:`StepStarted`,
+:class:`StepFinished`, :class:`StepFailed`, :class:`RunFinished`. The
+planner's own events live in :mod:`visprog.planner.events` and share the
+:class:`Event` base.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+__all__ = [
+    "Event",
+    "Listener",
+    "RunFinished",
+    "RunStarted",
+    "StepFailed",
+    "StepFinished",
+    "StepStarted",
+    "Stream",
+    "emit",
+    "stream",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every event; ``kind`` names it in JSON and logs (``"step_finished"``)."""
+
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as JSON-ready data: ``kind`` and its fields (values described, not embedded)."""
+        from dataclasses import fields
+
+        out: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+        return out
+
+
+#: Something that receives events. It runs on the thread that does the work: keep it quick.
+Listener = Callable[[Event], None]
+
+
+def emit(listener: Listener | None, event: Event) -> None:
+    """Hand ``event`` to ``listener`` if there is one. A listener's exception propagates."""
+    if listener is not None:
+        listener(event)
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    """A program starts: ``job`` numbers it within one ``run_many`` call (0 for ``run``)."""
+
+    kind: ClassVar[str] = "run_started"
+    job: int
+    program: str
+    steps: int
+
+
+@dataclass(frozen=True)
+class StepStarted(Event):
+    """Step ``index`` (0-based, of ``total``) starts: ``TARGET=Module(...)`` on ``line``."""
+
+    kind: ClassVar[str] = "step_started"
+    job: int
+    index: int
+    total: int
+    target: str
+    module: str
+    line: int
+
+
+@dataclass(frozen=True)
+class StepFinished(Event):
+    """Step ``index`` finished with ``value`` after ``seconds``."""
+
+    kind: ClassVar[str] = "step_finished"
+    job: int
+    index: int
+    total: int
+    target: str
+    module: str
+    line: int
+    value: Any
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StepFailed(Event):
+    """Step ``index`` failed with ``error`` (the step's message) after ``seconds``."""
+
+    kind: ClassVar[str] = "step_failed"
+    job: int
+    index: int
+    total: int
+    target: str
+    module: str
+    line: int
+    error: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    """A program ended: ``ok`` with its result, or not with the error's message."""
+
+    kind: ClassVar[str] = "run_finished"
+    job: int
+    ok: bool
+    seconds: float
+    result: Any = None
+    error: str | None = None
+
+
+class Stream(Generic[T]):
+    """Events of ``work`` as an iterator; after it is exhausted, ``result`` holds what ``work`` returned.
+
+    ``work`` receives the listener to pass on (``on_event=``) and runs on a
+    worker thread; iterating yields its events as they happen. An exception
+    raised by ``work`` is raised again by the iteration, after the events that
+    came before it.
+    """
+
+    _DONE = object()
+
+    def __init__(self, work: Callable[[Listener], T]) -> None:
+        self._work = work
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._finished = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def result(self) -> T:
+        if not self._finished:
+            raise RuntimeError("the work has not finished: iterate over the stream first")
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+    def _run(self) -> None:
+        try:
+            self._result = self._work(self._queue.put)
+        except BaseException as e:  # handed to the iterating thread
+            self._error = e
+        finally:
+            self._queue.put(self._DONE)
+
+    def __iter__(self) -> Iterator[Event]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="visprog-events", daemon=True)
+            self._thread.start()
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                break
+            yield item
+        self._thread.join()
+        self._finished = True
+        if self._error is not None:
+            raise self._error
+
+
+def stream(work: Callable[[Listener], T]) -> Stream[T]:
+    """Iterate over the events of ``work(on_event)``; ``.result`` is its return value afterwards.
+
+    >>> s = stream(lambda on_event: interpreter.run(program, images, on_event=on_event))  # doctest: +SKIP
+    >>> for event in s: print(event.kind)                                                  # doctest: +SKIP
+    >>> trace = s.result                                                                   # doctest: +SKIP
+    """
+    return Stream(work)
