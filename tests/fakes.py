@@ -15,13 +15,20 @@ from typing import Any
 import numpy as np
 from PIL import Image as PILImage
 
+from visprog.language import checker
 from visprog.language.signatures import Registry, module
 from visprog.language.values import Detection, Image, Objects
+from visprog.planner.tasks import input_names
 from visprog.running.runtime import Context
 
 CALLS: list[tuple[str, int]] = []  # (module, number of argument sets in the call)
 VQA_ANSWERS: dict[str, str] = {}
 LOC_COUNTS: dict[str, int] = {"wolf": 2, "dog": 1, "cat": 1, "unicorn": 0, "person": 3, "people": 3}
+
+
+def check(program: Any, inputs: Any = None, *, registry: Registry) -> checker.CheckedProgram:
+    """The language's check with the input names the tasks define (IMAGE, LEFT, RIGHT), as visprog.check passes them."""
+    return checker.check(program, inputs, registry=registry, known_inputs=input_names())
 
 
 def reset() -> None:

@@ -1,4 +1,4 @@
-"""The language: grammar, parser, syntax tree, value types, module signatures, checker, graph and Eval.
+"""The language: grammar and its tokens, parser, syntax tree, value types, module signatures, checker, graph and Eval.
 
 Nothing here runs a module or imports torch.
 """

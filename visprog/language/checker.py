@@ -16,13 +16,13 @@ from visprog.errors import Diagnostic, EvalError, ProgramCheckError
 from visprog.language import syntax
 from visprog.language.expr import Expression, parse_template
 from visprog.language.graph import Edge, Graph, Node, build
+from visprog.language.parser import parse
 from visprog.language.signatures import ModuleSpec, Registry
 from visprog.language.values import Type, assignable
 
-__all__ = ["DEFAULT_INPUTS", "CheckedProgram", "CheckedStep", "check"]
+__all__ = ["CheckedProgram", "CheckedStep", "check"]
 
 #: The inputs a program may use when the caller names none.
-DEFAULT_INPUTS: Mapping[str, Type] = {"IMAGE": Type.IMAGE, "LEFT": Type.IMAGE, "RIGHT": Type.IMAGE}
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,13 @@ def _did_you_mean(name: str | None) -> str:
 
 
 class _Checker:
-    def __init__(self, program: syntax.Program, registry: Registry, inputs: Mapping[str, Type]) -> None:
+    def __init__(
+        self, program: syntax.Program, registry: Registry, inputs: Mapping[str, Type], known_inputs: frozenset[str]
+    ) -> None:
         self.program = program
         self.registry = registry
         self.inputs = dict(inputs)
+        self.known_inputs = known_inputs
         self.missing_inputs: set[str] = set()
         self.diagnostics: list[Diagnostic] = []
         #: name -> (index of the latest assignment, its type)
@@ -118,7 +121,7 @@ class _Checker:
         if later:
             self.error(line, column, f"'{name}' is used{where} before it is assigned (on line {later[0]})")
             return
-        if name in DEFAULT_INPUTS and name not in self.assigned_at:  # an input the caller did not give
+        if name in self.known_inputs and name not in self.assigned_at:  # an input the caller did not give
             if name not in self.missing_inputs:  # said once, at its first use
                 self.missing_inputs.add(name)
                 given = ", ".join(self.inputs) or "none"
@@ -307,22 +310,29 @@ def _short(value: syntax.Value) -> str:
 
 def check(
     program: syntax.Program | str,
-    registry: Registry,
     inputs: Mapping[str, Type] | Iterable[str] | None = None,
+    *,
+    registry: Registry,
+    known_inputs: Iterable[str] = (),
 ) -> CheckedProgram:
-    """Check a program (text or parsed). Raises ProgramSyntaxError or ProgramCheckError.
+    """Check a program (text or parsed) against the modules of ``registry``.
 
-    ``inputs`` names the values the caller will pass (all images when given as
-    names); by default ``IMAGE``, ``LEFT`` and ``RIGHT``.
+    ``inputs`` names the values the caller will pass, with their types, or as
+    names (all images). ``known_inputs`` are the input names programs may read
+    (the tasks' inputs, which the language does not define itself: callers such
+    as :func:`visprog.check` pass them): a program that reads one that was not
+    given is told so by name, and ``inputs=None`` means all of them, as images.
+    Raises :class:`~visprog.errors.ProgramSyntaxError` or
+    :class:`~visprog.errors.ProgramCheckError`.
     """
     if isinstance(program, str):
-        from visprog.language.parser import parse
-
         program = parse(program)
+    ordered = tuple(dict.fromkeys(known_inputs))
+    known = frozenset(ordered)
     if inputs is None:
-        resolved: Mapping[str, Type] = DEFAULT_INPUTS
+        resolved: Mapping[str, Type] = {name: Type.IMAGE for name in ordered}
     elif isinstance(inputs, Mapping):
         resolved = inputs
     else:
         resolved = {name: Type.IMAGE for name in inputs}
-    return _Checker(program, registry, resolved).run()
+    return _Checker(program, registry, resolved, known).run()

@@ -1,8 +1,9 @@
 """Eval expressions: a tiny, safe expression language over ``{NAME}`` placeholders.
 
 A template such as ``"'yes' if {ANSWER0} > 0 else 'no'"`` is parsed once into
-a tree of frozen dataclasses (grammar in ``expr.lark``); values are bound to
-its placeholders afterwards and the tree is walked to compute the result. No
+a tree of frozen dataclasses (:mod:`visprog.language.expr_syntax`, grammar in
+``expr.lark``); values are bound to its placeholders afterwards and the tree
+is walked here to compute the result. No
 text is ever turned into Python code, so a bound value can only ever be data.
 
 Semantics follow Python (precedence, chained comparisons, short-circuiting
@@ -25,384 +26,35 @@ import functools
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import (
-    LarkError,
-    UnexpectedCharacters,
-    UnexpectedEOF,
-    UnexpectedInput,
-    UnexpectedToken,
-)
-
 from visprog.errors import EvalError
+from visprog.language.expr_syntax import (
+    BinaryOp,
+    BoolOp,
+    Compare,
+    Comparison,
+    Const,
+    IfElse,
+    Node,
+    Not,
+    Sign,
+    Text,
+    Var,
+    parse_tree,
+)
 from visprog.language.values import Template, describe_value, parse_bool, parse_number
 
 __all__ = [
-    "BinaryOp",
-    "BoolOp",
     "BoundExpression",
-    "Compare",
-    "Comparison",
-    "Const",
     "Expression",
-    "IfElse",
-    "Node",
-    "Not",
-    "Occurrence",
-    "Sign",
-    "Text",
-    "Var",
     "coerce_answer",
     "evaluate",
     "parse_template",
 ]
 
 
-# --------------------------------------------------------------------------- tree
-
-
-@dataclass(frozen=True)
-class Node:
-    """Base of the expression tree. ``column`` is 1-based in the template text."""
-
-
-@dataclass(frozen=True)
-class Const(Node):
-    """A literal: number, string without placeholders, True, False or None."""
-
-    value: Any
-    column: int
-
-
-@dataclass(frozen=True)
-class Var(Node):
-    """A ``{NAME}`` placeholder."""
-
-    name: str
-    column: int
-
-
-@dataclass(frozen=True)
-class Text(Node):
-    """A string literal with ``{NAME}`` placeholders inside: literal text and variables."""
-
-    parts: tuple[str | Var, ...]
-    column: int
-
-
-@dataclass(frozen=True)
-class Sign(Node):
-    """Unary ``-`` or ``+``."""
-
-    op: str
-    operand: Node
-    column: int
-
-
-@dataclass(frozen=True)
-class BinaryOp(Node):
-    """Arithmetic: ``+ - * / // %``."""
-
-    op: str
-    left: Node
-    right: Node
-    column: int
-
-
-@dataclass(frozen=True)
-class Comparison(Node):
-    """One link of a comparison chain: ``op right``."""
-
-    op: str
-    right: Node
-    column: int
-
-
-@dataclass(frozen=True)
-class Compare(Node):
-    """``first op1 x1 op2 x2 ...``, chained like Python."""
-
-    first: Node
-    rest: tuple[Comparison, ...]
-    column: int
-
-
-@dataclass(frozen=True)
-class Not(Node):
-    operand: Node
-    column: int
-
-
-@dataclass(frozen=True)
-class BoolOp(Node):
-    """``and``, ``or`` or ``xor``."""
-
-    op: str
-    left: Node
-    right: Node
-    column: int
-
-
-@dataclass(frozen=True)
-class IfElse(Node):
-    """``body if test else orelse``."""
-
-    body: Node
-    test: Node
-    orelse: Node
-    column: int
-
-
-@dataclass(frozen=True)
-class Occurrence:
-    """Where a variable is named in the template: ``text[start:end]`` is ``{name}``."""
-
-    name: str
-    start: int
-    end: int
-
-    @property
-    def column(self) -> int:
-        return self.start + 1
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-@functools.cache
-def _parser() -> Lark:
-    grammar = resources.files("visprog.language").joinpath("expr.lark").read_text(encoding="utf-8")
-    # The basic lexer: a keyword is always a keyword, never a bare name where a value is expected.
-    return Lark(grammar, parser="lalr", lexer="basic", start="start")
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"', "{": "{", "}": "}"}
-_NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
-_NAME_CHARS = _NAME_START | frozenset("0123456789")
-
-
-def _placeholder_at(body: str, i: int) -> str | None:
-    """The NAME of a ``{NAME}`` starting at ``body[i]``, else None."""
-    if body[i] != "{" or i + 1 >= len(body) or body[i + 1] not in _NAME_START:
-        return None
-    j = i + 1
-    while j < len(body) and body[j] in _NAME_CHARS:
-        j += 1
-    return body[i + 1 : j] if j < len(body) and body[j] == "}" else None
-
-
-def _number(text: str) -> int | float:
-    if any(c in text for c in ".eE"):
-        return float(text)
-    try:
-        return int(text)
-    except ValueError:  # more digits than int() converts
-        return float(text)
-
-
-@v_args(inline=True)
-class _Builder(Transformer[Token, Node]):
-    """Lark tree to expression tree; records placeholders and bare words as it goes.
-
-    Callbacks never raise: problems are collected and reported by :func:`parse_template`.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.occurrences: list[Occurrence] = []
-        self.bare_words: list[Token] = []
-
-    # literals and names
-
-    def number(self, tok: Token) -> Node:
-        return Const(_number(str(tok)), _col(tok))
-
-    def string(self, tok: Token) -> Node:
-        raw = str(tok)
-        body, offset = raw[1:-1], _start(tok) + 1
-        parts: list[str | Var] = []
-        chunk: list[str] = []
-        i = 0
-        while i < len(body):
-            c = body[i]
-            if c == "\\" and i + 1 < len(body):
-                nxt = body[i + 1]
-                chunk.append(_ESCAPES.get(nxt, "\\" + nxt))
-                i += 2
-                continue
-            name = _placeholder_at(body, i)
-            if name is None:
-                chunk.append(c)
-                i += 1
-                continue
-            if chunk:
-                parts.append("".join(chunk))
-                chunk = []
-            end = i + len(name) + 2
-            self.occurrences.append(Occurrence(name, offset + i, offset + end))
-            parts.append(Var(name, offset + i + 1))
-            i = end
-        if chunk:
-            parts.append("".join(chunk))
-        if not any(isinstance(p, Var) for p in parts):
-            return Const("".join(p for p in parts if isinstance(p, str)), _col(tok))
-        return Text(tuple(parts), _col(tok))
-
-    def variable(self, tok: Token) -> Node:
-        name = str(tok)[1:-1]
-        self.occurrences.append(Occurrence(name, _start(tok), _start(tok) + len(tok)))
-        return Var(name, _col(tok))
-
-    def true(self, tok: Token) -> Node:
-        return Const(True, _col(tok))
-
-    def false(self, tok: Token) -> Node:
-        return Const(False, _col(tok))
-
-    def none(self, tok: Token) -> Node:
-        return Const(None, _col(tok))
-
-    def bare_name(self, tok: Token) -> Node:
-        self.bare_words.append(tok)
-        return Const(None, _col(tok))
-
-    # operators
-
-    def sign(self, op: Token, operand: Node) -> Node:
-        return Sign(str(op), operand, _col(op))
-
-    def binary(self, left: Node, op: Token, right: Node) -> Node:
-        return BinaryOp(str(op), left, right, _col(op))
-
-    def comp_op(self, first: Token, second: Token | None = None) -> Token:
-        if second is None:
-            return first
-        return Token("NOT_IN", "not in", start_pos=first.start_pos, column=first.column)
-
-    def compare(self, first: Node, *rest: Node | Token) -> Node:
-        links = tuple(
-            Comparison(str(op), right, _col(op))
-            for op, right in zip(rest[::2], rest[1::2], strict=True)
-            if isinstance(op, Token) and isinstance(right, Node)
-        )
-        return Compare(first, links, links[0].column)
-
-    def not_(self, op: Token, operand: Node) -> Node:
-        return Not(operand, _col(op))
-
-    def and_(self, left: Node, op: Token, right: Node) -> Node:
-        return BoolOp("and", left, right, _col(op))
-
-    def or_(self, left: Node, op: Token, right: Node) -> Node:
-        return BoolOp("or", left, right, _col(op))
-
-    def xor(self, left: Node, op: Token, right: Node) -> Node:
-        return BoolOp("xor", left, right, _col(op))
-
-    def if_else(self, body: Node, if_: Token, test: Node, else_: Token, orelse: Node) -> Node:
-        return IfElse(body, test, orelse, _col(if_))
-
-
-def _start(tok: Token) -> int:
-    return tok.start_pos if tok.start_pos is not None else 0
-
-
-def _col(tok: Token) -> int:
-    return _start(tok) + 1
-
-
-# What the parser may expect next, in words.
-_VALUE_STARTS = frozenset({"NUMBER", "STRING", "PLACEHOLDER", "TRUE", "FALSE", "NONE", "_LPAR"})
-_OPERATORS = frozenset(
-    {"EQ", "NE", "LT", "LE", "GT", "GE", "PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "PERCENT"}
-    | {"AND", "OR", "XOR", "NOT", "IF"}
-)
-_HINTS = {
-    "=": "use '==' to compare",
-    "&": "use 'and'",
-    "|": "use 'or'",
-    "^": "use 'xor'",
-    "!": "use 'not' or '!='",
-}
-
-
-def _expected(names: set[str] | frozenset[str]) -> str:
-    wanted: list[str] = []
-    if names & _VALUE_STARTS:
-        wanted.append("a value (a number, a 'string', a {VARIABLE}, True/False/None or '(')")
-    if names & _OPERATORS and not names & _VALUE_STARTS:
-        wanted.append("an operator")
-    if "IN" in names and not names & _OPERATORS:
-        wanted.append("'in'")
-    if "ELSE" in names:
-        wanted.append("'else'")
-    if "_RPAR" in names:
-        wanted.append("')'")
-    if "$END" in names:
-        wanted.append("the end of the expression")
-    return " or ".join(wanted) if wanted else "something else"
-
-
-def _acceptable(err: UnexpectedToken | UnexpectedCharacters) -> set[str]:
-    """The terminals that could come next: exact, unlike LALR's merged lookahead sets."""
-    fallback = err.expected if isinstance(err, UnexpectedToken) else err.allowed
-    interactive = getattr(err, "interactive_parser", None)
-    if interactive is None:
-        return set(fallback or ())
-    try:
-        return set(interactive.accepts())
-    except (LarkError, AttributeError):
-        return set(fallback or ())
-
-
-def _syntax_error(text: str, err: UnexpectedInput) -> EvalError:
-    pos = err.pos_in_stream if isinstance(err.pos_in_stream, int) else len(text)
-    if isinstance(err, UnexpectedToken):
-        tok = err.token
-        if tok.type == "$END":
-            pos = len(text)
-            what = "unexpected end of expression"
-        else:
-            pos = _start(tok)
-            what = f"unexpected {str(tok)!r}"
-        detail = f"{what}, expected {_expected(_acceptable(err))}"
-    elif isinstance(err, UnexpectedCharacters):
-        char = text[pos] if pos < len(text) else ""
-        if char in ("'", '"'):
-            detail = f"unterminated string: no closing {char} on this line"
-        elif char == "{":
-            detail = "bad placeholder: write a variable as {NAME} (letters, digits and _)"
-        elif char == "}":
-            detail = "unexpected '}' without a matching '{NAME'"
-        else:
-            detail = f"unexpected character {char!r}"
-            if char in _HINTS:
-                detail += f"; {_HINTS[char]}"
-            else:
-                detail += f", expected {_expected(_acceptable(err))}"
-    elif isinstance(err, UnexpectedEOF):
-        pos = len(text)
-        detail = f"unexpected end of expression, expected {_expected(set(err.expected))}"
-    else:  # pragma: no cover - lark has no other UnexpectedInput
-        detail = "invalid syntax"
-    return EvalError(f"syntax error at column {pos + 1}: {detail}", text, column=pos + 1, detail=detail)
-
-
-def _bare_word_error(text: str, tok: Token) -> EvalError:
-    word, column = str(tok), _col(tok)
-    if word.lower() in ("true", "false", "none"):
-        hint = f"write {word.capitalize()}"
-    else:
-        hint = f"write text in quotes ('{word}') and variables in braces ({{{word}}})"
-    return EvalError(
-        f"unknown name {word!r} at column {column}: {hint}",
-        text,
-        column=column,
-        detail=f"unknown name {word!r}: {hint}",
-    )
+# --------------------------------------------------------------------------- binding
 
 
 @functools.lru_cache(maxsize=512)
@@ -411,25 +63,8 @@ def parse_template(text: str) -> Expression:
 
     Raises :class:`EvalError` with the 1-based column and what was expected.
     """
-    try:
-        tree = _parser().parse(text)
-    except UnexpectedInput as err:
-        raise _syntax_error(text, err) from None
-    builder = _Builder()
-    try:
-        root = builder.transform(tree)
-    except RecursionError:
-        raise EvalError("expression is nested too deeply", text, column=1) from None
-    if builder.bare_words:
-        raise _bare_word_error(text, min(builder.bare_words, key=_start))
-    occurrences = tuple(sorted(builder.occurrences, key=lambda o: o.start))
-    columns: dict[str, int] = {}
-    for occ in occurrences:
-        columns.setdefault(occ.name, occ.column)
-    return Expression(text, tuple(columns), columns, root, occurrences)
-
-
-# --------------------------------------------------------------------------- binding
+    root, columns = parse_tree(text)
+    return Expression(text, tuple(columns), columns, root)
 
 
 @dataclass(frozen=True)
@@ -442,7 +77,6 @@ class Expression:
     #: 1-based column of each variable's first appearance.
     variable_columns: dict[str, int] = field(compare=False)
     tree: Node = field(repr=False, compare=False)
-    occurrences: tuple[Occurrence, ...] = field(repr=False, compare=False)
 
     def bind(self, values: Mapping[str, Any]) -> BoundExpression:
         """Bind each variable to its value; raises :class:`EvalError` if one is missing."""

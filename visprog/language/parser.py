@@ -8,24 +8,17 @@ program has several bad lines, every one is reported.
 
 from __future__ import annotations
 
-import functools
 import re
-from importlib.resources import files
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from visprog.errors import Diagnostic, ProgramSyntaxError
 from visprog.language import syntax
+from visprog.language.tokens import grammar, lexer
 
-__all__ = ["parse"]
-
-
-@functools.cache
-def _parser() -> Lark:
-    grammar = (files("visprog.language") / "grammar.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", start=["program", "line"], maybe_placeholders=False)
+__all__ = ["MAX_LIST_DEPTH", "parse"]
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
@@ -43,9 +36,6 @@ def _number(text: str) -> int | float:
         return int(text)
     except ValueError:  # more digits than Python converts: as large as a float gets
         return float(text)
-
-
-_CONSTANTS: dict[str, bool | None] = {"True": True, "False": False, "None": None}
 
 
 @v_args(inline=True)
@@ -67,8 +57,8 @@ class _ToAst(Transformer[Token, Any]):
         return syntax.Literal(_number(str(tok)), self._line(tok), tok.column or 1)
 
     def name(self, tok: Token) -> syntax.Literal | syntax.Ref:
-        if str(tok) in _CONSTANTS:
-            return syntax.Literal(_CONSTANTS[str(tok)], self._line(tok), tok.column or 1)
+        if str(tok) in syntax.CONSTANTS:
+            return syntax.Literal(syntax.CONSTANTS[str(tok)], self._line(tok), tok.column or 1)
         return syntax.Ref(str(tok), self._line(tok), tok.column or 1)
 
     def list(self, bracket: Token, *items: syntax.Value | None) -> syntax.ListValue:
@@ -156,9 +146,10 @@ def _message(err: UnexpectedInput, text: str) -> tuple[int, int, str]:
                 return line, col, "a step must assign its result: write NAME=Module(...)"
             lines = syntax.split_lines(text)
             before = lines[line - 1][: col - 1] if 0 < line <= len(lines) else ""
-            if tok.type in ("COMMA", "RPAR") and "(" in before:
-                value = re.findall(r"[A-Za-z_][A-Za-z0-9_]*\s*$", before)
-                return line, col, f"arguments must be named: write name={value[0].strip() if value else 'value'}"
+            written = [t for t in lexer().line(before) if t.kind != "WS"]
+            if tok.type in ("COMMA", "RPAR") and any(t.kind == "LPAR" for t in written):
+                value = written[-1].text if written[-1].kind == "NAME" else "value"
+                return line, col, f"arguments must be named: write name={value}"
             return line, col, f"expected '=' after the name, got {_describe(tok)}"
         if "NAME" in expected and "RPAR" in expected and tok.type in ("STRING", "NUMBER", "LSQB"):
             return line, col, f"arguments must be named: write name={tok}"
@@ -178,7 +169,7 @@ def _message(err: UnexpectedInput, text: str) -> tuple[int, int, str]:
 
 def _parse_line(text: str, number: int, lines: list[str]) -> tuple[tuple[syntax.Step, ...], Diagnostic | None]:
     try:
-        tree = _parser().parse(text, start="line")
+        tree = grammar().parse(text, start="line")
     except UnexpectedInput as e:
         _, col, msg = _message(e, text)
         return (), Diagnostic(number, col, msg, text)
@@ -188,19 +179,20 @@ def _parse_line(text: str, number: int, lines: list[str]) -> tuple[tuple[syntax.
 MAX_LIST_DEPTH = 32
 
 
-_STRINGS = re.compile(r"'(?:[^'\\\r\n]|\\.)*'|\"(?:[^\"\\\r\n]|\\.)*\"")
+_NESTING = {"LSQB": 1, "RSQB": -1}
 
 
 def _too_deep(lines: list[str]) -> list[Diagnostic]:
     """Lists nested deeper than MAX_LIST_DEPTH (checked before parsing, which recurses)."""
     out = []
     for number, line in enumerate(lines, start=1):
-        code = _STRINGS.sub(lambda m: " " * len(m.group()), line).split("#", 1)[0]
+        if line.count("[") <= MAX_LIST_DEPTH:
+            continue  # too few brackets to nest that deep
         depth = 0
-        for col, ch in enumerate(code, start=1):
-            depth += {"[": 1, "]": -1}.get(ch, 0)
+        for token in lexer().line(line, number):
+            depth += _NESTING.get(token.kind, 0)
             if depth > MAX_LIST_DEPTH:
-                out.append(Diagnostic(number, col, f"lists nested more than {MAX_LIST_DEPTH} deep", line))
+                out.append(Diagnostic(number, token.column, f"lists nested more than {MAX_LIST_DEPTH} deep", line))
                 break
     return out
 
@@ -214,7 +206,7 @@ def parse(text: str) -> syntax.Program:
     if too_deep:
         raise ProgramSyntaxError(too_deep)
     try:
-        tree = _parser().parse(text + "\n", start="program")
+        tree = grammar().parse(text + "\n", start="program")
     except UnexpectedInput as first:
         diagnostics = []
         for number, line in enumerate(lines, start=1):

@@ -5,9 +5,11 @@ Lines and columns are 1-based, as in the error messages.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "CONSTANTS",
     "RESULT_NAMES",
     "Arg",
     "Call",
@@ -23,9 +25,13 @@ __all__ = [
 #: Targets that mark the program's output when assigned directly (``RESULT=X``).
 RESULT_NAMES = frozenset({"RESULT", "FINAL_RESULT", "FINAL_ANSWER"})
 
+#: Names that are values, not references: ``True``, ``False`` and ``None``.
+CONSTANTS: Mapping[str, bool | None] = {"True": True, "False": False, "None": None}
+
 
 def split_lines(text: str) -> list[str]:
-    """The program's lines as the grammar counts them: split at ``\n``, a ``\r`` before it dropped."""
+    """The program's lines as the grammar counts them: split at ``\n``, a ``\r`` before it dropped
+    (the grammar's ``_NL``; :func:`visprog.language.tokens.tokenize` ends lines the same way)."""
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
@@ -112,7 +118,3 @@ class Program:
     def source_line(self, line: int) -> str:
         lines = split_lines(self.source)
         return lines[line - 1] if 0 < line <= len(lines) else ""
-
-    @property
-    def targets(self) -> list[str]:
-        return [s.target for s in self.steps]

@@ -8,23 +8,38 @@ broken program still gets its diagnostics (and a repair round).
 
 from __future__ import annotations
 
+import itertools
 import re
 import textwrap
 
-__all__ = ["extract_program", "looks_like_step"]
+from visprog.language.tokens import Token, lexer
 
-#: ``NAME = something`` (not ``==``): a step, even a broken one.
-_STEP = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=(?!=)\s*\S")
-_COMMENT = re.compile(r"^\s*#")
+__all__ = ["extract_program"]
+
 #: A leading label such as ``Program:``, ``**Program:**`` or ``Program -``.
 _LABEL = re.compile(r"^\s*(?:\*\*|__)?program(?:\*\*|__)?\s*[:\-]\s*(?:\*\*|__)?\s*", re.IGNORECASE)
 #: The opening line of a fenced block: three or more backticks or tildes, then any info string.
 _FENCE_OPEN = re.compile(r"^\s*(`{3,}|~{3,})")
 
 
-def looks_like_step(line: str) -> bool:
-    """Whether ``line`` looks like a step (``NAME = something``), label or not."""
-    return bool(_STEP.match(_LABEL.sub("", line, count=1)))
+def _tokens(line: str, limit: int) -> list[Token]:
+    """The first ``limit`` tokens of ``line`` in the language, whitespace left out (their
+    columns still tell which tokens touch)."""
+    return list(itertools.islice((t for t in lexer().line(line.lstrip()) if t.kind != "WS"), limit))
+
+
+def _is_step(line: str) -> bool:
+    """``NAME = something`` (not ``NAME == ...``): a step, even a broken one."""
+    tokens = _tokens(line, 3)
+    if len(tokens) < 3 or tokens[0].kind != "NAME" or tokens[1].kind != "EQUAL":
+        return False
+    return not (tokens[2].kind == "EQUAL" and tokens[2].column == tokens[1].column + 1)
+
+
+def _is_comment(line: str) -> bool:
+    """Whether ``line`` is a comment of the language (``# ...``), indented or not."""
+    tokens = _tokens(line, 1)
+    return bool(tokens) and tokens[0].kind == "COMMENT"
 
 
 def _fenced_blocks(lines: list[str]) -> list[list[str]]:
@@ -52,7 +67,7 @@ def _from_first_step(lines: list[str]) -> list[str]:
     """``lines`` from the first step-looking one (its label dropped), or [] when there is none."""
     for i, line in enumerate(lines):
         unlabelled = _LABEL.sub("", line, count=1)
-        if _STEP.match(unlabelled):
+        if _is_step(unlabelled):
             return [unlabelled, *lines[i + 1 :]]
     return []
 
@@ -88,7 +103,7 @@ def extract_program(reply: str) -> str:
         return ""
     kept = run[:1]
     for line in run[1:]:
-        if line.strip() and not _STEP.match(line) and not _COMMENT.match(line):
+        if line.strip() and not _is_step(line) and not _is_comment(line):
             break
         kept.append(line)
     return _finish(kept)

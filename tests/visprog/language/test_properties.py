@@ -21,15 +21,15 @@ from PIL import Image as PILImage
 from skimage import data
 
 from tests import fakes
+from tests.fakes import check
 from visprog.errors import ProgramCheckError, ProgramError, ProgramSyntaxError, StepError
-from visprog.language.checker import check
 from visprog.language.parser import parse
 from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Runtime
 
 REGISTRY = fakes.registry()
 RUNTIME = Runtime(modules={"FaceDet": {"backend": "cascade"}})  # offline, no download
-OK_DIR = Path(__file__).resolve().parent.parent / "programs" / "ok"
+OK_DIR = Path(__file__).resolve().parents[2] / "programs" / "ok"
 CORPUS = [p.read_bytes().decode("utf-8") for p in sorted(OK_DIR.glob("*.vp"))]
 
 
@@ -65,7 +65,7 @@ def parse_and_check(text: str) -> None:
         assert_diagnostics(text, e)
         syntax = e
     try:
-        check(text, REGISTRY)
+        check(text, registry=REGISTRY)
     except ProgramSyntaxError as e:
         assert syntax is not None, "check() reported a syntax error that parse() did not"
         assert str(e) == str(syntax)
@@ -249,7 +249,7 @@ def test_mutated_programs_that_check_run_or_fail_with_step_error(
     text: str, small_images: dict[str, PILImage.Image]
 ) -> None:
     try:
-        checked = check(text, REGISTRY)
+        checked = check(text, registry=REGISTRY)
     except ProgramError:
         return
     assert len(checked.graph.nodes) == len(checked.program.steps)
@@ -274,7 +274,7 @@ def test_lone_carriage_return_is_a_syntax_error() -> None:
 def test_unicode_line_separator_in_a_string_keeps_source_lines() -> None:
     text = "ANSWER0=VQA(image=IMAGE,question='a\u2028b')\nANSWER1=COUNT(box=BOX9)\nRESULT=ANSWER1"
     with pytest.raises(ProgramCheckError) as info:
-        check(text, REGISTRY)
+        check(text, registry=REGISTRY)
     assert [d.source_line for d in info.value.diagnostics] == ["ANSWER1=COUNT(box=BOX9)"]
 
 
@@ -298,6 +298,6 @@ def test_huge_int_literal_is_handled() -> None:
 def test_deeply_nested_list_is_handled() -> None:
     text = "L=" + "[" * 600 + "]" * 600 + "\nRESULT=L"
     try:
-        check(text, REGISTRY)
+        check(text, registry=REGISTRY)
     except ProgramError:
         pass

@@ -22,14 +22,14 @@ from PIL import Image as PILImage
 from skimage import data
 
 from tests import fakes
+from tests.fakes import check
 from visprog.errors import ProgramCheckError, ProgramError, ProgramSyntaxError
-from visprog.language.checker import check
 from visprog.language.parser import parse
 from visprog.language.values import Detection
 from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Runtime
 
-PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
+PROGRAMS = Path(__file__).resolve().parents[2] / "programs"
 OK = sorted((PROGRAMS / "ok").glob("*.vp"))
 BAD = sorted((PROGRAMS / "bad").glob("*.vp"))
 
@@ -103,7 +103,7 @@ def test_ok_program(path: Path) -> None:
     program = parse(source)
     assert len(program.steps) == _step_lines(source)
 
-    checked = check(program, registry, inputs=meta["inputs"])
+    checked = check(program, meta["inputs"], registry=registry)
     assert str(checked.result_type) == meta["result_type"]
     assert len(checked.graph.nodes) == len(program.steps)
     assert [n.index for n in checked.graph.nodes] == list(range(len(program.steps)))
@@ -136,7 +136,7 @@ def test_bad_program(path: Path) -> None:
     if kind is ProgramCheckError:
         parse(source)  # it must get past the parser
     with pytest.raises(ProgramError) as info:
-        check(source, fakes.registry())
+        check(source, registry=fakes.registry())
     error = info.value
     assert type(error) is kind
     assert str(error) == expected

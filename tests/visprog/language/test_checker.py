@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 
 from tests import fakes
+from tests.fakes import check
 from visprog.errors import ProgramCheckError
-from visprog.language.checker import check
+from visprog.language import checker
 from visprog.language.signatures import Registry
 from visprog.language.values import Type
 
@@ -16,7 +17,7 @@ def registry() -> Registry:
 
 def messages(text: str, registry: Registry, **kwargs: object) -> list[str]:
     with pytest.raises(ProgramCheckError) as info:
-        check(text, registry, **kwargs)  # type: ignore[arg-type]
+        check(text, registry=registry, **kwargs)  # type: ignore[arg-type]
     return info.value.messages
 
 
@@ -25,20 +26,22 @@ def test_module_names_resolve_in_any_spelling(registry: Registry) -> None:
         f"X{i}={name}(image=IMAGE, box=[])"
         for i, name in enumerate(["CROP_RIGHTOF", "CropRightOf", "croprightof", "Crop_Right_Of"])
     )
-    checked = check(text + "\nRESULT=X3", registry)
+    checked = check(text + "\nRESULT=X3", registry=registry)
     assert {s.spec.name for s in checked.steps[:4] if s.spec} == {"CropRightOf"}
     aliases = ["CROP_FRONTOF", "CROP_INFRONT", "CROP_INFRONTOF", "CROP_BEHIND", "CROP_AHEAD", "Crop"]
-    checked = check("\n".join(f"X={a}(image=IMAGE, box=[])" for a in aliases) + "\nRESULT=X", registry)
+    checked = check("\n".join(f"X={a}(image=IMAGE, box=[])" for a in aliases) + "\nRESULT=X", registry=registry)
     assert {s.spec.name for s in checked.steps if s.spec} == {"Crop"}
     for spelling in ["VQA", "Vqa", "vqa"]:
-        assert check(f"A={spelling}(image=IMAGE, question='q')\nRESULT=A", registry).steps[0].spec.name == "Vqa"  # type: ignore[union-attr]
+        checked = check(f"A={spelling}(image=IMAGE, question='q')\nRESULT=A", registry=registry)
+        assert checked.steps[0].spec.name == "Vqa"  # type: ignore[union-attr]
     for spelling in ["FACEDET", "FaceDet", "Facedet", "face_det"]:
-        assert check(f"A={spelling}(image=IMAGE)\nRESULT=A", registry).steps[0].spec.name == "FaceDet"  # type: ignore[union-attr]
+        checked = check(f"A={spelling}(image=IMAGE)\nRESULT=A", registry=registry)
+        assert checked.steps[0].spec.name == "FaceDet"  # type: ignore[union-attr]
 
 
 def test_the_issue_example_message(registry: Registry) -> None:
     with pytest.raises(ProgramCheckError) as info:
-        check("BOX0=Loc(image=IMAGE, object='dog')\nOBJ0=Sgment(image=IMAGE)\nR=Result(var=OBJ0)", registry)
+        check("BOX0=Loc(image=IMAGE, object='dog')\nOBJ0=Sgment(image=IMAGE)\nR=Result(var=OBJ0)", registry=registry)
     assert str(info.value) == (
         "line 2, col 6: unknown module 'Sgment' (did you mean 'Seg'?)\n"
         "  OBJ0=Sgment(image=IMAGE)\n"
@@ -82,7 +85,7 @@ def test_types_propagate_and_reassignment_sees_the_latest_value(registry: Regist
         "IMAGE0=ColorPop(image=IMAGE0, object=OBJ1)\n"
         "N=Count(box=OBJ1)\n"
         "FINAL_RESULT=Result(var=IMAGE0)\n",
-        registry,
+        registry=registry,
     )
     assert [s.type for s in checked.steps] == [
         Type.OBJECTS,
@@ -106,7 +109,7 @@ def test_eval_dependencies_come_from_the_expression(registry: Registry) -> None:
     checked = check(
         "A=Vqa(image=LEFT, question='q')\nB=Vqa(image=RIGHT, question='q')\n"
         "C=Eval(expr=\"'yes' if {A} == {B} else 'no'\")\nFINAL_ANSWER=Result(var=C)",
-        registry,
+        registry=registry,
     )
     assert checked.steps[2].deps == {0, 1}
     assert checked.graph.predecessors(2) == {0, 1}
@@ -116,10 +119,20 @@ def test_eval_dependencies_come_from_the_expression(registry: Registry) -> None:
 def test_inputs_are_named_by_the_caller(registry: Registry) -> None:
     text = "A=Vqa(image=PHOTO, question='q')\nRESULT=A"
     assert messages(text, registry) == ["line 1, col 13: undefined variable 'PHOTO'"]
-    assert check(text, registry, inputs=["PHOTO"]).used_inputs == ["PHOTO"]
+    assert check(text, registry=registry, inputs=["PHOTO"]).used_inputs == ["PHOTO"]
     assert messages("A=Vqa(image=PHOTO, question='q')\nRESULT=A", registry, inputs={"PHOTO": Type.STR}) == [
         "line 1, col 13: argument 'image' of Vqa expects Image, got str (input PHOTO)"
     ]
+
+
+def test_inputs_come_second_and_the_registry_is_named(registry: Registry) -> None:
+    text = "A=Vqa(image=PHOTO, question='q')\nRESULT=A"
+    assert check(text, ["PHOTO"], registry=registry).used_inputs == ["PHOTO"]
+    assert check(text, {"PHOTO": Type.IMAGE}, registry=registry).inputs == {"PHOTO": Type.IMAGE}
+    with pytest.raises(TypeError, match="registry"):
+        check(text, ["PHOTO"])  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        check(text, ["PHOTO"], registry)  # type: ignore[call-arg]
 
 
 def test_an_input_that_was_not_given_is_named_once(registry: Registry) -> None:
@@ -131,12 +144,11 @@ def test_an_input_that_was_not_given_is_named_once(registry: Registry) -> None:
         "line 1, col 13: the program reads the input IMAGE, which was not given (given: none)"
     ]
     with pytest.raises(ProgramCheckError) as info:
-        check(text, registry, inputs=[])
+        check(text, registry=registry, inputs=[])
     assert info.value.missing_inputs == ("IMAGE",)
     # a program that assigns IMAGE itself is not missing an input
-    assert check("IMAGE=LEFT\nA=Vqa(image=IMAGE, question='q')\nRESULT=A", registry, inputs=["LEFT"]).used_inputs == [
-        "LEFT"
-    ]
+    text = "IMAGE=LEFT\nA=Vqa(image=IMAGE, question='q')\nRESULT=A"
+    assert check(text, ["LEFT"], registry=registry).used_inputs == ["LEFT"]
 
 
 def test_eval_needs_a_quoted_expression_that_parses(registry: Registry) -> None:
@@ -151,9 +163,22 @@ def test_eval_needs_a_quoted_expression_that_parses(registry: Registry) -> None:
 def test_numbers_widen_and_none_only_for_optional(registry: Registry) -> None:
     check(
         "L=List(query='x', max=3)\nO=Seg(image=IMAGE)\nC=Classify(image=IMAGE, object=O, categories=L)\nRESULT=C",
-        registry,
+        registry=registry,
     )
-    check("O=Seg(image=IMAGE)\nC=Classify(image=IMAGE, object=O, categories='cat,dog')\nRESULT=C", registry)
+    check("O=Seg(image=IMAGE)\nC=Classify(image=IMAGE, object=O, categories='cat,dog')\nRESULT=C", registry=registry)
     assert messages("L=List(query='x', max=None)\nRESULT=L", registry) == [
         "line 1, col 23: argument 'max' of List expects int, got None"
     ]
+
+
+def test_input_names_come_from_the_caller_not_the_language() -> None:
+    """The checker knows no input names of its own: its callers pass the tasks' (visprog.check does)."""
+    registry = fakes.registry()
+    text = "A=Vqa(image=PHOTO, question='q')\nRESULT=A"
+    assert checker.check(text, registry=registry, known_inputs=["PHOTO"]).used_inputs == ["PHOTO"]
+    with pytest.raises(ProgramCheckError) as info:
+        checker.check(text, [], registry=registry, known_inputs=["PHOTO"])
+    assert info.value.missing_inputs == ("PHOTO",)
+    assert "the program reads the input PHOTO, which was not given (given: none)" in str(info.value)
+    with pytest.raises(ProgramCheckError, match="undefined variable 'IMAGE'"):
+        checker.check("A=Vqa(image=IMAGE, question='q')\nRESULT=A", registry=registry)
