@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image as PILImage
 
-from visprog.language.signatures import module
+from visprog.language.signatures import Option, module
 from visprog.language.values import Detection, Image, Objects
-from visprog.running.hub import load_model
+from visprog.running.hub import Placement, load_model
 from visprog.running.runtime import Context
 
 if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
@@ -58,7 +58,11 @@ PROMPT = "a photo of {}."
 MARGIN = 0.05
 #: The contrast class Classify scores a single category against (softmax models only).
 _OTHER = "other"
-_BATCH_SIZE = 64
+#: The options Select and Classify share (``[modules.Select]``, ``--option Select.NAME=VALUE``).
+OPTIONS = [
+    Option("prompt", str, PROMPT, "the template each query or category is put into ({} is the text)"),
+    Option("batch_size", int, 64, "at most this many crops or texts per forward pass"),
+]
 #: Panoptic label suffixes that Seg's COCO backend adds ('sky-other-merged', 'tree-merged').
 _LABEL_SUFFIXES = ("-other-merged", "-merged", "-other", "-stuff")
 
@@ -66,13 +70,13 @@ _LABEL_SUFFIXES = ("-other-merged", "-merged", "-other", "-stuff")
 # --- the model ------------------------------------------------------------------
 
 
-def _load_clip(model_id: str) -> tuple[Any, Any]:
+def _load_clip(model_id: str, placement: Placement) -> tuple[Any, Any]:
     """(model, processor) of a CLIP-style checkpoint: one loader for Select and Classify."""
     from transformers import AutoModel, AutoProcessor
 
     if os.path.isdir(model_id) and not os.path.isfile(os.path.join(model_id, "config.json")):
         raise FileNotFoundError(f"no config.json in {model_id}")
-    model = AutoModel.from_pretrained(model_id)
+    model = AutoModel.from_pretrained(model_id, **placement.pretrained_kwargs())
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
         raise ValueError(
             f"{model_id} loads as {type(model).__name__}, which is not an image-text model "
@@ -160,8 +164,8 @@ def _scorer(ctx: Context) -> _Scorer:
         model_id=ctx.model_id,
         device=ctx.runtime.device,
         dtype=ctx.runtime.torch_dtype(),
-        prompt=str(ctx.options.get("prompt", PROMPT)),
-        batch_size=max(1, int(ctx.options.get("batch_size", _BATCH_SIZE))),
+        prompt=str(ctx.option("prompt")),
+        batch_size=max(1, int(ctx.option("batch_size"))),
     )
 
 
@@ -295,7 +299,7 @@ def _select_batch(calls: Sequence[Mapping[str, Any]], ctx: Context) -> list[Obje
         jobs.append((c["image"], _of_category(c["object"], c.get("category")), queries))
     work = [j for j in jobs if j[1]]
     if not work:
-        return [[] for _ in calls]
+        return [Objects() for _ in calls]
     s = _scorer(ctx)
     image_embeds = iter(_image_embeddings(s, [(image, objs) for image, objs, _ in work], ctx))
     texts = _text_embeddings(s, [_prompt(s, q) for _, _, qs in work for q in qs], ctx)
@@ -304,7 +308,7 @@ def _select_batch(calls: Sequence[Mapping[str, Any]], ctx: Context) -> list[Obje
     outputs: list[Objects] = []
     for _, objs, queries in jobs:
         if not objs:
-            outputs.append([])
+            outputs.append(Objects())
             continue
         text_embeds = torch.stack([texts[_prompt(s, q)] for q in queries])
         logits = s.logits(next(image_embeds), text_embeds)  # (objects, queries)
@@ -314,8 +318,8 @@ def _select_batch(calls: Sequence[Mapping[str, Any]], ctx: Context) -> list[Obje
             p = float(probs[oi, qi])
             if oi not in best or p > best[oi][0]:
                 best[oi] = (p, queries[qi])
-        order = sorted(best, key=lambda oi: (-best[oi][0], oi))
-        outputs.append([_scored(objs[oi], best[oi][0], objs[oi].label or best[oi][1]) for oi in order])
+        chosen = Objects(_scored(objs[oi], p, objs[oi].label or query) for oi, (p, query) in sorted(best.items()))
+        outputs.append(chosen.best_first())
     return outputs
 
 
@@ -323,7 +327,7 @@ def _scored(det: Detection, score: float, label: str) -> Detection:
     return Detection(det.box, min(max(score, 0.0), 1.0), label, det.mask)
 
 
-@module(aliases=["SELECT"], batch=_select_batch, backends=BACKENDS, default_backend="clip")
+@module(aliases=["SELECT"], batch=_select_batch, backends=BACKENDS, default_backend="clip", options=OPTIONS)
 def Select(image: Image, object: Objects, query: str, category: str | None = None, *, ctx: Context) -> Objects:
     """Pick, for each query, the one object that best matches it (CLIP on each object's masked crop).
 
@@ -358,7 +362,7 @@ def _classify_batch(calls: Sequence[Mapping[str, Any]], ctx: Context) -> list[Ob
         jobs.append((c["image"], list(c["object"]), cats))
     work = [j for j in jobs if j[1]]
     if not work:
-        return [[] for _ in calls]
+        return [Objects() for _ in calls]
     s = _scorer(ctx)
 
     def candidates(cats: list[str]) -> list[str]:
@@ -372,7 +376,7 @@ def _classify_batch(calls: Sequence[Mapping[str, Any]], ctx: Context) -> list[Ob
     outputs: list[Objects] = []
     for _, objs, cats in jobs:
         if not objs:
-            outputs.append([])
+            outputs.append(Objects())
             continue
         text_embeds = torch.stack([texts[_prompt(s, c)] for c in candidates(cats)])
         logits = s.logits(next(image_embeds), text_embeds)  # (objects, categories)
@@ -380,11 +384,11 @@ def _classify_batch(calls: Sequence[Mapping[str, Any]], ctx: Context) -> list[Ob
         probs = probs[:, : len(cats)]
         scores, best = probs.max(dim=1)
         labelled = [_scored(o, float(p), cats[k]) for o, p, k in zip(objs, scores.tolist(), best.tolist(), strict=True)]
-        outputs.append(sorted(labelled, key=lambda d: -d.score))
+        outputs.append(Objects(labelled).best_first())
     return outputs
 
 
-@module(aliases=["CLASSIFY"], batch=_classify_batch, backends=BACKENDS, default_backend="clip")
+@module(aliases=["CLASSIFY"], batch=_classify_batch, backends=BACKENDS, default_backend="clip", options=OPTIONS)
 def Classify(image: Image, object: Objects, categories: list[str], *, ctx: Context) -> Objects:
     """Label every object with the category that best describes it (CLIP on each object's masked crop).
 

@@ -7,7 +7,7 @@ Backends (``--backend Loc=NAME``, model with ``--model Loc=ID``):
 - ``owlv2``: OWLv2, ``google/owlv2-base-patch16-ensemble``. Images are padded
   to a square before resizing; boxes are mapped back to the original image.
 
-Options (``[modules.Loc]`` in the config file, or ``Runtime.set_option``):
+Options (``[modules.Loc]`` in the config file, ``--option Loc.NAME=VALUE``, or ``Runtime.set_option``):
 
 - ``box_threshold``: the score a box needs (default 0.3 for Grounding DINO, 0.1 for OWLv2);
 - ``text_threshold``: Grounding DINO's token threshold (default 0.25; it only
@@ -27,27 +27,33 @@ model (``ctx.cache``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from visprog.modules._ops import nms
-
-from visprog.language.signatures import module
+from visprog.language.signatures import Option, module
 from visprog.language.values import Detection, Image, Objects
-from visprog.running.hub import load_model
+from visprog.running.hub import Placement, load_model
 from visprog.running.runtime import Context
 
-__all__ = ["BACKENDS", "DEFAULTS", "REGION_WORDS", "Loc"]
+__all__ = ["BACKENDS", "OPTIONS", "REGION_WORDS", "Loc"]
 
 #: VisProg's region words: Loc answers them with that half of the image, without a model.
 REGION_WORDS = ("TOP", "BOTTOM", "LEFT", "RIGHT")
 
-#: Per-backend default options.
-DEFAULTS: dict[str, dict[str, float]] = {
-    "grounding-dino": {"box_threshold": 0.3, "text_threshold": 0.25, "nms_iou": 0.5},
-    "owlv2": {"box_threshold": 0.1, "nms_iou": 0.5},
-}
+#: Loc's options, with their defaults (per backend where they differ).
+OPTIONS = [
+    Option(
+        "box_threshold",
+        float,
+        None,
+        "the score a box needs",
+        backend_defaults={"grounding-dino": 0.3, "owlv2": 0.1},
+    ),
+    Option("text_threshold", float, 0.25, "Grounding DINO's token threshold (only for the text labels, unused)"),
+    Option("nms_iou", float, 0.5, "boxes overlapping a better one by more than this IoU are dropped (1.0 keeps all)"),
+]
 
 #: One query: (image, object) as the program gave them.
 Query = tuple[Image, str]
@@ -69,31 +75,26 @@ def _region(image: Image, obj: str) -> Detection | None:
 
 
 def _option(ctx: Context, name: str) -> float:
-    value = ctx.options.get(name, DEFAULTS[ctx.backend][name])
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Loc option '{name}' must be a number, got {value!r}") from None
+    return float(ctx.option(name))
 
 
 def _rgb(image: Image) -> Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _finish(boxes: Any, scores: Any, size: tuple[int, int], label: str, nms_iou: float) -> list[Detection]:
+def _finish(boxes: Any, scores: Any, size: tuple[int, int], label: str, nms_iou: float) -> Objects:
     """Clip boxes to the image, drop empty ones, suppress overlaps, best score first."""
-    w, h = size
-    boxes = boxes.detach().float().cpu().reshape(-1, 4)
-    scores = scores.detach().float().cpu().reshape(-1).clamp(0.0, 1.0)
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-    nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    boxes, scores = boxes[nonempty], scores[nonempty]
-    out = []
-    for i in nms(boxes, scores, nms_iou).tolist():  # best score first; nms_iou >= 1 keeps every box
-        x0, y0, x1, y1 = boxes[i].tolist()
-        out.append(Detection((x0, y0, x1, y1), float(scores[i]), label))
-    return out
+    boxes = boxes.detach().float().cpu().reshape(-1, 4).tolist()
+    scores = scores.detach().float().cpu().reshape(-1).clamp(0.0, 1.0).tolist()
+    pairs = zip(boxes, scores, strict=True)
+    found = Objects(_box(box, score, label) for box, score in pairs if not any(math.isnan(v) for v in box))
+    return found.clipped(size).nms(nms_iou)  # nms_iou >= 1 keeps every box
+
+
+def _box(box: list[float], score: float, label: str) -> Detection:
+    """A detection of a model's box; a box with its corners swapped has no area (clipping drops it)."""
+    x0, y0, x1, y1 = box
+    return Detection((x0, y0, max(x0, x1), max(y0, y1)), score, label)
 
 
 def _pixels(ctx: Context, processor: Any, image: Image) -> dict[str, Any]:
@@ -113,7 +114,7 @@ def _groups(pixels: Sequence[dict[str, Any]]) -> list[list[int]]:
 # --- Grounding DINO -----------------------------------------------------------
 
 
-def _load_grounding_dino(model_id: str) -> tuple[Any, Any]:
+def _load_grounding_dino(model_id: str, placement: Placement) -> tuple[Any, Any]:
     from transformers import (
         AutoTokenizer,
         GroundingDinoForObjectDetection,
@@ -121,7 +122,7 @@ def _load_grounding_dino(model_id: str) -> tuple[Any, Any]:
         GroundingDinoProcessor,
     )
 
-    model = GroundingDinoForObjectDetection.from_pretrained(model_id)
+    model = GroundingDinoForObjectDetection.from_pretrained(model_id, **placement.pretrained_kwargs())
     processor = GroundingDinoProcessor(
         image_processor=GroundingDinoImageProcessorPil.from_pretrained(model_id),
         tokenizer=AutoTokenizer.from_pretrained(model_id),
@@ -135,7 +136,7 @@ def _dino_prompt(obj: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def _grounding_dino(ctx: Context, queries: Sequence[Query]) -> list[list[Detection]]:
+def _grounding_dino(ctx: Context, queries: Sequence[Query]) -> list[Objects]:
     import torch
 
     model, processor = load_model(ctx, _load_grounding_dino)
@@ -144,7 +145,7 @@ def _grounding_dino(ctx: Context, queries: Sequence[Query]) -> list[list[Detecti
     device, dtype = ctx.runtime.device, ctx.runtime.torch_dtype()
     max_len = int(model.config.max_text_len)  # longer prompts break the model's text masks
     pixels = [_pixels(ctx, processor, image) for image, _ in queries]
-    out: list[list[Detection]] = [[] for _ in queries]
+    out: list[Objects] = [Objects() for _ in queries]
     for group in _groups(pixels):
         prompts = [_dino_prompt(queries[i][1]) for i in group]
         text = processor(text=prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
@@ -169,10 +170,10 @@ def _grounding_dino(ctx: Context, queries: Sequence[Query]) -> list[list[Detecti
 # --- OWLv2 --------------------------------------------------------------------
 
 
-def _load_owlv2(model_id: str) -> tuple[Any, Any]:
+def _load_owlv2(model_id: str, placement: Placement) -> tuple[Any, Any]:
     from transformers import AutoTokenizer, Owlv2ForObjectDetection, Owlv2ImageProcessorPil, Owlv2Processor
 
-    model = Owlv2ForObjectDetection.from_pretrained(model_id)
+    model = Owlv2ForObjectDetection.from_pretrained(model_id, **placement.pretrained_kwargs())
     processor = Owlv2Processor(
         image_processor=Owlv2ImageProcessorPil.from_pretrained(model_id),
         tokenizer=AutoTokenizer.from_pretrained(model_id),
@@ -180,14 +181,14 @@ def _load_owlv2(model_id: str) -> tuple[Any, Any]:
     return model, processor
 
 
-def _owlv2(ctx: Context, queries: Sequence[Query]) -> list[list[Detection]]:
+def _owlv2(ctx: Context, queries: Sequence[Query]) -> list[Objects]:
     import torch
 
     model, processor = load_model(ctx, _load_owlv2)
     threshold, nms_iou = _option(ctx, "box_threshold"), _option(ctx, "nms_iou")
     device, dtype = ctx.runtime.device, ctx.runtime.torch_dtype()
     pixels = [_pixels(ctx, processor, image) for image, _ in queries]
-    out: list[list[Detection]] = [[] for _ in queries]
+    out: list[Objects] = [Objects() for _ in queries]
     for group in _groups(pixels):  # one group: every image is resized to the same square
         # truncation: CLIP's text encoder takes 16 tokens
         text = processor(text=[[queries[i][1].strip()] for i in group], truncation=True, return_tensors="pt")
@@ -207,7 +208,7 @@ def _owlv2(ctx: Context, queries: Sequence[Query]) -> list[list[Detection]]:
     return out
 
 
-BACKENDS: dict[str, Callable[[Context, Sequence[Query]], list[list[Detection]]]] = {
+BACKENDS: dict[str, Callable[[Context, Sequence[Query]], list[Objects]]] = {
     "grounding-dino": _grounding_dino,
     "owlv2": _owlv2,
 }
@@ -223,14 +224,14 @@ def _loc_batch(calls: Sequence[dict[str, Any]], ctx: Context) -> list[Objects]:
             raise ValueError("Loc needs an object to find, got an empty string")
         region = _region(image, obj)
         if region is not None:
-            out[i] = [region]
+            out[i] = Objects([region])
         else:
             pending.append(i)
     if pending:
         found = BACKENDS[ctx.backend](ctx, [(calls[i]["image"], calls[i]["object"]) for i in pending])
         for i, objects in zip(pending, found, strict=True):
             out[i] = objects
-    return [objects if objects is not None else [] for objects in out]
+    return [objects if objects is not None else Objects() for objects in out]
 
 
 @module(
@@ -238,6 +239,7 @@ def _loc_batch(calls: Sequence[dict[str, Any]], ctx: Context) -> list[Objects]:
     batch=_loc_batch,
     backends={"grounding-dino": "IDEA-Research/grounding-dino-tiny", "owlv2": "google/owlv2-base-patch16-ensemble"},
     default_backend="grounding-dino",
+    options=OPTIONS,
 )
 def Loc(image: Image, object: str, ctx: Context) -> Objects:
     """Find every instance of a named object in the image, as boxes, best match first.

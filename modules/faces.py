@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visprog.errors import ModelUnavailableError
-from visprog.language.signatures import module
+from visprog.language.signatures import Option, module
 from visprog.language.values import Detection, Image, Objects
-from visprog.running.hub import fetch_command, load_model
+from visprog.running.hub import Placement, fetch_command, load_model
 from visprog.running.runtime import Context
 
 if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
@@ -46,6 +46,15 @@ def _ellipse_mask(box: tuple[int, int, int, int], size: tuple[int, int]) -> np.n
     return ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1.0
 
 
+def _faces(boxes: Objects, size: tuple[int, int]) -> Objects:
+    """Faces of whole-pixel boxes: clipped to the image, each with the ellipse in its box as mask, best first."""
+    faces = Objects()
+    for d in boxes.clipped(size):
+        box = d.int_box()
+        faces.append(Detection(box, d.score, d.label, _ellipse_mask(box, size)))
+    return faces.best_first()
+
+
 # --- cascade --------------------------------------------------------------------
 
 
@@ -55,29 +64,28 @@ def _cascade_detector() -> Any:
     return feature.Cascade(data.lbp_frontal_face_cascade_filename())
 
 
-def _cascade(image: Image, ctx: Context) -> list[Detection]:
+def _cascade(image: Image, ctx: Context) -> Objects:
     import numpy as np
 
     detector = ctx.pool.get(("skimage-lbp-frontal-face",), _cascade_detector)
     rgb = np.asarray(image.convert("RGB"))
     w, h = image.size
     short = min(w, h)
-    smallest = int(ctx.options.get("min_size", max(24, short // 16)))
+    min_size = ctx.option("min_size")
+    smallest = max(24, short // 16) if min_size is None else int(min_size)
     found = detector.detect_multi_scale(
         img=rgb,
         scale_factor=1.2,
         step_ratio=1,
         min_size=(smallest, smallest),
         max_size=(short, short),
-        min_neighbor_number=int(ctx.options.get("min_neighbors", 4)),
+        min_neighbor_number=int(ctx.option("min_neighbors")),
     )
-    out = []
+    boxes = Objects()
     for d in found:
         x0, y0 = int(d["c"]), int(d["r"])
-        x1, y1 = min(x0 + int(d["width"]), w), min(y0 + int(d["height"]), h)
-        box = (x0, y0, x1, y1)
-        out.append(Detection(box, 1.0, "face", _ellipse_mask(box, (w, h))))
-    return sorted(out, key=lambda d: -d.area)
+        boxes.append(Detection((x0, y0, x0 + int(d["width"]), y0 + int(d["height"])), 1.0, "face"))
+    return _faces(boxes, (w, h))
 
 
 # --- yunet ----------------------------------------------------------------------
@@ -125,48 +133,51 @@ def yunet_model_file(model_id: str) -> str:
     return str(hf_hub_download(repo_id=model_id, filename=YUNET_FILE))
 
 
-def _yunet_detector(model_id: str) -> Any:
+def _yunet_detector(model_id: str, placement: Placement) -> Any:
     import cv2
 
     # The input size and thresholds are set again before every detection.
     return cv2.FaceDetectorYN.create(yunet_model_file(model_id), "", (320, 320), 0.7, 0.3, 5000)
 
 
-def _yunet(image: Image, ctx: Context) -> list[Detection]:
+def _yunet(image: Image, ctx: Context) -> Objects:
     import numpy as np
 
     detector = load_model(ctx, _yunet_detector, on_device=False)
     w, h = image.size
     bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
     detector.setInputSize((w, h))
-    detector.setScoreThreshold(float(ctx.options.get("score_threshold", 0.7)))
-    detector.setNMSThreshold(float(ctx.options.get("nms_threshold", 0.3)))
-    detector.setTopK(int(ctx.options.get("top_k", 5000)))
+    detector.setScoreThreshold(float(ctx.option("score_threshold")))
+    detector.setNMSThreshold(float(ctx.option("nms_threshold")))
+    detector.setTopK(int(ctx.option("top_k")))
     _, faces = detector.detect(bgr)
-    out = []
+    boxes = Objects()
     # Each row: x, y, width, height, five (x, y) landmarks (eyes, nose tip, mouth corners), score.
     for row in [] if faces is None else faces:
         x, y, fw, fh = (float(v) for v in row[:4])
-        box = (
-            min(max(round(x), 0), w),
-            min(max(round(y), 0), h),
-            min(max(round(x + fw), 0), w),
-            min(max(round(y + fh), 0), h),
-        )
-        if box[2] <= box[0] or box[3] <= box[1]:
-            continue
-        score = min(max(float(row[14]), 0.0), 1.0)
-        out.append(Detection(box, score, "face", _ellipse_mask(box, (w, h))))
-    return sorted(out, key=lambda d: -d.score)
+        x0, y0, x1, y1 = round(x), round(y), round(x + fw), round(y + fh)
+        boxes.append(Detection((x0, y0, max(x0, x1), max(y0, y1)), min(max(float(row[14]), 0.0), 1.0), "face"))
+    return _faces(boxes, (w, h))
 
 
-BACKENDS: dict[str, Callable[[Image, Context], list[Detection]]] = {"yunet": _yunet, "cascade": _cascade}
+BACKENDS: dict[str, Callable[[Image, Context], Objects]] = {"yunet": _yunet, "cascade": _cascade}
+
+
+#: FaceDet's options (``[modules.FaceDet]`` in the config file, ``--option FaceDet.NAME=VALUE``).
+OPTIONS = [
+    Option("score_threshold", float, 0.7, "yunet: the score a face needs"),
+    Option("nms_threshold", float, 0.3, "yunet: faces overlapping a better one by more than this IoU are dropped"),
+    Option("top_k", int, 5000, "yunet: at most this many candidates before suppression"),
+    Option("min_size", int, None, "cascade: the smallest face in pixels (default: 1/16 of the shorter side, >= 24)"),
+    Option("min_neighbors", int, 4, "cascade: how many overlapping detections a face needs"),
+]
 
 
 @module(
     aliases=["FACEDET", "FaceDetect", "Faces"],
     backends={"yunet": YUNET_REPO, "cascade": None},
     default_backend="yunet",
+    options=OPTIONS,
 )
 def FaceDet(image: Image, ctx: Context) -> Objects:
     """Find the faces in an image, with a box and an elliptical mask for each.

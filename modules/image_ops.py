@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from PIL import Image as PILImage
-from PIL import ImageDraw, ImageFilter
+from PIL import ImageFilter
 
+from visprog.language.objects import as_objects
 from visprog.language.signatures import module
-from visprog.language.values import Detection, Image, Objects
-from visprog.presentation.drawing import PALETTE
-from visprog.presentation.drawing import font as _font
+from visprog.language.values import Image, Objects
+from visprog.presentation.drawing import draw_objects
 
 if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
     import numpy as np
@@ -146,17 +146,6 @@ def _rgb(image: Image) -> Image:
     return image.convert("RGB") if image.mode != "RGB" else image.copy()
 
 
-def _union(objects: Objects, size: tuple[int, int]) -> np.ndarray:
-    """The union of the objects' regions (masks, else boxes) as a (height, width) bool array."""
-    import numpy as np
-
-    w, h = size
-    mask = np.zeros((h, w), dtype=bool)
-    for obj in objects:
-        mask |= obj.region(size)
-    return mask
-
-
 def _composite(inside: Image, outside: Image, mask: np.ndarray) -> Image:
     """``inside`` where the mask is set, ``outside`` elsewhere (both RGB, same size)."""
     import numpy as np
@@ -175,7 +164,7 @@ def ColorPop(image: Image, object: Objects) -> Image:
     """
     rgb = _rgb(image)
     gray = rgb.convert("L").convert("RGB")
-    return _composite(rgb, gray, _union(object, rgb.size))
+    return _composite(rgb, gray, as_objects(object).union_mask(rgb.size))
 
 
 @module(aliases=["BGBLUR"])
@@ -189,7 +178,7 @@ def BgBlur(image: Image, object: Objects) -> Image:
     rgb = _rgb(image)
     radius = max(2.0, max(rgb.size) / 100)
     blurred = rgb.filter(ImageFilter.GaussianBlur(radius))
-    return _composite(rgb, blurred, _union(object, rgb.size))
+    return _composite(rgb, blurred, as_objects(object).union_mask(rgb.size))
 
 
 # --- emoji ------------------------------------------------------------------------
@@ -293,44 +282,12 @@ def Emoji(image: Image, object: Objects, emoji: str) -> Image:
 # --- tags -----------------------------------------------------------------------
 
 
-
-def _tag_text(obj: Detection) -> str:
-    score = f"{obj.score:.2f}" if obj.score < 1 else ""
-    return " ".join(part for part in (obj.label, score) if part)
-
-
-def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
-    r, g, b = background
-    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
-
-
 @module(aliases=["TAG"])
 def Tag(image: Image, object: Objects) -> Image:
-    """Draw each object's box and its label (with the score when below 1).
+    """Draw each object's box and its label (with the score when below 1; '#1', '#2', ... when it has none).
 
     Args:
         image: the image to draw on.
         object: the objects to tag; objects with the same label share a colour.
     """
-    out = _rgb(image)
-    draw = ImageDraw.Draw(out)
-    short = min(out.size)
-    font = _font(max(10, round(short / 28)))
-    width = max(2, round(short / 200))
-    pad = max(2, width)
-    colours: dict[str, tuple[int, int, int]] = {}
-    for obj in object:
-        colour = colours.setdefault(obj.label, PALETTE[len(colours) % len(PALETTE)])
-        x0, y0, x1, y1 = obj.int_box(out.size)
-        draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=colour, width=width)
-        text = _tag_text(obj)
-        if not text:
-            continue
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        text_w, text_h = right - left + 2 * pad, bottom - top + 2 * pad
-        # Above the box when there is room, else just inside its top edge.
-        ty = y0 - text_h if y0 >= text_h else y0
-        tx = min(x0, max(0, out.width - text_w))
-        draw.rectangle((tx, ty, tx + text_w - 1, ty + text_h - 1), fill=colour)
-        draw.text((tx + pad - left, ty + pad - top), text, font=font, fill=_text_colour(colour))
-    return out
+    return draw_objects(image, object, colour_by="label", masks=False)

@@ -27,15 +27,15 @@ Options (``[modules.Replace]`` in the config file):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image as PILImage
 
 from visprog.errors import VisprogError
-from visprog.language.signatures import module
-from visprog.language.values import Image, Objects, parse_bool
-from visprog.running.hub import load_model
+from visprog.language.objects import as_objects
+from visprog.language.signatures import Option, module
+from visprog.language.values import Image, Objects
+from visprog.running.hub import Placement, load_model
 from visprog.running.runtime import Context
 
 if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
@@ -68,10 +68,7 @@ def dilated_mask(objects: Objects, size: tuple[int, int], dilate: int | None = N
     """
     import numpy as np
 
-    w, h = size
-    mask = np.zeros((h, w), dtype=bool)
-    for obj in objects:
-        mask |= obj.region(size)
+    mask = as_objects(objects).union_mask(size)
     radius = default_dilation(size) if dilate is None else int(dilate)
     if radius < 0:
         raise ValueError(f"dilate must be 0 or more pixels, got {dilate}")
@@ -99,41 +96,22 @@ def working_size(size: tuple[int, int], longest: int = DEFAULT_SIZE) -> tuple[in
 # --- the pipeline ------------------------------------------------------------------------
 
 
-def _flag(options: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = options.get(name, default)
-    if isinstance(value, str):
-        parsed = parse_bool(value)
-        if parsed is None:
-            raise VisprogError(f"Replace option '{name}' must be true or false, got {value!r}")
-        return parsed
-    return bool(value)
-
-
-def _dtype_keyword() -> str:
-    """``dtype`` where this diffusers takes it (0.42 renamed ``torch_dtype``, which now warns), else ``torch_dtype``."""
-    from diffusers.utils import deprecation_utils
-
-    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-
-
 def _pipeline(ctx: Context, safety_checker: bool) -> Any:
     """The inpainting pipeline on the runtime's device and dtype, loaded once per process."""
-    device, dtype = ctx.runtime.device, ctx.runtime.torch_dtype()
 
-    def load(model_id: str, **extra: Any) -> Any:
+    def load(model_id: str, placement: Placement, **extra: Any) -> Any:
         from diffusers import StableDiffusionInpaintPipeline
 
-        kwargs: dict[str, Any] = {_dtype_keyword(): dtype, **extra}
-        pipe = StableDiffusionInpaintPipeline.from_pretrained(model_id, **kwargs)
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(model_id, **placement.pretrained_kwargs(), **extra)
         # A pipeline has .to but no .eval, so load_model leaves it where it is: move it here.
-        return pipe.to(device)
+        return pipe.to(placement.device)
 
     # Two loaders, so that the pool keeps the two variants apart.
-    def load_with_safety_checker(model_id: str) -> Any:
-        return load(model_id)
+    def load_with_safety_checker(model_id: str, placement: Placement) -> Any:
+        return load(model_id, placement)
 
-    def load_without_safety_checker(model_id: str) -> Any:
-        return load(model_id, safety_checker=None, requires_safety_checker=False)
+    def load_without_safety_checker(model_id: str, placement: Placement) -> Any:
+        return load(model_id, placement, safety_checker=None, requires_safety_checker=False)
 
     return load_model(ctx, load_with_safety_checker if safety_checker else load_without_safety_checker)
 
@@ -145,10 +123,24 @@ def _generator(device: str, seed: int) -> Any:
     return torch.Generator(device="cpu" if device.startswith("mps") else device).manual_seed(seed)
 
 
+#: Replace's options (``[modules.Replace]`` in the config file, ``--option Replace.NAME=VALUE``).
+OPTIONS = [
+    Option("num_inference_steps", int, 50, "denoising steps"),
+    Option("guidance_scale", float, 7.5, "how closely the result follows the prompt"),
+    Option("negative_prompt", str, None, "what the result should not show"),
+    Option("seed", int, 0, "the same seed, image, objects and prompt give the same edit"),
+    Option("size", int, DEFAULT_SIZE, "the longest side of the image Stable Diffusion works on"),
+    Option("dilate", int, None, "pixels the region grows by (default: 1% of the longest side, at least 1)"),
+    Option("safety_checker", bool, True, "keep the checkpoint's NSFW filter (a flagged edit fails the step)"),
+    Option("progress", bool, False, "show diffusers' progress bar"),
+]
+
+
 @module(
     aliases=["REPLACE"],
     backends={"sd-inpainting": DEFAULT_MODEL},
     default_backend="sd-inpainting",
+    options=OPTIONS,
 )
 def Replace(image: Image, object: Objects, prompt: str, ctx: Context) -> Image:
     """Repaint the objects with what the prompt describes, keeping the rest of the image exactly.
@@ -167,20 +159,19 @@ def Replace(image: Image, object: Objects, prompt: str, ctx: Context) -> Image:
     rgb = image.convert("RGB") if image.mode != "RGB" else image.copy()
     if not object:
         return rgb
-    options = ctx.options
-    dilate = options.get("dilate")
+    dilate = ctx.option("dilate")
     region = dilated_mask(object, rgb.size, None if dilate is None else int(dilate))
     if not region.any():
         return rgb
-    work_w, work_h = working_size(rgb.size, int(options.get("size", DEFAULT_SIZE)))
-    checker, progress = _flag(options, "safety_checker", True), _flag(options, "progress", False)
+    work_w, work_h = working_size(rgb.size, int(ctx.option("size")))
+    checker, progress = bool(ctx.option("safety_checker")), bool(ctx.option("progress"))
     pipe = _pipeline(ctx, checker)
     pipe.set_progress_bar_config(disable=not progress)
 
     # Any pixel the region touches is repainted: a box-filtered mask, kept where it is above 0.
     mask = PILImage.fromarray(region.astype(np.uint8) * 255).resize((work_w, work_h), PILImage.Resampling.BOX)
     mask = mask.point(lambda v: 255 if v > 0 else 0)
-    negative = options.get("negative_prompt")
+    negative = ctx.option("negative_prompt")
 
     import torch
 
@@ -191,10 +182,10 @@ def Replace(image: Image, object: Objects, prompt: str, ctx: Context) -> Image:
             mask_image=mask,
             height=work_h,
             width=work_w,
-            num_inference_steps=int(options.get("num_inference_steps", 50)),
-            guidance_scale=float(options.get("guidance_scale", 7.5)),
+            num_inference_steps=int(ctx.option("num_inference_steps")),
+            guidance_scale=float(ctx.option("guidance_scale")),
             negative_prompt=None if negative is None else str(negative),
-            generator=_generator(ctx.runtime.device, int(options.get("seed", 0))),
+            generator=_generator(ctx.runtime.device, int(ctx.option("seed"))),
             output_type="pil",
         )
     flagged = getattr(result, "nsfw_content_detected", None)

@@ -16,11 +16,11 @@ Options (``[modules.List]`` in the config, or ``--model List=NAME``):
 A config file's ``[llm]`` table (the planner's settings) supplies ``model``,
 ``base_url``, ``api_key``, ``timeout`` and ``max_retries`` where List has none.
 
-The request goes through the planner's :class:`~visprog.llm.clients.OpenAIBackend`,
-so List and the planner share one client setup (retries of rate limits, server
-errors and lost connections with capped backoff) and one translation of
-``openai`` failures into errors that name List, the server and the model, and
-say what to check.
+The request goes through :class:`visprog.llm.OpenAIClient`, the client the
+planner uses too: List and the planner share one client setup (retries of rate
+limits, server errors and lost connections with capped backoff) and one
+translation of ``openai`` failures into errors that name List, the server and
+the model, and say what to check.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from visprog.errors import ConfigError, ServiceError
-from visprog.language.signatures import module
-from visprog.llm.clients import DEFAULT_MODEL, LLMConfig, OpenAIBackend
+from visprog.language.signatures import Option, module
+from visprog.llm import LLMConfig, OpenAIClient
 from visprog.running.runtime import Context
 
-__all__ = ["DEFAULT_MODEL", "SYSTEM_PROMPT", "List_", "parse_items", "user_prompt"]
+__all__ = ["SYSTEM_PROMPT", "List_", "parse_items", "user_prompt"]
 
 SYSTEM_PROMPT = (
     "You answer questions with a plain list. Write one item per line, "
@@ -108,19 +108,19 @@ def _number(options: Mapping[str, Any], name: str, default: float, kind: type[fl
         raise ConfigError(f"List: option {name} must be a number, got {value!r}") from None
 
 
-def _backend(ctx: Context) -> OpenAIBackend:
-    """The planner's OpenAI backend for List's settings, one per settings in the model pool.
+def _client(ctx: Context) -> OpenAIClient:
+    """The LLM client for List's settings, one per settings in the model pool.
 
-    The backend resolves the model, server and key (options, else the
+    The client resolves the model, server and key (options, else the
     environment, else the defaults), sends the request, retries and turns every
     ``openai`` failure into a :class:`ServiceError` that starts with ``List:``.
     """
     # the planner's [llm] settings (config file) first, then List's own options
     llm = {k: v for k, v in ctx.runtime.llm.items() if k in _SHARED}
     options = {**llm, **ctx.options}
-    timeout = _number(options, "timeout", 60.0, float)
-    max_retries = _number(options, "max_retries", 2, int)
-    temperature = _number(options, "temperature", 0.0, float)
+    timeout = _number(options, "timeout", ctx.option("timeout"), float)
+    max_retries = _number(options, "max_retries", ctx.option("max_retries"), int)
+    temperature = _number(options, "temperature", ctx.option("temperature"), float)
     if not timeout > 0 or max_retries < 0 or temperature < 0:
         raise ConfigError(
             "List: timeout must be positive, max_retries and temperature 0 or more, "
@@ -135,23 +135,34 @@ def _backend(ctx: Context) -> OpenAIBackend:
         timeout=timeout,
         max_retries=max_retries,
     )
-    backend = OpenAIBackend(config, who="List", option="List option")
-    return ctx.pool.get(("openai-backend", *backend.fingerprint), lambda: backend)
+    client = OpenAIClient(config, who="List", option="List option")
+    return ctx.pool.get(("openai-client", *client.fingerprint), lambda: client)
 
 
 def _ask(ctx: Context, query: str, limit: int) -> list[str]:
-    backend = _backend(ctx)
+    client = _client(ctx)
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": user_prompt(query, limit)},
     ]
-    (text,) = backend.complete(messages)
+    (text,) = client.complete(messages)
     if not text:
-        raise ServiceError(f"List: the LLM server at {backend.base_url} (model '{backend.model}') returned no text")
+        raise ServiceError(f"{client.where} returned no text")
     return parse_items(text, limit)
 
 
-@module(name="List", aliases=["LIST"], backends={"openai": None})
+#: List's options (``[modules.List]`` in the config file, ``--option List.NAME=VALUE``).
+OPTIONS = [
+    Option("model", str, None, "the LLM (default: the [llm] table's, else $VISPROG_LLM_MODEL, else gpt-4o-mini)"),
+    Option("base_url", str, None, "an OpenAI-compatible server (default: $OPENAI_BASE_URL, else OpenAI's)"),
+    Option("api_key", str, None, "the server's key (default: $OPENAI_API_KEY)"),
+    Option("timeout", float, 60.0, "seconds per request"),
+    Option("max_retries", int, 2, "retries of a failed request"),
+    Option("temperature", float, 0.0, "sampling temperature (0: repeatable lists)"),
+]
+
+
+@module(name="List", aliases=["LIST"], backends={"openai": None}, options=OPTIONS)
 def List_(query: str, max: int = 20, *, ctx: Context) -> list[str]:
     """List things from world knowledge, asked of a language model (one short item each).
 

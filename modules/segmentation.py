@@ -33,12 +33,13 @@ covers its mask.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from visprog.language.signatures import module
+from visprog.language.objects import nms_indices
+from visprog.language.signatures import Option, module
 from visprog.language.values import Detection, Image, Objects
-from visprog.running.hub import load_model
+from visprog.running.hub import Placement, load_model
 from visprog.running.runtime import Context
 
 if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
@@ -56,51 +57,26 @@ SAM_EMBEDDING_CACHE = "sam-image-embedding:{model_id}"
 # ---------------------------------------------------------------- helpers
 
 
-def _option(options: Mapping[str, Any], names: Iterable[str], default: float) -> float:
-    """The first of ``names`` set in ``options``, as a number; ``default`` when none is."""
-    for name in names:
-        value = options.get(name)
-        if value is not None:
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"Seg option '{name}' must be a number, got {value!r}") from None
-    return float(default)
+def _option(ctx: Context, name: str) -> float:
+    """One of Seg's number options: as set, else its default (for the backend)."""
+    return float(ctx.option(name))
 
 
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """The bounding box (x0, y0, x1, y1) of a boolean mask, exclusive ends; None when empty."""
-    import numpy as np
-
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+def _segment(mask: np.ndarray, score: float, label: str) -> Detection | None:
+    """The segment of a mask, boxed by it, its score clamped to [0, 1]; None for an empty mask."""
+    if not mask.any():
         return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def _best_first(found: list[tuple[Detection, int]]) -> list[Detection]:
-    """Detections by score descending, then mask area descending (stable)."""
-    return [d for d, _ in sorted(found, key=lambda item: (-item[0].score, -item[1]))]
-
-
-def _detection(mask: np.ndarray, score: float, label: str) -> tuple[Detection, int] | None:
-    box = _mask_box(mask)
-    if box is None:
-        return None
-    score = min(max(float(score), 0.0), 1.0)
-    return Detection(box, score, label, mask), int(mask.sum())
+    return Detection.from_mask(mask, min(max(float(score), 0.0), 1.0), label)
 
 
 # ---------------------------------------------------------------- SAM
 
 
-def _load_sam(model_id: str) -> tuple[Any, Any]:
-    from transformers import SamModel
-    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+def _load_sam(model_id: str, placement: Placement) -> tuple[Any, Any]:
+    from transformers import SamImageProcessorPil, SamModel
 
     processor = SamImageProcessorPil.from_pretrained(model_id)
-    model = SamModel.from_pretrained(model_id)
+    model = SamModel.from_pretrained(model_id, **placement.pretrained_kwargs())
     return model, processor
 
 
@@ -184,22 +160,23 @@ def _sam_filter(
     return binary, scores, boxes
 
 
-def _sam(image: Image, ctx: Context) -> list[Detection]:
+def _sam(image: Image, ctx: Context) -> Objects:
     import numpy as np
     import torch
-    from visprog.modules._ops import batched_nms
 
-    opts = ctx.options
-    points_per_side = _option(opts, ["points_per_side"], 32)
-    points_per_batch = _option(opts, ["points_per_batch"], 64)
+    points_per_side = int(ctx.option("points_per_side"))
+    points_per_batch = int(ctx.option("points_per_batch"))
     for name, value in (("points_per_side", points_per_side), ("points_per_batch", points_per_batch)):
-        if value < 1 or not value.is_integer():
-            raise ValueError(f"Seg option '{name}' must be a whole number of at least 1, got {value:g}")
-    iou_thresh = _option(opts, ["pred_iou_thresh"], 0.88)
-    stability_thresh = _option(opts, ["stability_score_thresh"], 0.95)
-    stability_offset = _option(opts, ["stability_score_offset"], 1.0)
-    mask_threshold = _option(opts, ["mask_threshold"], 0.0)
-    nms_thresh = _option(opts, ["box_nms_thresh", "crops_nms_thresh"], 0.7)
+        if value < 1:
+            raise ValueError(f"Seg option '{name}' must be a whole number of at least 1, got {value}")
+    iou_thresh = _option(ctx, "pred_iou_thresh")
+    stability_thresh = _option(ctx, "stability_score_thresh")
+    stability_offset = _option(ctx, "stability_score_offset")
+    mask_threshold = _option(ctx, "mask_threshold")
+    nms = ctx.options.get("crops_nms_thresh")  # the pipeline's name, used when box_nms_thresh is not set
+    if nms is None or "box_nms_thresh" in ctx.options:
+        nms = ctx.option("box_nms_thresh")
+    nms_thresh = float(nms)
 
     model, processor = load_sam(ctx)
     device = model.device
@@ -242,26 +219,25 @@ def _sam(image: Image, ctx: Context) -> list[Detection]:
             del out, masks
         scores_t = torch.cat(all_scores)
         boxes_t = torch.cat(all_boxes)
-        keep = batched_nms(boxes_t.float(), scores_t, torch.zeros(len(boxes_t)), nms_thresh)
+    keep = nms_indices(boxes_t.float().numpy(), scores_t.numpy(), nms_thresh)
 
     bits = np.concatenate(packed)
-    found = []
-    for k in keep.tolist():
-        d = _detection(np.unpackbits(bits[k], axis=-1, count=w).astype(bool), float(scores_t[k]), "")
+    found = Objects()
+    for k in keep:
+        d = _segment(np.unpackbits(bits[k], axis=-1, count=w).astype(bool), float(scores_t[k]), "")
         if d is not None:
             found.append(d)
-    return _best_first(found)
+    return found.best_first()
 
 
 # ---------------------------------------------------------------- Mask2Former
 
 
-def _load_mask2former(model_id: str) -> tuple[Any, Any]:
-    from transformers import Mask2FormerForUniversalSegmentation
-    from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
+def _load_mask2former(model_id: str, placement: Placement) -> tuple[Any, Any]:
+    from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessorPil
 
     processor = Mask2FormerImageProcessorPil.from_pretrained(model_id)
-    model = Mask2FormerForUniversalSegmentation.from_pretrained(model_id)
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(model_id, **placement.pretrained_kwargs())
     return model, processor
 
 
@@ -281,12 +257,11 @@ def _label_ids(values: Any, label2id: Mapping[str, int]) -> set[int]:
     return out
 
 
-def _mask2former(image: Image, ctx: Context) -> list[Detection]:
+def _mask2former(image: Image, ctx: Context) -> Objects:
     import types
 
     import torch
 
-    opts = ctx.options
     model, processor = load_model(ctx, _load_mask2former)
     rgb = image.convert("RGB")
     w, h = rgb.size
@@ -302,10 +277,10 @@ def _mask2former(image: Image, ctx: Context) -> list[Detection]:
         )
         result = processor.post_process_panoptic_segmentation(
             logits,
-            threshold=_option(opts, ["threshold"], 0.5),
-            mask_threshold=_option(opts, ["mask_threshold"], 0.5),
-            overlap_mask_area_threshold=_option(opts, ["overlap_mask_area_threshold"], 0.8),
-            label_ids_to_fuse=_label_ids(opts.get("label_ids_to_fuse"), model.config.label2id),
+            threshold=_option(ctx, "threshold"),
+            mask_threshold=_option(ctx, "mask_threshold"),
+            overlap_mask_area_threshold=_option(ctx, "overlap_mask_area_threshold"),
+            label_ids_to_fuse=_label_ids(ctx.option("label_ids_to_fuse"), model.config.label2id),
             target_sizes=[(h, w)],
         )[0]
     segmentation = result["segmentation"].cpu().numpy()
@@ -316,22 +291,45 @@ def _mask2former(image: Image, ctx: Context) -> list[Detection]:
         if sid not in segments or score > segments[sid][1]:
             segments[sid] = (label_id, score)
     id2label = model.config.id2label
-    found = []
+    found = Objects()
     for sid, (label_id, score) in segments.items():
         label = str(id2label.get(label_id, id2label.get(str(label_id), label_id)))
-        d = _detection(segmentation == sid, score, label)
+        d = _segment(segmentation == sid, score, label)
         if d is not None:
             found.append(d)
-    return _best_first(found)
+    return found.best_first()
 
 
-BACKENDS: dict[str, Callable[[Image, Context], list[Detection]]] = {"sam": _sam, "mask2former": _mask2former}
+BACKENDS: dict[str, Callable[[Image, Context], Objects]] = {"sam": _sam, "mask2former": _mask2former}
+
+
+#: Seg's options (``[modules.Seg]`` in the config file, ``--option Seg.NAME=VALUE``).
+OPTIONS = [
+    Option("points_per_side", int, 32, "sam: the point grid's points per side (at least 1)"),
+    Option("points_per_batch", int, 64, "sam: points per forward pass (at least 1; lower it to save memory)"),
+    Option("pred_iou_thresh", float, 0.88, "sam: the predicted IoU a mask needs"),
+    Option("stability_score_thresh", float, 0.95, "sam: the stability score a mask needs"),
+    Option("stability_score_offset", float, 1.0, "sam: the logit offset the stability score is measured with"),
+    Option(
+        "mask_threshold",
+        float,
+        None,
+        "the logit above which a pixel is in the mask",
+        backend_defaults={"sam": 0.0, "mask2former": 0.5},
+    ),
+    Option("box_nms_thresh", float, 0.7, "sam: masks whose boxes overlap a better one by more than this IoU go"),
+    Option("crops_nms_thresh", float, None, "sam: the pipeline's name for box_nms_thresh"),
+    Option("threshold", float, 0.5, "mask2former: the class probability a segment needs"),
+    Option("overlap_mask_area_threshold", float, 0.8, "mask2former: the share of a mask a segment must keep"),
+    Option("label_ids_to_fuse", list[str], None, "mask2former: class ids or names whose segments merge into one"),
+]
 
 
 @module(
     aliases=["SEG", "Segment"],
     backends={"sam": SAM_DEFAULT, "mask2former": MASK2FORMER_DEFAULT},
     default_backend="sam",
+    options=OPTIONS,
 )
 def Seg(image: Image, ctx: Context) -> Objects:
     """Segment the image into regions (objects and background parts), each with a pixel mask and a box.

@@ -24,9 +24,9 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from visprog.language.signatures import module
+from visprog.language.signatures import Option, module
 from visprog.language.values import Image
-from visprog.running.hub import load_model
+from visprog.running.hub import Placement, load_model
 from visprog.running.runtime import Context
 
 __all__ = ["INSTRUCTION", "Vqa", "clean_answer", "vlm_messages", "vqa_batch"]
@@ -34,7 +34,16 @@ __all__ = ["INSTRUCTION", "Vqa", "clean_answer", "vlm_messages", "vqa_batch"]
 #: Appended to the question for chat models, which otherwise answer in sentences.
 INSTRUCTION = "Answer in a word or two."
 
-_DEFAULT_MAX_NEW_TOKENS = {"blip": 10, "vlm": 20}
+#: Vqa's options (``[modules.Vqa]`` in the config file, ``--option Vqa.NAME=VALUE``).
+OPTIONS = [
+    Option(
+        "max_new_tokens",
+        int,
+        None,
+        "the longest answer, in tokens (at least 1)",
+        backend_defaults={"blip": 10, "vlm": 20},
+    ),
+]
 
 
 def clean_answer(text: str) -> str:
@@ -45,7 +54,7 @@ def clean_answer(text: str) -> str:
 
 
 def _max_new_tokens(ctx: Context) -> int:
-    value = int(ctx.options.get("max_new_tokens", _DEFAULT_MAX_NEW_TOKENS[ctx.backend]))
+    value = int(ctx.option("max_new_tokens"))
     if value < 1:
         raise ValueError(f"Vqa option max_new_tokens must be at least 1, got {value}")
     return value
@@ -64,16 +73,15 @@ def _to_device(inputs: Mapping[str, Any], model: Any, device: str) -> dict[str, 
 # --- blip ---------------------------------------------------------------------
 
 
-def _load_blip(model_id: str) -> tuple[Any, Any]:
-    from transformers import AutoTokenizer, BlipForQuestionAnswering, BlipProcessor
-    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+def _load_blip(model_id: str, placement: Placement) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer, BlipForQuestionAnswering, BlipImageProcessorPil, BlipProcessor
 
     # The PIL image processor: same preprocessing whether or not torchvision is installed.
     processor = BlipProcessor(
         image_processor=BlipImageProcessorPil.from_pretrained(model_id),
         tokenizer=AutoTokenizer.from_pretrained(model_id),
     )
-    model = BlipForQuestionAnswering.from_pretrained(model_id)
+    model = BlipForQuestionAnswering.from_pretrained(model_id, **placement.pretrained_kwargs())
     return model, processor
 
 
@@ -165,11 +173,11 @@ def _blip(images: Sequence[Image], questions: Sequence[str], ctx: Context) -> li
 # twelve times larger.
 
 
-def _load_vlm(model_id: str) -> tuple[Any, Any]:
+def _load_vlm(model_id: str, placement: Placement) -> tuple[Any, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(model_id)
-    model = AutoModelForImageTextToText.from_pretrained(model_id)
+    model = AutoModelForImageTextToText.from_pretrained(model_id, **placement.pretrained_kwargs())
     return model, processor
 
 
@@ -237,6 +245,7 @@ def vqa_batch(calls: Sequence[Mapping[str, Any]], ctx: Context) -> list[str]:
     batch=vqa_batch,
     backends={"blip": "Salesforce/blip-vqa-capfilt-large", "vlm": "HuggingFaceTB/SmolVLM-256M-Instruct"},
     default_backend="blip",
+    options=OPTIONS,
 )
 def Vqa(image: Image, question: str, ctx: Context) -> str:
     """Answer a question about an image with a short answer (a word or two, lower case).

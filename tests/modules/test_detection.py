@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
-from visprog.modules._ops import box_iou
 from visprog.modules.detection import Loc
 
 from visprog.errors import StepError
@@ -303,6 +302,18 @@ def boxes_of(objects: list[Detection]) -> np.ndarray:
     return np.array([d.box for d in objects], dtype=float).reshape(-1, 4)
 
 
+def box_iou(a: Any, b: Any) -> np.ndarray:
+    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes, written out independently of the code under test."""
+    a, b = np.asarray(a, dtype=float).reshape(-1, 4), np.asarray(b, dtype=float).reshape(-1, 4)
+    out = np.zeros((len(a), len(b)))
+    for i, (ax0, ay0, ax1, ay1) in enumerate(a):
+        for j, (bx0, by0, bx1, by1) in enumerate(b):
+            inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+            union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+            out[i, j] = inter / union if union > 0 else 0.0
+    return out
+
+
 def scores_of(objects: list[Detection]) -> np.ndarray:
     return np.array([d.score for d in objects], dtype=float)
 
@@ -385,15 +396,15 @@ def test_nms_drops_overlapping_boxes(backend: str, folders: dict[str, Path], ast
     # the random models' boxes overlap little: a low IoU makes NMS bite
     everything, kept = loc(box_threshold=0, nms_iou=1.0), loc(box_threshold=0, nms_iou=0.1)
     assert 0 < len(kept) < len(everything)
-    iou = box_iou(torch.tensor(boxes_of(kept)), torch.tensor(boxes_of(kept)))
-    iou.fill_diagonal_(0)
+    iou = box_iou(boxes_of(kept), boxes_of(kept))
+    np.fill_diagonal(iou, 0)
     assert float(iou.max()) <= 0.1
     # every box NMS dropped overlaps a kept box with a better score by more than the IoU
     kept_boxes = {d.box for d in kept}
     assert kept_boxes < {d.box for d in everything}
     for d in everything:
         if d.box not in kept_boxes:
-            overlaps = box_iou(torch.tensor([d.box]), torch.tensor(boxes_of(kept)))[0]
+            overlaps = box_iou([d.box], boxes_of(kept))[0]
             assert any(o > 0.1 and k.score >= d.score for o, k in zip(overlaps.tolist(), kept, strict=True))
     # the default IoU (0.5) keeps at least as many as 0.1; a threshold of 1 keeps nothing
     assert len(kept) <= len(loc(box_threshold=0)) <= len(everything)
@@ -609,10 +620,9 @@ def test_empty_object_is_an_error(dino_dir: Path, astronaut: Image.Image) -> Non
         Interpreter(registry(), rt).run("BOX0=Loc(image=IMAGE, object=' ')\nRESULT=BOX0\n", {"IMAGE": astronaut})
 
 
-def test_bad_option_names_it(dino_dir: Path, astronaut: Image.Image) -> None:
-    rt = runtime(dino_dir, "grounding-dino", box_threshold="high")
-    with pytest.raises(ValueError, match="box_threshold"):
-        Loc(image=astronaut, object="cat", ctx=context(rt))
+def test_bad_option_names_it(dino_dir: Path) -> None:
+    with pytest.raises(ValueError, match="Loc option 'box_threshold' must be a number"):
+        runtime(dino_dir, "grounding-dino", box_threshold="high")
 
 
 # --- real checkpoints -----------------------------------------------------------------------------------

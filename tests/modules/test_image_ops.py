@@ -326,8 +326,24 @@ def test_tag_draws_boxes_and_labels(astronaut: Image.Image) -> None:
 
 
 def test_tag_text_and_colours() -> None:
-    assert image_ops._tag_text(Detection((0, 0, 1, 1), 0.87, "cat")) == "cat 0.87"
-    assert image_ops._tag_text(Detection((0, 0, 1, 1), 1.0, "cat")) == "cat"
+    assert drawing.tag_text(0, Detection((0, 0, 1, 1), 0.87, "cat")) == "cat 0.87"
+    assert drawing.tag_text(0, Detection((0, 0, 1, 1), 1.0, "cat")) == "cat"
+    assert drawing.tag_text(2, Detection((0, 0, 1, 1), 0.5)) == "#3 0.50"  # no label: numbered
+    cat, dog = Detection((0, 0, 1, 1), label="cat"), Detection((0, 0, 1, 1), label="dog")
+    # Tag: one colour per label; the trace page: one per object
+    p = drawing.PALETTE
+    assert drawing.object_colours([cat, dog, cat], by="label") == [p[0], p[1], p[0]]
+    assert drawing.object_colours([cat, dog, cat]) == list(drawing.PALETTE[:3])
+
+
+def test_tag_is_the_drawing_the_trace_page_uses_without_masks(astronaut: Image.Image) -> None:
+    mask = np.zeros((512, 512), dtype=bool)
+    mask[200:300, 200:300] = True
+    objects = [Detection((170, 60, 260, 140), 0.87, "face"), Detection((150, 150, 350, 350), 0.5, "", mask)]
+    tagged = arr(Tag(image=astronaut, object=objects))
+    assert np.array_equal(tagged, arr(drawing.draw_objects(astronaut, objects, colour_by="label", masks=False)))
+    assert not np.array_equal(tagged, arr(drawing.draw_objects(astronaut, objects, colour_by="label")))
+    assert np.array_equal(tagged[250, 250], arr(astronaut)[250, 250])  # the mask is not tinted
 
 
 def test_tag_font_ships_with_the_package() -> None:
@@ -335,7 +351,7 @@ def test_tag_font_ships_with_the_package() -> None:
     font_file = pathlib.Path(str(drawing.FONT_FILE)).resolve()
     assert font_file.is_relative_to(package_dir)
     assert font_file.name == "DejaVuSans.ttf" and font_file.is_file()
-    font = image_ops._font(20)
+    font = drawing.font(20)
     assert font.getname() == ("DejaVu Sans", "Book")
     assert font.size == 20
 

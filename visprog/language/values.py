@@ -1,36 +1,42 @@
-"""Value types of the VisProg language, the typed vision data, and coercions.
+"""Value types of the VisProg language, and coercions.
 
 The language has a small closed set of types. A module's Python annotations
 map onto them (:func:`type_of_annotation`); the checker propagates them
 through a program (:func:`assignable`); the interpreter converts run-time
-values that only became known at run time (:func:`coerce`).
+values that only became known at run time (:func:`coerce`). The vision data,
+:class:`Detection` and :class:`Objects` with its operations, live in
+:mod:`visprog.language.objects` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
+import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
+from collections.abc import Hashable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Union, get_args, get_origin
 
 from PIL import Image as _PILImage
 
-if TYPE_CHECKING:  # numpy is imported where masks are used: checking a program never needs it
-    import numpy as np
+from visprog.language.objects import Detection, Objects
 
 __all__ = [
+    "NUMBER_WORDS",
     "Detection",
     "Image",
     "Objects",
     "Template",
     "Type",
+    "answer_key",
     "assignable",
     "coerce",
     "describe_value",
+    "normalize_answer",
     "parse_bool",
     "parse_number",
+    "same_answer",
     "type_of_annotation",
     "type_of_value",
 ]
@@ -84,74 +90,6 @@ class Type(enum.Enum):
     __hash__ = object.__hash__
 
 
-@dataclass(frozen=True, eq=False)
-class Detection:
-    """One detected object: a box in pixels (x0, y0, x1, y1), a score, a label, an optional mask.
-
-    ``mask`` is a boolean array of the image's height and width.
-    """
-
-    box: tuple[float, float, float, float]
-    score: float = 1.0
-    label: str = ""
-    mask: np.ndarray | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if len(self.box) != 4:
-            raise ValueError(f"Detection box needs 4 numbers (x0, y0, x1, y1), got {self.box!r}")
-        x0, y0, x1, y1 = (float(v) for v in self.box)
-        if not (x1 >= x0 and y1 >= y0):
-            raise ValueError(f"Detection box must have x1 >= x0 and y1 >= y0, got {self.box!r}")
-        object.__setattr__(self, "box", (x0, y0, x1, y1))
-        object.__setattr__(self, "score", float(self.score))
-        if self.mask is not None:
-            import numpy as np
-
-            mask = np.asarray(self.mask)
-            if mask.ndim != 2:
-                raise ValueError(f"Detection mask must be 2-D (height, width), got shape {mask.shape}")
-            object.__setattr__(self, "mask", mask.astype(bool, copy=False))
-
-    @property
-    def area(self) -> float:
-        x0, y0, x1, y1 = self.box
-        return (x1 - x0) * (y1 - y0)
-
-    @property
-    def center(self) -> tuple[float, float]:
-        x0, y0, x1, y1 = self.box
-        return ((x0 + x1) / 2, (y0 + y1) / 2)
-
-    def int_box(self, size: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
-        """The box rounded to whole pixels, clipped to ``size`` (width, height) when given."""
-        x0, y0, x1, y1 = (round(v) for v in self.box)
-        if size is not None:
-            w, h = size
-            x0, x1 = min(max(x0, 0), w), min(max(x1, 0), w)
-            y0, y1 = min(max(y0, 0), h), min(max(y1, 0), h)
-        return (x0, y0, x1, y1)
-
-    def region(self, size: tuple[int, int]) -> np.ndarray:
-        """The object's pixels as a boolean (height, width) array: its mask, else its box."""
-        w, h = size
-        if self.mask is not None:
-            if self.mask.shape != (h, w):
-                raise ValueError(f"mask of shape {self.mask.shape} does not match an image of {w}x{h}")
-            return self.mask
-        import numpy as np
-
-        out = np.zeros((h, w), dtype=bool)
-        x0, y0, x1, y1 = self.int_box(size)
-        out[y0:y1, x0:x1] = True
-        return out
-
-    def with_label(self, label: str, score: float | None = None) -> Detection:
-        return Detection(self.box, self.score if score is None else score, label, self.mask)
-
-
-#: The language's object list: detections, best first.
-Objects = list[Detection]
-
 _SCALARS: dict[Any, Type] = {
     str: Type.STR,
     int: Type.INT,
@@ -172,6 +110,8 @@ def type_of_annotation(annotation: Any) -> tuple[Type, bool]:
         return _SCALARS[annotation], False
     if isinstance(annotation, type) and issubclass(annotation, _PILImage.Image):
         return Type.IMAGE, False
+    if isinstance(annotation, type) and issubclass(annotation, Objects):
+        return Type.OBJECTS, False
     origin, args = get_origin(annotation), get_args(annotation)
     if origin in (list, Sequence) and args == (Detection,):
         return Type.OBJECTS, False
@@ -202,6 +142,8 @@ def type_of_value(value: Any) -> Type:
         return Type.STR
     if isinstance(value, _PILImage.Image):
         return Type.IMAGE
+    if isinstance(value, Objects):
+        return Type.OBJECTS
     if isinstance(value, list):
         if all(isinstance(v, Detection) for v in value) and value:
             return Type.OBJECTS
@@ -225,14 +167,18 @@ def assignable(actual: Type, expected: Type, optional: bool = False) -> bool:
     return expected is Type.LIST_STR and actual is Type.STR
 
 
-_NUMBER_WORDS = {
-    w: i
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen "
-        "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
-_NUMBER_WORDS.update({"none": 0, "no": 0, "a": 1, "an": 1, "single": 1, "a single": 1})
+#: The number words, zero to twenty, by value: the one table for reading answers as numbers and for scoring them.
+NUMBER_WORDS: Mapping[str, int] = MappingProxyType(
+    {
+        w: i
+        for i, w in enumerate(
+            "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+            "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split()
+        )
+    }
+)
+#: What parse_number also reads as a count ('a single' cat); 'no', 'none', 'a', 'an' stay words.
+_NUMBER_WORDS = {**NUMBER_WORDS, "single": 1, "a single": 1}
 _NUMBER_RE = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 _TRUE = {"yes", "true", "y"}
 _FALSE = {"no", "false", "n"}
@@ -258,9 +204,90 @@ def parse_number(text: str, *, words: bool = True) -> int | float | None:
     if _NUMBER_RE.match(t):
         f = float(t)
         return int(f) if f.is_integer() and not re.search(r"[.eE]", t) else f
-    if words and t in _NUMBER_WORDS and t not in ("no", "none", "a", "an"):
+    if words and t in _NUMBER_WORDS:
         return _NUMBER_WORDS[t]
     return None
+
+
+# -- equal answers: one rule for voting and for scoring ---------------------------------------
+
+_ARTICLES = frozenset({"a", "an", "the"})
+_ANSWER_NUMBERS = {w: str(i) for w, i in NUMBER_WORDS.items()}
+_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_DECIMAL = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _by_value(text: str) -> str:
+    """A decimal number written by its value: ``2.50`` → ``2.5``, ``1.0`` → ``1``, ``007`` → ``7``."""
+    from decimal import Decimal
+
+    out = format(Decimal(text).normalize(), "f")
+    return "0" if out in ("-0", "0") else out
+
+
+def normalize_answer(value: Any) -> str:
+    """A VQA-style normal form: lower case, no punctuation or articles, number words as digits, yes/no for booleans.
+
+    ``True``, ``'True'``, ``'true'`` and ``'yes'`` all become ``'yes'``; ``False``/``'False'``/``'no'`` ``'no'``
+    (single letters such as ``'y'`` stay themselves). Numbers are written by their value, so they compare
+    by value: ``'2.50'``, ``2.5`` and ``'2.5'`` are ``'2.5'``; ``'1.0'``, ``1.0`` and ``'one'`` are ``'1'``;
+    ``'1,000'`` is ``'1000'``.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return _by_value(repr(value)) if math.isfinite(value) else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(normalize_answer(v) for v in value)
+    text = str(value).lower().strip()
+    chars = []
+    for i, c in enumerate(text):
+        between_digits = 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit()
+        # keep a decimal point between digits (2.5) and a minus sign before a number; a comma in 1,000 is dropped
+        if c == "." and between_digits:
+            chars.append(c)
+        elif c == "-" and i + 1 < len(text) and text[i + 1].isdigit() and (i == 0 or text[i - 1].isspace()):
+            chars.append(c)
+        elif c == ",":
+            chars.append("" if between_digits else " ")
+        elif c in _PUNCTUATION:
+            chars.append(" " if c in "-/" else "")
+        else:
+            chars.append(c)
+    words = [_ANSWER_NUMBERS.get(w, w) for w in "".join(chars).split() if w not in _ARTICLES]
+    out = " ".join(_by_value(w) if _DECIMAL.fullmatch(w) else w for w in words)
+    if out in ("yes", "true"):
+        return "yes"
+    if out in ("no", "false"):
+        return "no"
+    return out
+
+
+def answer_key(value: Any) -> Hashable:
+    """What makes two answers the same answer, for voting and for scoring alike.
+
+    Text, numbers, booleans, ``None`` and lists of them compare by :func:`normalize_answer`
+    (``'yes'`` equals ``True``, ``'2.0'`` equals ``2``, ``'The Dog.'`` equals ``'dog'``); any
+    other value (an image, found objects) is only the same as itself.
+    """
+    if _plain(value):
+        return normalize_answer(value)
+    return ("object", id(value))
+
+
+def same_answer(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same answer (see :func:`answer_key`)."""
+    return a is b or answer_key(a) == answer_key(b)
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
 
 
 def describe_value(value: Any) -> str:
@@ -278,7 +305,7 @@ def describe_value(value: Any) -> str:
 
 
 #: Values of exactly these Python types need no conversion (the common case, checked first).
-_EXACT: dict[Type, type] = {Type.STR: str, Type.INT: int, Type.FLOAT: float, Type.BOOL: bool}
+_EXACT: dict[Type, type] = {Type.STR: str, Type.INT: int, Type.FLOAT: float, Type.BOOL: bool, Type.OBJECTS: Objects}
 
 
 def exact_type(expected: Type) -> type | None:
@@ -290,7 +317,8 @@ def coerce(value: Any, expected: Type, optional: bool = False) -> Any:
     """Convert a run-time value to ``expected``; raise ``TypeError`` saying expected vs. got.
 
     Strings answered by models become numbers ('2', 'two') or booleans
-    ('yes', 'no') where those are expected; an empty list is a valid Objects.
+    ('yes', 'no') where those are expected; a plain list of detections (an
+    empty one too) becomes :class:`Objects`.
     """
     if expected is Type.ANY or expected is Type.TEMPLATE or type(value) is _EXACT.get(expected):
         return value
@@ -301,8 +329,10 @@ def coerce(value: Any, expected: Type, optional: bool = False) -> Any:
     if expected is Type.IMAGE and isinstance(value, _PILImage.Image):
         return value
     if expected is Type.OBJECTS and isinstance(value, list):
-        if all(isinstance(v, Detection) for v in value):
+        if isinstance(value, Objects):
             return value
+        if all(isinstance(v, Detection) for v in value):
+            return Objects(value)
     if expected is Type.STR:
         if isinstance(value, str):
             return value
