@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from visprog.running.trace import Trace
+# The trace a StepError or ListenerError carries is a visprog.running.tracing.Trace, named here by
+# this alias: the bottom layer imports no layer above it, not even for type checking.
+_Trace = Any
 
 __all__ = [
     "ConfigError",
     "Diagnostic",
     "EvalError",
     "ImageError",
+    "ListenerError",
     "ModelUnavailableError",
     "ProgramCheckError",
     "ProgramError",
@@ -26,6 +28,7 @@ __all__ = [
     "RegistrationError",
     "ServiceError",
     "StepError",
+    "TraceFormatError",
     "VisprogError",
 ]
 
@@ -174,7 +177,7 @@ class StepError(VisprogError):
         module: str,
         target: str,
         source_line: str,
-        trace: Trace | None = None,
+        trace: _Trace | None = None,
         cause: BaseException | None = None,
     ) -> None:
         self.line = line
@@ -190,3 +193,33 @@ class StepError(VisprogError):
     def partial_results(self) -> dict[str, Any]:
         """Values computed before the failure, by variable name."""
         return dict(self.trace.values) if self.trace is not None else {}
+
+
+class ListenerError(VisprogError):
+    """An ``on_event`` listener raised: the run stopped there. Carries the trace so far: nothing is lost.
+
+    ``event`` is the event the listener was handed (an :class:`~visprog.running.events.Event`);
+    ``trace`` the trace of the program that event is about, ended at that point (its ``error`` says
+    the run was stopped); ``results`` every job's result as far as it got, in job order (for
+    ``Interpreter.run_many``; ``[trace]`` for ``Interpreter.run``). The listener's own exception is
+    ``cause`` and ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        event: Any,
+        trace: _Trace | None = None,
+        results: Sequence[Any] = (),
+        cause: BaseException | None = None,
+    ) -> None:
+        self.event = event
+        self.trace = trace
+        self.results: list[Any] = list(results)
+        self.cause = cause
+        super().__init__(message)
+
+
+class TraceFormatError(VisprogError, ValueError):
+    """Data read as a trace (``Trace.from_json``) is not one: the message says where and what is wrong."""

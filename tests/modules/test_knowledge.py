@@ -20,7 +20,7 @@ from tests.llm_server import serve_scripted
 from tests.servers import clean_llm_env, closed_port, serve
 from visprog.errors import ConfigError, ServiceError, StepError
 from visprog.language.signatures import Registry
-from visprog.llm.clients import OpenAIBackend
+from visprog.llm import OpenAIClient
 from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Context, RunCache, Runtime
 
@@ -159,16 +159,16 @@ def test_default_model_and_keyless_local_server(server: FakeServer) -> None:
     assert server.requests[0]["body"]["model"] == "gpt-4o-mini"
 
 
-def test_backend_is_cached_in_the_pool(server: FakeServer) -> None:
+def test_client_is_cached_in_the_pool(server: FakeServer) -> None:
     server.replies.extend([Reply("a"), Reply("b")])
     ctx = make_ctx(base_url=server.url, api_key=KEY)
     assert List_(query="one", max=1, ctx=ctx) == ["a"]
     assert List_(query="two", max=1, ctx=ctx) == ["b"]
-    backends = [k for k in ctx.pool.loads if k[0] == "openai-backend"]
-    assert len(backends) == 1 and ctx.pool.loads[backends[0]] == 1
-    assert KEY not in repr(backends)
-    backend = ctx.pool.get(backends[0], lambda: None)
-    assert isinstance(backend, OpenAIBackend) and backend.who == "List"
+    clients = [k for k in ctx.pool.loads if k[0] == "openai-client"]
+    assert len(clients) == 1 and ctx.pool.loads[clients[0]] == 1
+    assert KEY not in repr(clients)
+    client = ctx.pool.get(clients[0], lambda: None)
+    assert isinstance(client, OpenAIClient) and client.who == "List"
 
 
 def test_unreachable_server_fails_fast_and_clearly() -> None:
@@ -230,13 +230,17 @@ def test_no_key_for_openai_itself_is_a_clear_error() -> None:
         ({"timeout": 0}, "timeout must be positive"),
         ({"max_retries": -1}, "max_retries and temperature 0 or more"),
         ({"temperature": -0.5}, "max_retries and temperature 0 or more"),
-        ({"timeout": "soon"}, "option timeout must be a number"),
     ],
 )
 def test_bad_settings_are_list_config_errors(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         List_(query=QUERY, max=3, ctx=make_ctx(base_url="http://127.0.0.1:9/v1", **options))
     assert str(err.value).startswith("List: ")
+
+
+def test_a_setting_that_is_not_a_number_is_refused_where_it_is_given() -> None:
+    with pytest.raises(ConfigError, match=r"List option 'timeout' must be a number \(float\), got 'soon'"):
+        make_ctx(base_url="http://127.0.0.1:9/v1", timeout="soon")
 
 
 # --- against the planner's scripted server: List fails and retries as the planner does ----------

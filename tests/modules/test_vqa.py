@@ -46,7 +46,7 @@ _BLIP_WORDS = (
 ).split()
 
 
-def _build_blip(folder: Path) -> None:
+def build_blip(folder: Path) -> None:
     from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipProcessor
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
@@ -159,7 +159,7 @@ def _one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def blip_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("tiny-blip-vqa")
-    _build_blip(folder)
+    build_blip(folder)
     return str(folder)
 
 

@@ -17,6 +17,18 @@ checker, ``visprog modules`` and the planner show. A parameter annotated
 :class:`~visprog.running.runtime.Context` is not a program argument: the interpreter
 passes the run context there.
 
+A module's settings that do not belong in a program (a threshold, a seed, the
+backend and model) are its *options*, declared once with their type, default
+and help::
+
+    @module(backends={...}, options=[Option("nms_iou", float, 0.5, "IoU above which a weaker box is dropped")])
+
+The config file (``[modules.Loc] nms_iou = 0.3``), ``--option Loc.nms_iou=0.3``
+and ``Runtime(modules=...)`` are validated against these declarations
+(:meth:`Registry.validate_options`): values are converted to the declared type,
+and an unknown option is an error with a suggestion. A module with backends
+has the options ``backend`` and ``model`` too.
+
 Built-in modules and plugins register the same way: through the entry-point
 group ``visprog.modules``, whose entries name a Python module (every
 :class:`ModuleSpec` in it is registered, in definition order) or a single
@@ -35,11 +47,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visprog.errors import RegistrationError
+from visprog.language.options import Option, OptionError, check_options, standard_options
 from visprog.language.values import Type, type_of_annotation
 
 __all__ = [
     "CONTEXT_MARKER",
     "ModuleSpec",
+    "Option",
+    "OptionError",
     "Param",
     "Registry",
     "module",
@@ -101,12 +116,40 @@ class ModuleSpec:
     #: backend name -> default model (a hub id), or None for a backend that needs no download
     backends: Mapping[str, str | None] = field(default_factory=dict)
     default_backend: str | None = None
+    #: the options the module reads (``backend`` and ``model`` first when it has backends)
+    options: tuple[Option, ...] = ()
 
     def param(self, name: str) -> Param | None:
         for p in self.params:
             if p.name == name:
                 return p
         return None
+
+    def option(self, name: str) -> Option | None:
+        for o in self.options:
+            if o.name == name:
+                return o
+        return None
+
+    def validate_option(self, name: str, value: Any, source: str) -> Any:
+        """``value`` converted to option ``name``'s type; :class:`OptionError` naming ``source`` when the
+        module has no such option or the value does not fit."""
+        declared = self.option(name)
+        if declared is None:
+            names = [o.name for o in self.options]
+            if not names:
+                raise OptionError(f"{source}: {self.name} has no options (it was given '{name}')")
+            match = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+            hint = f" (did you mean '{match[0]}'?)" if match else ""
+            raise OptionError(f"{source}: {self.name} has no option '{name}'{hint}; its options: {', '.join(names)}")
+        try:
+            return declared.convert(value)
+        except ValueError as e:
+            if name == "backend" and self.backends:
+                raise OptionError(
+                    f"{source}: {self.name} has no backend {value!r}; choose one of {', '.join(self.backends)}"
+                ) from None
+            raise OptionError(f"{source}: {self.name} option '{name}' {e.args[0]}") from None
 
     def signature(self) -> str:
         args = ", ".join(p.signature() for p in self.params)
@@ -173,6 +216,7 @@ def _build_spec(
     batch: BatchFn | None,
     backends: Mapping[str, str | None] | None = None,
     default_backend: str | None = None,
+    options: Iterable[Option] = (),
 ) -> ModuleSpec:
     mod_name = name or fn.__name__
     where = f"module '{mod_name}' ({getattr(fn, '__module__', '?')}.{fn.__qualname__})"
@@ -226,6 +270,13 @@ def _build_spec(
         raise RegistrationError(f"{where}: default_backend '{default_backend}' is not one of its backends")
     if backends and context_param is None:
         raise RegistrationError(f"{where}: a module with backends needs a parameter annotated Context")
+    if isinstance(options, (str, Option)) or not isinstance(options, Iterable):
+        raise RegistrationError(f"{where}: options= takes a list of Option(name, type, default, help)")
+    declared = list(options)
+    check_options(where, declared, backends)
+    if declared and context_param is None:
+        raise RegistrationError(f"{where}: a module with options needs a parameter annotated Context to read them")
+    all_options = standard_options(declared, backends, default_backend)
     return ModuleSpec(
         name=mod_name,
         fn=fn,
@@ -239,6 +290,7 @@ def _build_spec(
         returns_description=returns_doc,
         backends=backends,
         default_backend=default_backend,
+        options=tuple(all_options),
     )
 
 
@@ -254,6 +306,7 @@ def module(
     batch: BatchFn | None = None,
     backends: Mapping[str, str | None] | None = None,
     default_backend: str | None = None,
+    options: Iterable[Option] = (),
 ) -> Callable[[Callable[..., Any]], ModuleSpec]: ...
 
 
@@ -266,6 +319,7 @@ def module(
     batch: BatchFn | None = None,
     backends: Mapping[str, str | None] | None = None,
     default_backend: str | None = None,
+    options: Iterable[Option] = (),
 ) -> ModuleSpec | Callable[[Callable[..., Any]], ModuleSpec]:
     """Declare a module from a typed function and its docstring.
 
@@ -280,10 +334,14 @@ def module(
             or None when it needs no download); users pick one with
             ``--backend MODULE=NAME`` and a model with ``--model MODULE=ID``.
         default_backend: the backend used when none is chosen (default: the first).
+        options: the module's settings (:class:`Option`: name, type, default, help), given in
+            the config file's ``[modules.NAME]`` table, with ``--option NAME.OPTION=VALUE`` or
+            ``Runtime(modules=...)`` and read with ``ctx.option(name)``. A module with
+            backends also has ``backend`` and ``model``.
     """
 
     def wrap(f: Callable[..., Any]) -> ModuleSpec:
-        return _build_spec(f, name, aliases, batch, backends, default_backend)
+        return _build_spec(f, name, aliases, batch, backends, default_backend, options)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -296,6 +354,9 @@ class Registry:
     _index: dict[str, str] = field(default_factory=dict)
     #: the entry points already loaded into this registry (see :mod:`visprog.running.plugins`)
     loaded_plugins: set[str] = field(default_factory=set)
+    #: third-party entry points that could not be loaded, each error naming its entry point and cause;
+    #: the modules of every other entry point are registered
+    plugin_errors: list[RegistrationError] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def register(self, spec: ModuleSpec, *, source: str | None = None) -> ModuleSpec:
@@ -362,7 +423,39 @@ class Registry:
         new._specs = dict(self._specs)
         new._index = dict(self._index)
         new.loaded_plugins = set(self.loaded_plugins)
+        new.plugin_errors = list(self.plugin_errors)
         return new
+
+    def resolve(self, name: str, source: str) -> ModuleSpec:
+        """The module called ``name`` (any spelling); :class:`OptionError` naming ``source`` when there is none."""
+        spec = self.get(name)
+        if spec is None:
+            hint = self.suggest(name)
+            raise OptionError(f"{source}: unknown module '{name}'" + (f" (did you mean '{hint}'?)" if hint else ""))
+        return spec
+
+    def validate_options(self, settings: Mapping[str, Any], source: str) -> dict[str, dict[str, Any]]:
+        """Per-module options (``{"Loc": {"nms_iou": 0.3}}``) checked against the modules' declarations.
+
+        Returns them under each module's canonical name, every value converted to its declared type
+        (None values, "not set", are left out). ``source`` says where they were given, for the
+        :class:`OptionError` raised at the first unknown module, unknown option or unfit value.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for name, table in settings.items():
+            spec = self.resolve(str(name), source)
+            if not isinstance(table, Mapping):
+                raise OptionError(
+                    f"{source}: the options of {spec.name} must be a table of NAME = VALUE, got {table!r}"
+                )
+            values = out.setdefault(spec.name, {})
+            for key, value in table.items():
+                converted = spec.validate_option(str(key), value, source) if value is not None else None
+                if converted is None:
+                    values.pop(str(key), None)
+                else:
+                    values[str(key)] = converted
+        return out
 
 
 def _replace_source(spec: ModuleSpec, source: str) -> ModuleSpec:

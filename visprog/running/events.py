@@ -6,9 +6,17 @@ iterator (:func:`stream`). The web app, the CLI's progress and any server read
 progress from these and nothing else.
 
 Interpreter events: :class:`RunStarted`, :class:`StepStarted`,
-:class:`StepFinished`, :class:`StepFailed`, :class:`RunFinished`. The
-planner's own events live in :mod:`visprog.planner.events` and share the
-:class:`Event` base.
+:class:`StepFinished`, :class:`StepFailed`, :class:`RunFinished`. For one
+program they come in this order: ``RunStarted``, then for each step that runs
+``StepStarted`` and either ``StepFinished`` or ``StepFailed``, then
+``RunFinished``. Steps handed to a module in one batched call all start before
+any of them finishes. ``Interpreter.run_many`` numbers its programs
+(``job``); their events interleave as their steps do. The planner's own
+events share the :class:`Event` base.
+
+A listener runs on the thread doing the work, between steps: keep it quick.
+If it raises, the interpreter stops the run and raises
+:class:`~visprog.errors.ListenerError` carrying the trace so far.
 """
 
 from __future__ import annotations
@@ -16,8 +24,10 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Generic, TypeVar
+
+from visprog.language.values import describe_value
 
 __all__ = [
     "Event",
@@ -42,13 +52,15 @@ class Event:
     kind: ClassVar[str] = "event"
 
     def to_dict(self) -> dict[str, Any]:
-        """The event as JSON-ready data: ``kind`` and its fields (values described, not embedded)."""
-        from dataclasses import fields
+        """The event as JSON-ready data: ``kind`` and its fields (values described, not embedded).
 
+        A value that is not a string, number, boolean or ``None`` (an image, objects, a list) is
+        given as its description: ``"Image 640x480"``, ``"Objects (2)"``.
+        """
         out: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.name] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+            out[f.name] = value if isinstance(value, (str, int, float, bool, type(None))) else describe_value(value)
         return out
 
 
@@ -87,7 +99,7 @@ class StepStarted(Event):
 
 @dataclass(frozen=True)
 class StepFinished(Event):
-    """Step ``index`` finished with ``value`` after ``seconds``."""
+    """Step ``index`` finished with ``value`` after ``seconds``; ``batch`` steps shared its module call."""
 
     kind: ClassVar[str] = "step_finished"
     job: int
@@ -98,6 +110,7 @@ class StepFinished(Event):
     line: int
     value: Any
     seconds: float
+    batch: int = 1
 
 
 @dataclass(frozen=True)

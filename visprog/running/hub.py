@@ -2,17 +2,22 @@
 
 ``load_model(ctx, loader)`` is how a module gets its model: the model id comes
 from the module's configuration (``--model``, config file) or its backend's
-default; the loaded model is kept in the runtime's pool under the loader, the
-model id, the device and the dtype, so every module that uses the same model
-shares one copy. When the weights are not on this machine and cannot be
-fetched (``HF_HUB_OFFLINE=1``, no network), the error names the module, the
-model and the command that fetches it. A hub id with nothing in the cache is
-first checked with one quick request to the hub, so that an unreachable hub
-fails in seconds rather than after huggingface_hub's retries.
+default; ``loader(model_id, placement)`` loads it in the runtime's precision
+(``placement.dtype``: ``from_pretrained(model_id, **placement.pretrained_kwargs())``),
+so the weights never exist in float32 first, and ``load_model`` puts what it
+returns on the runtime's device in eval mode. The loaded model is kept in the
+runtime's pool under the loader, the model id, the device and the dtype, so
+every module that uses the same model shares one copy. When the weights are
+not on this machine and cannot be fetched (``HF_HUB_OFFLINE=1``, no network),
+the error names the module, the model and the command that fetches it. A hub
+id with nothing in the cache is first checked with one quick request to the
+hub, so that an unreachable hub fails in seconds rather than after
+huggingface_hub's retries.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import sys
@@ -27,8 +32,12 @@ from visprog.running.runtime import Context
 __all__ = [
     "IGNORE_PATTERNS",
     "ModelStatus",
+    "Placement",
     "fetch_command",
+    "forget_unreachable",
     "is_cached",
+    "is_missing_weights",
+    "is_offline",
     "load_model",
     "model_statuses",
     "pull",
@@ -51,12 +60,14 @@ def fetch_command(module: str, model_id: str) -> str:
     return f"visprog models pull {module}  (or: hf download {model_id})"
 
 
-def _offline() -> bool:
+def is_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no network (``1``, ``true``, ``yes`` or ``on``)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _is_missing_weights(e: BaseException) -> bool:
-    """Whether an exception from from_pretrained/hf_hub_download means 'weights not available'."""
+def is_missing_weights(e: BaseException) -> bool:
+    """Whether an exception from ``from_pretrained`` or ``hf_hub_download`` means 'weights not available'
+    (not in the cache, no such repository or file, offline, no network) rather than a bug."""
     try:
         from huggingface_hub import errors as hf_errors
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
@@ -69,19 +80,41 @@ def _is_missing_weights(e: BaseException) -> bool:
     return isinstance(e, (OSError, ConnectionError, *known))
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a loader's model runs and in what precision: the runtime's device and dtype.
+
+    ``dtype`` is a torch dtype (``torch.float16`` on a GPU by default), ``"auto"``
+    for the checkpoint's own precision, or None for a model that is not a torch
+    model (``load_model(..., on_device=False)``): then nothing is asked of ``from_pretrained``.
+    """
+
+    device: str
+    dtype: Any = None
+
+    def pretrained_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for transformers' and diffusers' ``from_pretrained``: the weights load
+        in ``dtype`` directly (on the cpu; ``load_model`` then moves the model to ``device``)."""
+        return {"dtype": self.dtype} if self.dtype is not None else {}
+
+
 def load_model(
     ctx: Context,
-    loader: Callable[[str], T],
+    loader: Callable[[str, Placement], T],
     *,
     model_id: str | None = None,
     on_device: bool = True,
 ) -> T:
-    """The model for ``ctx``'s module, loaded by ``loader(model_id)`` on first use only.
+    """The model for ``ctx``'s module, loaded by ``loader(model_id, placement)`` on first use only.
 
-    ``loader`` receives a hub id or a local folder and returns the model (or a
-    tuple of model and processor). With ``on_device``, whatever it returns
-    that has ``.to`` is moved to the runtime's device and dtype and put in
-    eval mode.
+    ``loader`` receives a hub id or a local folder and the runtime's
+    :class:`Placement`, and returns the model (or a tuple of model and
+    processor) in ``placement.dtype``. With ``on_device``, whatever it returns
+    that has ``.to`` and ``.eval`` (a torch module) is moved to the runtime's
+    device, in the dtype it has, and put in eval mode; a pipeline without
+    ``.eval`` is the loader's to move. Without ``on_device`` (a model that is
+    not a torch model), the placement is the cpu with no dtype, and the pool
+    shares the model across devices and dtypes.
     """
     model_id = model_id or ctx.model_id
     runtime = ctx.runtime
@@ -89,6 +122,7 @@ def load_model(
     key = (name, model_id, runtime.device if on_device else "-", runtime.dtype_name if on_device else "-")
 
     def load() -> T:
+        placement = Placement(runtime.device, runtime.torch_dtype()) if on_device else Placement("cpu")
         started = time.perf_counter()
         if runtime.progress:
             where = f" on {runtime.device} ({runtime.dtype_name})" if on_device else ""
@@ -97,21 +131,23 @@ def load_model(
             unreachable = _hub_unreachable(model_id)
             if unreachable is not None:  # fail now, not after huggingface_hub's ~30 s of retries
                 raise ModelUnavailableError(ctx.module, model_id, unreachable, fetch_command(ctx.module, model_id))
-            loaded = loader(model_id)
+            takes_placement = _takes_placement(loader)
+            loaded = loader(model_id, placement) if takes_placement else loader(model_id)  # type: ignore[call-arg]
         except ModelUnavailableError:
             raise
         except Exception as e:
-            if not _is_missing_weights(e):
+            if not is_missing_weights(e):
                 raise
             if os.path.isdir(model_id):
                 reason = f"the folder has no usable model files ({type(e).__name__}: {e})"
-            elif _offline():
+            elif is_offline():
                 reason = "it is not in the Hugging Face cache and HF_HUB_OFFLINE=1"
             else:
                 reason = f"it is not in the Hugging Face cache and the hub could not be reached; {OFFLINE_HINT}"
             raise ModelUnavailableError(ctx.module, model_id, reason, fetch_command(ctx.module, model_id)) from e
         if on_device:
-            _to_device(loaded, runtime.device, runtime.torch_dtype())
+            # a one-argument loader (the older form) gets float32 weights: they are cast here
+            _to_device(loaded, placement.device, None if takes_placement else placement.dtype)
         if runtime.progress:
             print(
                 f"{ctx.module}: loaded {model_id} in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True
@@ -127,6 +163,11 @@ _UNREACHABLE_FOR_S = 60.0
 _unreachable: dict[str, tuple[float, str]] = {}
 
 
+def forget_unreachable() -> None:
+    """Forget which hubs were found unreachable: the next missing model probes its hub again."""
+    _unreachable.clear()
+
+
 def _hub_unreachable(model_id: str) -> str | None:
     """Why ``model_id`` cannot come from the hub right now, or None to let the loader try.
 
@@ -135,7 +176,7 @@ def _hub_unreachable(model_id: str) -> str | None:
     API. None when the hub answered (even "no such model": the loader says that better), when
     ``model_id`` is a file or folder or not a hub id, or when the model is (partly) cached.
     """
-    if _offline() or os.path.exists(os.path.expanduser(model_id)) or not _is_repo_id(model_id):
+    if is_offline() or os.path.exists(os.path.expanduser(model_id)) or not _is_repo_id(model_id):
         return None
     if _in_cache(model_id):
         return None
@@ -196,11 +237,28 @@ def _is_network_error(e: BaseException) -> bool:
     return bool(names & network) or isinstance(e, (OSError, TimeoutError))
 
 
-def _to_device(loaded: Any, device: str, dtype: Any) -> None:
+def _takes_placement(loader: Callable[..., Any]) -> bool:
+    """Whether ``loader`` takes ``(model_id, placement)``; plugins written for ``(model_id)`` still load."""
+    try:
+        signature = inspect.signature(loader)
+    except (TypeError, ValueError):  # a builtin or C callable: assume the current form
+        return True
+    try:
+        signature.bind("model", Placement("cpu"))
+    except TypeError:
+        return False
+    return True
+
+
+def _to_device(loaded: Any, device: str, dtype: Any = None) -> None:
+    """Torch modules in ``loaded`` (one, or a tuple) moved to ``device`` (and ``dtype`` if given), in eval mode."""
     items = loaded if isinstance(loaded, tuple) else (loaded,)
     for item in items:
         if hasattr(item, "to") and hasattr(item, "eval"):
-            item.to(device=device, dtype=dtype)
+            if dtype is not None:
+                item.to(device=device, dtype=dtype)
+            else:
+                item.to(device)  # no copy when it is there already
             item.eval()
 
 
@@ -289,7 +347,7 @@ def _is_download_error(e: BaseException) -> bool:
     """Whether an exception from snapshot_download is about the hub, the network or the cache (not a bug)."""
     top = type(e).__module__.partition(".")[0]
     return (
-        _is_missing_weights(e)
+        is_missing_weights(e)
         or top in ("huggingface_hub", "httpx", "httpx2", "requests", "urllib3")
         or "HFValidationError" in _error_names(e)
     )
@@ -304,7 +362,7 @@ def _download_failure(e: BaseException) -> str:
         return "the hub has no such revision of it"
     if "HFValidationError" in names:
         return f"not a valid model id ({str(e).strip().splitlines()[0]})"
-    if _offline():
+    if is_offline():
         return "HF_HUB_OFFLINE=1 (unset it to download) and it is not complete in the Hugging Face cache"
     cause: BaseException = e
     while cause.__cause__ is not None and "LocalEntryNotFoundError" in _error_names(cause):

@@ -2,28 +2,45 @@
 
 Steps run in dependency order. Steps that become ready together and use the
 same module are handed to that module in one call when it declares a batch
-implementation. Every run returns a :class:`~visprog.running.trace.Trace`; a failing
+implementation. Every run returns a :class:`~visprog.running.tracing.Trace`; a failing
 step raises :class:`~visprog.errors.StepError` carrying the trace so far.
 :meth:`Interpreter.run_many` runs many programs through the same engine and
 batches ready steps of one module across all of them.
+
+Progress is reported as events (:mod:`visprog.running.events`) to an
+``on_event`` listener, as the run goes: for each program :class:`RunStarted`,
+then per step :class:`StepStarted` and :class:`StepFinished` (its value and
+time) or :class:`StepFailed` (its error), then :class:`RunFinished`. Steps of a
+batched call each get their own events. A listener that raises stops the run:
+it raises :class:`~visprog.errors.ListenerError`, which carries the trace so far.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from visprog.errors import StepError, VisprogError
+from visprog.errors import ListenerError, StepError, VisprogError
 from visprog.language import syntax
 from visprog.language.checker import CheckedProgram, CheckedStep, check
 from visprog.language.signatures import ModuleSpec, Registry
-from visprog.language.values import Type, coerce, exact_type, type_of_value
+from visprog.language.values import Type, coerce, type_of_value
+from visprog.running.events import (
+    Event,
+    Listener,
+    RunFinished,
+    RunStarted,
+    StepFailed,
+    StepFinished,
+    StepStarted,
+)
+from visprog.running.plan import INPUT, LITERAL, TEMPLATE, VALUE, RunPlan, lookup, resolve
 from visprog.running.plugins import default_registry
 from visprog.running.runtime import Context, RunCache, Runtime, default_runtime
-from visprog.running.trace import StepRecord, Trace
+from visprog.running.tracing import StepRecord, Trace
 
-__all__ = ["Interpreter", "run"]
+__all__ = ["Interpreter"]
 
 
 class _Failure(Exception):
@@ -35,94 +52,40 @@ class _Failure(Exception):
         self.cause = cause
 
 
-_EXACT: dict[Type | None, type] = {t: exact for t in Type if (exact := exact_type(t)) is not None}
+class _Stopped(Exception):
+    """The listener raised ``cause`` on ``event`` (of ``job``): the run stops."""
 
+    def __init__(self, job: _Job, event: Event, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.job = job
+        self.event = event
+        self.cause = cause
 
-# How one argument of a step gets its value, worked out once per checked program: a tuple
-# (name, kind, payload, to_type, optional, exact). ``kind`` says what ``payload`` is: the literal's
-# (converted) value, the input's name, the index of the step whose value it is, the template, or an
-# ast value (a list) resolved each run. ``to_type``: the type to convert to (None: none needed);
-# values of exactly the Python type ``exact`` need no conversion.
-_LITERAL, _INPUT, _VALUE, _TEMPLATE, _OTHER = range(5)
-_ArgPlan = tuple[str, int, Any, "Type | None", bool, "type | None"]
-
-
-class _Plan:
-    """What running a checked program needs, computed once and kept on the program.
-
-    ``successors`` and ``indegree`` replace a topological sorter (the checker guarantees the graph
-    is acyclic); ``args`` says for each step where each argument comes from.
-    """
-
-    __slots__ = ("args", "indegree", "result_var", "returns", "successors")
-
-    def __init__(self, checked: CheckedProgram) -> None:
-        n = len(checked.steps)
-        self.successors: list[list[int]] = [[] for _ in range(n)]
-        self.indegree = [0] * n
-        for step in checked.steps:  # in index order, so each successor list comes out sorted
-            before = {src for src in step.sources.values() if type(src) is int}
-            self.indegree[step.index] = len(before)
-            for src in before:
-                self.successors[src].append(step.index)
-        self.args = [_step_args(s) for s in checked.steps]
-        #: per step: the Python type whose outputs need no check (``None``: check every output)
-        self.returns = [_EXACT.get(s.spec.returns) if s.spec is not None else None for s in checked.steps]
-        self.result_var = checked.steps[checked.result].step.target
-
-    @staticmethod
-    def of(checked: CheckedProgram) -> _Plan:
-        # Kept in the frozen program's instance dict (like functools.cached_property does).
-        plan = checked.__dict__.get("_interpreter_plan")
-        if plan is None:
-            plan = checked.__dict__["_interpreter_plan"] = _Plan(checked)
-        assert isinstance(plan, _Plan)
-        return plan
-
-
-def _step_args(s: CheckedStep) -> tuple[_ArgPlan, ...]:
-    if s.spec is None:
-        assert not isinstance(s.step.expr, syntax.Call)
-        return (_arg("value", s.step.expr, s, None, False),)
-    call = s.step.call
-    assert call is not None
-    out: list[_ArgPlan] = []
-    for arg in call.args:
-        param = s.spec.param(arg.name)
-        assert param is not None  # the checker guarantees it
-        if param.type is Type.TEMPLATE:
-            out.append((arg.name, _TEMPLATE, s.templates[arg.name], None, param.optional, None))
-        else:
-            out.append(_arg(arg.name, arg.value, s, param.type, param.optional))
-    return tuple(out)
-
-
-def _arg(name: str, value: syntax.Value, s: CheckedStep, type_: Type | None, optional: bool) -> _ArgPlan:
-    to_type = None if type_ is None or type_ is Type.ANY else type_
-    if isinstance(value, syntax.Literal):
-        if to_type is None:
-            return (name, _LITERAL, value.value, None, optional, None)
-        try:  # a literal converts the same way every run: do it once
-            return (name, _LITERAL, coerce(value.value, to_type, optional), None, optional, None)
-        except TypeError:  # reported when the step runs
-            return (name, _LITERAL, value.value, to_type, optional, None)
-    exact = _EXACT.get(to_type)
-    if isinstance(value, syntax.Ref):
-        source = s.sources[value.name]
-        return (name, _INPUT if type(source) is str else _VALUE, source, to_type, optional, exact)
-    return (name, _OTHER, value, to_type, optional, exact)
+    def message(self) -> str:
+        cause = self.cause
+        return (
+            f"the run was stopped: the on_event listener raised {type(cause).__name__}: {cause} "
+            f"(on the {self.event.kind} event)"
+        )
 
 
 class _Job:
-    """One program being run: its plan, computed values, ready steps, trace and failure."""
+    """One program being run: its plan, computed values, ready steps, trace, failure and listener.
 
-    __slots__ = ("checked", "error", "indegree", "pending", "plan", "ready", "trace", "values")
+    ``number`` is the program's place in the ``run_many`` call (0 for ``run``); events carry it.
+    """
 
-    def __init__(self, checked: CheckedProgram, trace: Trace) -> None:
+    __slots__ = ("checked", "error", "indegree", "listener", "number", "pending", "plan", "ready", "trace", "values")
+
+    def __init__(
+        self, checked: CheckedProgram, trace: Trace, number: int = 0, listener: Listener | None = None
+    ) -> None:
         self.checked = checked
         self.trace = trace
+        self.number = number
+        self.listener = listener
         self.values: dict[int, Any] = {}
-        self.plan = _Plan.of(checked)
+        self.plan = RunPlan.of(checked)
         self.indegree = list(self.plan.indegree)
         self.ready = [i for i, d in enumerate(self.indegree) if d == 0]
         self.pending = len(self.indegree)
@@ -136,12 +99,37 @@ class _Job:
             if indegree[nxt] == 0:
                 self.ready.append(nxt)
 
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to the listener (call only when there is one); its exception stops the run."""
+        assert self.listener is not None
+        try:
+            self.listener(event)
+        except Exception as e:
+            raise _Stopped(self, event, e) from e
+
+    def step_started(self, s: CheckedStep) -> None:
+        total = len(self.checked.steps)
+        self.emit(StepStarted(self.number, s.index, total, s.step.target, s.module, s.step.line))
+
+    def step_ended(self, r: StepRecord, seconds: float) -> None:
+        """:class:`StepFinished` or :class:`StepFailed` for the record of a step that ran (or failed)."""
+        total = len(self.checked.steps)
+        if r.error is None:
+            event: Event = StepFinished(
+                self.number, r.index, total, r.target, r.module, r.line, r.output, r.seconds, r.batch
+            )
+        else:
+            event = StepFailed(self.number, r.index, total, r.target, r.module, r.line, r.error, seconds)
+        self.emit(event)
+
 
 class Interpreter:
     """Runs programs against a registry with one shared runtime (device, model pool).
 
     ``max_batch`` caps how many steps go into one batched module call
-    (``None``: no cap; ``1``: never batch).
+    (``None``: no cap; ``1``: never batch). ``known_inputs`` are the input
+    names programs may read (the tasks' inputs): a program text that reads one
+    the caller did not pass is refused with the name of that input.
     """
 
     def __init__(
@@ -150,16 +138,14 @@ class Interpreter:
         runtime: Runtime | None = None,
         *,
         max_batch: int | None = None,
+        known_inputs: Iterable[str] = (),
     ) -> None:
         self.registry = registry or default_registry()
+        self.known_inputs = tuple(known_inputs)
         self.runtime = runtime or default_runtime()
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.max_batch = max_batch
-
-    def check(self, program: str | syntax.Program, inputs: Mapping[str, Any] | None = None) -> CheckedProgram:
-        types = None if inputs is None else {k: type_of_value(v) for k, v in inputs.items()}
-        return check(program, self.registry, types)
 
     def run(
         self,
@@ -167,10 +153,18 @@ class Interpreter:
         inputs: Mapping[str, Any],
         *,
         cache: RunCache | None = None,
+        on_event: Listener | None = None,
     ) -> Trace:
-        """Run ``program`` on ``inputs`` (``{"IMAGE": <PIL image>}``) and return its trace."""
-        job = self._job(program, inputs)
-        self._execute([job], Context(self.runtime, cache or RunCache()))
+        """Run ``program`` on ``inputs`` (``{"IMAGE": <PIL image>}``) and return its trace.
+
+        ``on_event`` receives the run's events as they happen (on this thread); if it raises, the run
+        stops with a :class:`~visprog.errors.ListenerError` that carries the trace so far.
+        """
+        job = self._job(program, inputs, 0, on_event)
+        try:
+            self._execute([job], Context(self.runtime, cache or RunCache()))
+        except _Stopped as stop:
+            raise _listener_error(stop, [job.error or job.trace]) from stop.cause
         if job.error is not None:
             raise job.error
         return job.trace
@@ -180,6 +174,7 @@ class Interpreter:
         jobs: Sequence[tuple[CheckedProgram | str | syntax.Program, Mapping[str, Any]]],
         *,
         cache: RunCache | None = None,
+        on_event: Listener | None = None,
     ) -> list[Trace | VisprogError]:
         """Run many programs at once; results in job order.
 
@@ -188,36 +183,78 @@ class Interpreter:
         :class:`~visprog.errors.ProgramError`, a job whose step fails gets its
         :class:`~visprog.errors.StepError` (with its partial trace); the other jobs go on. One
         :class:`~visprog.running.runtime.RunCache` serves every job of the call.
+
+        ``on_event`` receives every job's events, each marked with the job's place in ``jobs``
+        (``event.job``); a job that fails to check has none. If it raises, every job stops and a
+        :class:`~visprog.errors.ListenerError` carries what each got as far as (``results``).
         """
         results: list[Trace | VisprogError | None] = [None] * len(jobs)
         running: list[tuple[int, _Job]] = []
         for k, (program, inputs) in enumerate(jobs):
             try:
-                running.append((k, self._job(program, inputs)))
+                running.append((k, self._job(program, inputs, k, on_event)))
             except VisprogError as e:
                 results[k] = e
-        self._execute([job for _, job in running], Context(self.runtime, cache or RunCache()))
+        stopped: _Stopped | None = None
+        try:
+            self._execute([job for _, job in running], Context(self.runtime, cache or RunCache()))
+        except _Stopped as stop:
+            stopped = stop
         for k, job in running:
             results[k] = job.error if job.error is not None else job.trace
+        if stopped is not None:
+            raise _listener_error(stopped, [r for r in results if r is not None]) from stopped.cause
         out: list[Trace | VisprogError] = []
         for r in results:
             assert r is not None
             out.append(r)
         return out
 
-    def _job(self, program: CheckedProgram | str | syntax.Program, inputs: Mapping[str, Any]) -> _Job:
-        checked = program if isinstance(program, CheckedProgram) else self.check(program, inputs)
+    def _job(
+        self,
+        program: CheckedProgram | str | syntax.Program,
+        inputs: Mapping[str, Any],
+        number: int,
+        listener: Listener | None,
+    ) -> _Job:
+        checked = (
+            program
+            if isinstance(program, CheckedProgram)
+            else check(
+                program,
+                {k: type_of_value(v) for k, v in inputs.items()},
+                registry=self.registry,
+                known_inputs=self.known_inputs,
+            )
+        )
         missing = [name for name in checked.used_inputs if name not in inputs]
         if missing:
             raise VisprogError(
                 f"the program uses input(s) {', '.join(missing)} but only {', '.join(inputs) or 'none'} were given"
             )
-        return _Job(checked, Trace(checked.source, {k: inputs[k] for k in checked.used_inputs}))
+        return _Job(checked, Trace(checked.source, {k: inputs[k] for k in checked.used_inputs}), number, listener)
 
     def _execute(self, jobs: list[_Job], ctx: Context) -> None:
-        """Run every job to its end or its first failing step (recorded on the job, never raised)."""
+        """Run every job to its end or its first failing step (recorded on the job, never raised).
+
+        A listener that raises stops every job: their traces end there, and :class:`_Stopped` is raised.
+        """
         start = time.perf_counter()
-        active = list(jobs)
+        try:
+            for job in jobs:
+                if job.listener is not None:
+                    job.emit(RunStarted(job.number, job.checked.source, len(job.checked.steps)))
+            self._loop(list(jobs), ctx, start)
+        except _Stopped as stop:
+            message = stop.message()
+            for job in jobs:  # a job that had not ended ends here
+                if job.trace.error is None and (job.pending or job.error is not None):
+                    job.trace.seconds = time.perf_counter() - start
+                    job.trace.error = message if job.error is None else str(job.error)
+            raise
+
+    def _loop(self, active: list[_Job], ctx: Context, start: float) -> None:
+        """Run ready steps until every job in ``active`` has ended."""
         while active:
             ready: list[tuple[_Job, int]] = []
             for job in active:
@@ -251,6 +288,10 @@ class Interpreter:
                     raise AssertionError(f"no step of the program can run, {job.pending} left")
                 else:
                     still.append(job)
+                    continue
+                if job.listener is not None:  # the job has ended
+                    t = job.trace
+                    job.emit(RunFinished(job.number, t.error is None, t.seconds, t.result, t.error))
             active = still
 
     def _groups(self, ready: list[tuple[_Job, int]]) -> list[list[tuple[_Job, int]]]:
@@ -272,8 +313,12 @@ class Interpreter:
     def _run_one(self, job: _Job, i: int, ctx: Context) -> None:
         """Run one step on its own: :meth:`_run_group` for a single member, without the lists."""
         s = job.checked.steps[i]
+        listener = job.listener
+        if listener is not None:
+            job.step_started(s)
         r = StepRecord(i, s.step.line, s.step.target, s.module, s.step.source)
         job.trace.records.append(r)
+        t0 = 0.0  # set when the module is called
         try:
             r.inputs = arguments = self._arguments(job, i)  # the module gets its own keyword dict
             spec = s.spec
@@ -283,8 +328,12 @@ class Interpreter:
             r.output = output if type(output) is job.plan.returns[i] else self._check_output(s, output)
         except _Failure as f:
             self._fail(job, r, f)
+            if listener is not None:
+                job.step_ended(r, time.perf_counter() - t0 if t0 else 0.0)
             return
         job.values[i] = r.output
+        if listener is not None:
+            job.step_ended(r, r.seconds)
 
     def _run_group(self, members: list[tuple[_Job, int]], ctx: Context) -> None:
         """Run one module call for ``members``; a failure is recorded on the job(s) it belongs to."""
@@ -300,12 +349,18 @@ class Interpreter:
                 arguments = self._arguments(job, s.index)
             except _Failure as f:
                 self._fail(job, r, f)
+                if job.listener is not None:  # the step started and failed at once
+                    job.step_started(s)
+                    job.step_ended(r, 0.0)
                 continue
             r.inputs = dict(arguments)
             calls.append((job, s, r, arguments))
         calls = [c for c in calls if c[0].error is None]
         if not calls:
             return
+        for job, s, _, _ in calls:
+            if job.listener is not None:
+                job.step_started(s)
         spec = calls[0][1].spec
         t0 = time.perf_counter()
         outputs: list[Any | _Failure]
@@ -319,7 +374,10 @@ class Interpreter:
                 outputs = [self._call(spec, calls[0][3], ctx)]
         except _Failure as f:
             if spec is None or len(calls) == 1:
-                self._fail(calls[0][0], calls[0][2], f)
+                job, _, r, _ = calls[0]
+                self._fail(job, r, f)
+                if job.listener is not None:
+                    job.step_ended(r, time.perf_counter() - t0)
                 return
             # One bad argument set must not fail the others: run the batch's calls one by one.
             outputs = self._one_by_one(spec, [c[3] for c in calls], ctx)
@@ -340,6 +398,9 @@ class Interpreter:
             r.seconds = elapsed / len(calls)
             r.batch = 1 if separate else len(calls)
             job.values[s.index] = r.output
+        for job, _, r, _ in calls:  # every record is complete before a listener hears of one
+            if job.listener is not None:
+                job.step_ended(r, elapsed / len(calls))
 
     def _one_by_one(self, spec: ModuleSpec, calls: list[dict[str, Any]], ctx: Context) -> list[Any | _Failure]:
         """Each argument set on its own call; a failing one gives its :class:`_Failure`."""
@@ -372,18 +433,18 @@ class Interpreter:
         inputs = job.trace.inputs
         out: dict[str, Any] = {}
         for name, kind, payload, to_type, optional, exact in job.plan.args[i]:
-            if kind == _VALUE:
+            if kind == VALUE:
                 raw = values[payload]
-            elif kind == _LITERAL:
+            elif kind == LITERAL:
                 raw = payload
-            elif kind == _INPUT:
+            elif kind == INPUT:
                 raw = inputs[payload]
-            elif kind == _TEMPLATE:
+            elif kind == TEMPLATE:
                 s = job.checked.steps[i]
-                out[name] = payload.bind({n: _lookup(s, n, values, inputs) for n in payload.variables})
+                out[name] = payload.bind({n: lookup(s, n, values, inputs) for n in payload.variables})
                 continue
             else:
-                raw = _resolve(job.checked.steps[i], payload, values, inputs)
+                raw = resolve(job.checked.steps[i], payload, values, inputs)
             if to_type is not None and type(raw) is not exact:
                 try:
                     raw = coerce(raw, to_type, optional)
@@ -394,7 +455,7 @@ class Interpreter:
 
     def _call(self, spec: ModuleSpec, kwargs: dict[str, Any], ctx: Context) -> Any:
         if spec.context_param is not None:
-            kwargs = {**kwargs, spec.context_param: ctx.for_module(spec.name, spec.backends, spec.default_backend)}
+            kwargs = {**kwargs, spec.context_param: ctx.for_module(spec)}
         try:
             return spec.fn(**kwargs)
         except VisprogError as e:
@@ -405,7 +466,7 @@ class Interpreter:
     def _call_batch(self, spec: ModuleSpec, calls: list[dict[str, Any]], ctx: Context) -> list[Any]:
         assert spec.batch is not None
         try:
-            outputs = list(spec.batch(calls, ctx.for_module(spec.name, spec.backends, spec.default_backend)))
+            outputs = list(spec.batch(calls, ctx.for_module(spec)))
         except VisprogError as e:
             raise _Failure(f"in a batch of {len(calls)}: {e}", e) from e
         except Exception as e:
@@ -426,19 +487,5 @@ class Interpreter:
             raise _Failure(f"{s.spec.name} returned a wrong value: {e}") from None
 
 
-def _lookup(s: CheckedStep, name: str, values: dict[int, Any], inputs: Mapping[str, Any]) -> Any:
-    source = s.sources[name]
-    return inputs[source] if isinstance(source, str) else values[source]
-
-
-def _resolve(s: CheckedStep, v: syntax.Value, values: dict[int, Any], inputs: Mapping[str, Any]) -> Any:
-    if isinstance(v, syntax.Literal):
-        return v.value
-    if isinstance(v, syntax.ListValue):
-        return [_resolve(s, item, values, inputs) for item in v.items]
-    return _lookup(s, v.name, values, inputs)
-
-
-def run(program: str | syntax.Program | CheckedProgram, inputs: Mapping[str, Any], **kwargs: Any) -> Trace:
-    """Run a program with the default registry and a new runtime."""
-    return Interpreter(**kwargs).run(program, inputs)
+def _listener_error(stop: _Stopped, results: list[Trace | VisprogError]) -> ListenerError:
+    return ListenerError(stop.message(), event=stop.event, trace=stop.job.trace, results=results, cause=stop.cause)

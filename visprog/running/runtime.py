@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from visprog.errors import ConfigError
+from visprog.language.signatures import ModuleSpec, Option, OptionError, Registry
+from visprog.running.plugins import default_registry
 
 __all__ = ["Context", "ModelPool", "RunCache", "Runtime", "check_device", "default_runtime", "resolve_device"]
 
@@ -99,25 +101,50 @@ def check_device(requested: str, *, source: str = DEVICE_SOURCES) -> None:
 
 
 class ModelPool:
-    """Models loaded once per process, shared by key, loaded on first request."""
+    """Models loaded once per process, shared by key, loaded on first request.
+
+    Each key has its own lock: threads asking for one model wait for a single
+    load of it, while different models load at the same time.
+    """
 
     def __init__(self) -> None:
         self._models: dict[Any, Any] = {}
-        self._lock = threading.RLock()
+        #: guards the dictionaries only, never held while a model loads
+        self._lock = threading.Lock()
+        self._key_locks: dict[Any, threading.Lock] = {}
+        #: how many times each key was loaded (1 each, unless the pool was cleared)
         self.loads: dict[Any, int] = {}
 
     def get(self, key: Any, loader: Callable[[], T]) -> T:
-        """The model stored under ``key``, calling ``loader()`` the first time only."""
+        """The model stored under ``key``, calling ``loader()`` the first time only.
+
+        A failed load stores nothing: the next request tries again.
+        """
         with self._lock:
-            if key not in self._models:
-                self._models[key] = loader()
+            if key in self._models:
+                return self._models[key]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._models:  # loaded by the thread this one waited for
+                    return self._models[key]
+            model = loader()
+            with self._lock:
+                self._models[key] = model
                 self.loads[key] = self.loads.get(key, 0) + 1
-            return self._models[key]
+            return model
 
     def __contains__(self, key: object) -> bool:
-        return key in self._models
+        with self._lock:
+            return key in self._models
+
+    def items(self) -> list[tuple[Any, Any]]:
+        """The loaded models with their keys, in the order they loaded."""
+        with self._lock:
+            return list(self._models.items())
 
     def clear(self) -> None:
+        """Forget every loaded model (the next request loads it again)."""
         with self._lock:
             self._models.clear()
 
@@ -153,7 +180,10 @@ class Runtime:
 
     ``device`` is ``None`` or ``"auto"`` to pick cuda, mps, cpu in that order;
     ``half`` chooses float16 on a GPU (the default) and is ignored on the cpu.
-    ``modules`` holds per-module options such as ``{"FaceDet": {"backend": "cascade"}}``.
+    ``modules`` holds per-module options such as ``{"FaceDet": {"backend": "cascade"}}``,
+    validated against the modules' declared options (``registry``'s, default: the default
+    registry's) when the runtime is made: names become canonical, values their declared
+    type, and an unknown module or option is an :class:`~visprog.language.options.OptionError`.
     """
 
     device_request: str | None = None
@@ -164,7 +194,17 @@ class Runtime:
     #: report model loads (and let download progress bars show) on standard error
     progress: bool = True
     pool: ModelPool = field(default_factory=ModelPool)
+    #: the registry whose modules' options ``modules`` is checked against (None: the default registry)
+    registry: Registry | None = field(default=None, repr=False, compare=False)
     _device: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.modules:
+            self.modules = self.module_registry().validate_options(self.modules, "Runtime(modules=...)")
+
+    def module_registry(self) -> Registry:
+        """The registry that declares the modules' options: ``registry``, else the default one."""
+        return self.registry if self.registry is not None else default_registry()
 
     @property
     def device(self) -> str:
@@ -186,11 +226,22 @@ class Runtime:
         """Options given for one module (canonical name), empty when none."""
         return self.modules.get(module, {})
 
-    def set_option(self, module: str, key: str, value: Any) -> None:
-        self.modules.setdefault(module, {})[key] = value
+    def set_option(self, module: str, key: str, value: Any, *, source: str = "Runtime.set_option") -> None:
+        """Set one option of a module (any spelling of its name), converted to its declared type.
+
+        None unsets it. An unknown module or option, or a value that does not fit, is an
+        :class:`~visprog.language.options.OptionError` naming ``source`` (where the value came from).
+        """
+        spec = self.module_registry().resolve(module, source)
+        if value is None:
+            self.modules.get(spec.name, {}).pop(key, None)
+            return
+        self.modules.setdefault(spec.name, {})[key] = spec.validate_option(key, value, source)
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Runtime:
+    def from_config(
+        cls, path: str | os.PathLike[str] | None = None, *, registry: Registry | None = None, **overrides: Any
+    ) -> Runtime:
         """A runtime from a TOML config file (``--config``, ``$VISPROG_CONFIG``, or
         ``~/.config/visprog/config.toml`` when it exists)::
 
@@ -203,7 +254,10 @@ class Runtime:
             model = "qwen2.5:7b"
             base_url = "http://localhost:11434/v1"
 
-        Keyword overrides that are not None win over the file.
+        Every ``[modules.NAME]`` table is checked against the module's declared options (``registry``'s,
+        default: the default registry's): an unknown module or option, or a value that does not fit its
+        type, is an :class:`~visprog.language.options.OptionError` naming the file. Keyword overrides
+        that are not None win over the file.
         """
         import tomllib
 
@@ -227,12 +281,20 @@ class Runtime:
                     f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}; "
                     "expected device, half, [modules.NAME], [llm]"
                 )
-        modules = {str(k): dict(v) for k, v in dict(data.get("modules", {})).items()}
+        tables = data.get("modules", {})
+        if not isinstance(tables, dict):
+            raise ConfigError(f"config file {path}: modules must be tables, [modules.NAME]")
+        half = data.get("half", True)
+        if not isinstance(half, bool):
+            raise ConfigError(f"config file {path}: half must be true or false, got {half!r}")
+        reg = registry if registry is not None else default_registry() if tables else None
+        modules = reg.validate_options(tables, f"config file {path}") if reg is not None else {}
         runtime = cls(
             device_request=data.get("device"),
-            half=bool(data.get("half", True)),
+            half=half,
             modules=modules,
             llm=dict(data.get("llm", {})),
+            registry=registry,
         )
         if overrides.get("device_request") is not None:
             runtime.device_request = overrides["device_request"]
@@ -245,8 +307,8 @@ class Runtime:
 class Context:
     """Handed to a module that declares a parameter annotated ``Context``.
 
-    ``module`` is the canonical name of the module being run; ``backends`` and
-    ``default_backend`` come from its declaration.
+    ``module`` is the canonical name of the module being run; ``backends``,
+    ``default_backend`` and ``declared`` (its options) come from its declaration.
     """
 
     runtime: Runtime
@@ -254,6 +316,8 @@ class Context:
     module: str = ""
     backends: Mapping[str, str | None] = field(default_factory=dict)
     default_backend: str | None = None
+    #: the module's declared options by name; None: looked up in the runtime's registry when read
+    declared: Mapping[str, Option] | None = None
 
     #: marks this class for module signatures (visprog.language.signatures.CONTEXT_MARKER)
     __visprog_context__: ClassVar[bool] = True
@@ -268,7 +332,26 @@ class Context:
 
     @property
     def options(self) -> Mapping[str, Any]:
+        """The options set for this module (validated), without defaults; see :meth:`option`."""
         return self.runtime.options(self.module)
+
+    def option(self, name: str) -> Any:
+        """The value of one of this module's declared options: as set (config file, ``--option``,
+        ``Runtime(modules=...)``), else its default for the chosen backend, else its default."""
+        declared = self.declared
+        if declared is None:
+            spec = self.runtime.module_registry().get(self.module)
+            declared = {o.name: o for o in spec.options} if spec is not None else {}
+            self.declared = declared
+        opt = declared.get(name)
+        if opt is None:
+            raise OptionError(f"{self.module} declares no option '{name}' (declare it in @module(options=[...]))")
+        value = self.options.get(name)
+        if value is not None:
+            return value
+        if opt.backend_defaults and self.backends:
+            return opt.backend_defaults.get(self.backend, opt.default)
+        return opt.default
 
     @property
     def backend(self) -> str:
@@ -291,10 +374,16 @@ class Context:
 
     def for_module(
         self,
-        module: str,
+        module: str | ModuleSpec,
         backends: Mapping[str, str | None] | None = None,
         default_backend: str | None = None,
     ) -> Context:
+        """The context for one module: from its declaration, or from its name, backends and default backend."""
+        if isinstance(module, ModuleSpec):
+            declared = {o.name: o for o in module.options}
+            return Context(
+                self.runtime, self.cache, module.name, dict(module.backends), module.default_backend, declared
+            )
         return Context(self.runtime, self.cache, module, dict(backends or {}), default_backend)
 
 

@@ -149,10 +149,10 @@ PROGRAM = "ANSWER0=Vqa(image=IMAGE, question='what is the person wearing?')\nFIN
 @pytest.fixture(scope="module")
 def blip_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     pytest.importorskip("transformers")
-    from tests.modules.test_vqa import _build_blip
+    from tests.modules.test_vqa import build_blip
 
     folder = tmp_path_factory.mktemp("tiny-blip-vqa")
-    _build_blip(folder)
+    build_blip(folder)
     return str(folder)
 
 

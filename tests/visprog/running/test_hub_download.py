@@ -43,7 +43,7 @@ from visprog.running.hub import redundant_files
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tests.modules.test_vqa import _build_blip  # noqa: E402  (needs torch and transformers)
+from tests.modules.test_vqa import build_blip  # noqa: E402  (needs torch and transformers)
 from tests.servers import closed_port, serve  # noqa: E402
 
 FAKE_ID = "visprog-tests/tiny-blip-vqa"
@@ -227,7 +227,7 @@ def visprog(
 @pytest.fixture(scope="module")
 def blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-blip-vqa")
-    _build_blip(folder)
+    build_blip(folder)
     return folder
 
 

@@ -10,6 +10,7 @@ from PIL import Image as PILImage
 from skimage import data
 
 from tests import fakes
+from tests.fakes import check
 from visprog.errors import StepError, VisprogError
 from visprog.language.signatures import Registry, module
 from visprog.language.values import Image
@@ -171,7 +172,7 @@ def test_wrong_outputs_and_missing_inputs_are_reported(images: dict[str, Image])
     with pytest.raises(StepError, match="Broken returned a wrong value: expected int, got str 'many'"):
         Interpreter(reg).run("N=Broken(image=IMAGE)\nRESULT=N", {"IMAGE": images["LEFT"]})
     interpreter = Interpreter(reg)
-    checked = interpreter.check("A=Vqa(image=RIGHT, question='q')\nRESULT=A")
+    checked = check("A=Vqa(image=RIGHT, question='q')\nRESULT=A", registry=reg)
     with pytest.raises(VisprogError, match="uses input\\(s\\) RIGHT but only LEFT were given"):
         interpreter.run(checked, {"LEFT": images["LEFT"]})
 

@@ -15,7 +15,7 @@ from visprog.language.signatures import Registry, module
 from visprog.language.values import Image
 from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Context
-from visprog.running.trace import Trace
+from visprog.running.tracing import Trace
 
 NLVR = """\
 ANSWER0=Vqa(image=LEFT, question='How many wolves are in the image?')

@@ -8,8 +8,10 @@ plus a ``*.dist-info`` folder with ``METADATA`` and ``entry_points.txt``, so
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,12 +25,12 @@ from PIL import Image as PILImage
 from skimage import data
 
 import visprog
+from tests.fakes import check
 from visprog.errors import RegistrationError
-from visprog.language.checker import check
 from visprog.language.signatures import Registry, module, normalize
 from visprog.language.values import Image, Objects, Type
 from visprog.running.interpreter import Interpreter
-from visprog.running.plugins import ENTRY_POINT_GROUP, load_plugins
+from visprog.running.plugins import ENTRY_POINT_GROUP, PLUGINS_ENV, PluginError, load_plugins, plugins_enabled
 from visprog.running.runtime import Context
 
 BUILTINS = {
@@ -172,7 +174,7 @@ def test_plugin_program_checks_and_runs_with_correct_pixels(demo_plugin: str, as
         FINAL_RESULT=Result(var=A)
         """
     )
-    checked = check(program, registry)
+    checked = check(program, registry=registry)
     assert [s.spec.name for s in checked.steps if s.spec] == [
         "Invert",
         "Invert",
@@ -230,7 +232,7 @@ def test_visprog_modules_subprocess_lists_the_plugin(demo_plugin: str, on_path: 
     assert f"from plugin 'demo' of {demo_plugin}" in text.stdout
 
 
-# --- broken plugins -------------------------------------------------------------------------
+# --- broken plugins: reported, and the rest of visprog keeps working --------------------------
 
 BAD_PLUGINS = {
     "missing_hint": (
@@ -274,22 +276,63 @@ BAD_PLUGINS = {
         ''',
         ["Sharpen", "amount", "Args:"],
     ),
+    "bad_option_default": (
+        '''
+        @visprog.module(options=[visprog.Option("size", int, "big", "the block size")])
+        def Pixelate(image: Image, ctx: visprog.Context) -> Image:
+            """Pixelate.
+
+            Args:
+                image: the image.
+            """
+            return image
+        ''',
+        ["Pixelate", "option 'size'", "the default must be a whole number (int), got 'big'"],
+    ),
+    "bad_option_type": (
+        '''
+        @visprog.module(options=[visprog.Option("palette", dict, None, "colours")])
+        def Posterize(image: Image, ctx: visprog.Context) -> Image:
+            """Posterize.
+
+            Args:
+                image: the image.
+            """
+            return image
+        ''',
+        ["Posterize", "option 'palette'", "is not one of bool, int, float, str, list[str]"],
+    ),
 }
 
 
+def _broken(registry: Registry) -> PluginError:
+    """The one plugin error of ``registry``."""
+    assert len(registry.plugin_errors) == 1, registry.plugin_errors
+    error = registry.plugin_errors[0]
+    assert isinstance(error, PluginError)
+    return error
+
+
 @pytest.mark.parametrize("case", sorted(BAD_PLUGINS))
-def test_bad_plugin_raises_registration_error_naming_plugin_module_and_parameter(case: str, on_path: Path) -> None:
+def test_bad_plugin_is_reported_naming_plugin_module_and_parameter(case: str, on_path: Path) -> None:
     body, expected = BAD_PLUGINS[case]
     package = f"visprog_plugin_{case}"
     source = "import visprog\nfrom visprog import Image, Objects\n" + textwrap.dedent(body)
     dist = make_distribution(on_path, package, source, {f"ep_{case}": package})
-    with pytest.raises(RegistrationError) as info:
-        load_plugins(Registry())
-    message = str(info.value)
+    registry = Registry()
+    load_plugins(registry)  # no error: the built-ins load, the broken plugin is recorded
+    assert BUILTINS <= set(registry.names())
+    error = _broken(registry)
+    message = str(error)
     assert f"plugin 'ep_{case}' of {dist}" in message
     for part in expected:
         assert part in message, message
     assert "Traceback" not in message
+    assert error.entry_point == f"ep_{case} = {package}" and error.distribution == dist
+    # strict: the same error, raised (a plugin author's check)
+    with pytest.raises(PluginError) as info:
+        load_plugins(Registry(), strict=True)
+    assert str(info.value) == message
 
 
 CLASHES = {
@@ -338,12 +381,13 @@ def _clash_plugin(root: Path, case: str) -> str:
 def test_plugin_clashing_with_a_builtin_name_is_refused(case: str, on_path: Path) -> None:
     _, plugin_module, _, _ = CLASHES[case]
     dist = _clash_plugin(on_path, case)
-    with pytest.raises(RegistrationError) as info:
-        load_plugins(Registry())
-    message = str(info.value)
+    registry = Registry()
+    load_plugins(registry)
+    message = str(_broken(registry))
     assert f"plugin 'clash' of {dist}" in message
     assert f"module '{plugin_module}'" in message
     assert "is already taken by module" in message
+    assert plugin_module not in registry or registry[plugin_module].source != f"plugin 'clash' of {dist}"
 
 
 @pytest.mark.parametrize("case", sorted(CLASHES))
@@ -351,11 +395,11 @@ def test_plugin_earlier_on_sys_path_does_not_shadow_a_builtin(case: str, on_path
     _, plugin_module, name, builtin_family = CLASHES[case]
     dist = _clash_plugin(on_path, case)
     registry = Registry()
-    with pytest.raises(RegistrationError) as info:
-        load_plugins(registry)
+    load_plugins(registry)
+    message = str(_broken(registry))
     builtin = "Crop" if case == "CROP" else "Count"
-    assert str(info.value).startswith(f"module '{plugin_module}' (from plugin 'clash' of {dist}): name '{name}'")
-    assert f"is already taken by module '{builtin}' (from plugin '{builtin_family}' of visprog)" in str(info.value)
+    assert message.startswith(f"module '{plugin_module}' (from plugin 'clash' of {dist}): name '{name}'")
+    assert f"is already taken by module '{builtin}' (from plugin '{builtin_family}' of visprog)" in message
     assert registry.get(name) is not None and registry[name].source == f"plugin '{builtin_family}' of visprog"
 
 
@@ -367,9 +411,8 @@ def test_clash_with_a_builtin_is_reported_against_the_plugin(on_path: Path) -> N
     package = "visprog_plugin_clash_late"
     make_distribution(on_path, package, "import visprog\nfrom visprog import Image, Objects\n" + textwrap.dedent(body))
     importlib.invalidate_caches()
-    with pytest.raises(RegistrationError) as info:
-        load_plugins(registry)
-    message = str(info.value)
+    assert load_plugins(registry) == []
+    message = str(_broken(registry))
     assert "module 'MyCrop' (from plugin 'demo' of visprog-plugin-clash-late)" in message
     assert "name 'CROP' is already taken by module 'Crop' (from plugin 'image_ops' of visprog)" in message
     assert registry["CROP"].name == "Crop"
@@ -379,24 +422,51 @@ def test_clash_with_a_builtin_is_reported_against_the_plugin(on_path: Path) -> N
 def test_plugin_whose_import_fails_names_the_entry_point(on_path: Path) -> None:
     package = "visprog_plugin_broken"
     dist = make_distribution(on_path, package, "import visprog_no_such_dependency_xyz\n", {"broken_ep": package})
-    with pytest.raises(RegistrationError) as info:
-        load_plugins(Registry())
-    message = str(info.value)
+    registry = Registry()
+    load_plugins(registry)
+    message = str(_broken(registry))
     assert f"plugin 'broken_ep' of {dist}" in message
     assert f"cannot import {package}" in message
     assert "ModuleNotFoundError" in message and "visprog_no_such_dependency_xyz" in message
 
 
+def test_plugin_raising_at_import_leaves_the_other_plugins_working(
+    on_path: Path, demo_plugin: str, astronaut: PILImage.Image
+) -> None:
+    package = "visprog_plugin_raises"
+    source = "raise RuntimeError('this plugin needs a licence key')\n"
+    dist = make_distribution(on_path, package, source, {"raises": package})
+    registry = Registry()
+    loaded = load_plugins(registry)
+    assert "demo" in loaded and "raises" not in loaded
+    error = _broken(registry)
+    assert str(error) == (
+        f"plugin 'raises' of {dist}: cannot import {package}: RuntimeError: this plugin needs a licence key"
+    )
+    assert error.entry_point == f"raises = {package}"
+    assert isinstance(error.__cause__, RuntimeError)  # the plugin's own exception
+    # the built-ins and the good plugin work
+    trace = Interpreter(registry).run(
+        "A=Invert(image=IMAGE)\nN=Count(box=[])\nFINAL_RESULT=Result(var=A)", {"IMAGE": astronaut}
+    )
+    np.testing.assert_array_equal(np.asarray(trace.result), 255 - np.asarray(astronaut))
+    # loading again neither retries nor repeats the report
+    assert load_plugins(registry) == [] and len(registry.plugin_errors) == 1
+    assert registry.copy().plugin_errors == registry.plugin_errors
+
+
 def test_entry_point_naming_a_missing_module(on_path: Path) -> None:
     make_distribution(on_path, "visprog_plugin_typo", "", {"typo": "visprog_plugin_typo.nothing_here"})
-    with pytest.raises(RegistrationError, match=r"plugin 'typo' of visprog-plugin-typo: cannot import"):
-        load_plugins(Registry())
+    registry = Registry()
+    load_plugins(registry)
+    assert re.match(r"plugin 'typo' of visprog-plugin-typo: cannot import", str(_broken(registry)))
 
 
 def test_plugin_that_declares_nothing(on_path: Path) -> None:
     make_distribution(on_path, "visprog_plugin_empty", "X = 1\n", {"empty": "visprog_plugin_empty"})
-    with pytest.raises(RegistrationError, match=r"plugin 'empty' of visprog-plugin-empty: .*declares no modules"):
-        load_plugins(Registry())
+    registry = Registry()
+    load_plugins(registry)
+    assert re.match(r"plugin 'empty' of visprog-plugin-empty: .*declares no modules", str(_broken(registry)))
 
 
 def test_entry_point_naming_a_single_spec(on_path: Path) -> None:
@@ -405,6 +475,69 @@ def test_entry_point_naming_a_single_spec(on_path: Path) -> None:
     assert "one" in load_plugins(registry)
     assert "Invert" in registry and "Brightness" not in registry
     assert registry["invert"].source == "plugin 'one' of visprog-plugin-single"
+
+
+def test_a_broken_builtin_is_an_error_naming_a_broken_installation(tmp_path: Path) -> None:
+    """Entry points of the visprog distribution itself are built-ins: one that fails stops loading."""
+    info = tmp_path / "elsewhere" / "visprog-0.0.dist-info"  # not on sys.path: only its entry points are read
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: visprog\nVersion: 0.0\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\ngone = visprog.modules.no_such_family\n")
+    entry_points = importlib.metadata.PathDistribution(info).entry_points
+    with pytest.raises(RegistrationError) as err:
+        load_plugins(Registry(), entry_points)
+    message = str(err.value)
+    assert message.startswith("the built-in modules of plugin 'gone' of visprog cannot be loaded")
+    assert (
+        "installation is broken (reinstall it)" in message and "cannot import visprog.modules.no_such_family" in message
+    )
+    assert not isinstance(err.value, PluginError)
+
+
+def test_visprog_plugins_0_loads_the_builtins_only(demo_plugin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PLUGINS_ENV, "0")
+    assert not plugins_enabled()
+    registry = Registry()
+    loaded = load_plugins(registry)
+    assert BUILTINS <= set(registry.names()) and "Invert" not in registry
+    assert "demo" not in loaded and registry.plugin_errors == []
+    # turned on again (or asked for), the plugin loads into the same registry
+    assert load_plugins(registry, third_party=True) == ["demo"]
+    assert "Invert" in registry
+    monkeypatch.setenv(PLUGINS_ENV, "1")
+    assert plugins_enabled()
+
+
+def _visprog(args: list[str], root: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != PLUGINS_ENV}
+    environ.update(PYTHONPATH=str(root), **env)
+    return subprocess.run(
+        [sys.executable, "-m", "visprog", *args], capture_output=True, text=True, env=environ, cwd=root, timeout=120
+    )
+
+
+def test_visprog_check_works_with_a_broken_plugin_installed(on_path: Path, demo_plugin: str) -> None:
+    package = "visprog_plugin_broken_cli"
+    dist = make_distribution(on_path, package, "import visprog_no_such_dependency_xyz\n", {"broken_cli": package})
+    program = "A=Invert(image=IMAGE)\nN=Count(box=[])\nFINAL_RESULT=Result(var=A)"
+    proc = _visprog(["check", program], on_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok, 3 steps" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, proc.stderr  # once
+    assert f"plugin 'broken_cli' of {dist}: cannot import {package}: ModuleNotFoundError" in warnings[0]
+    assert "VISPROG_PLUGINS=0 turns plugins off" in warnings[0]
+    # visprog modules lists the good modules, and the broken plugin with its error
+    listing = _visprog(["modules"], on_path)
+    assert listing.returncode == 0, listing.stderr
+    assert "Invert(image: Image) -> Image" in listing.stdout
+    assert f"not loaded: plugin 'broken_cli' of {dist}: cannot import {package}" in listing.stdout
+    # VISPROG_PLUGINS=0: no warning, no plugin modules
+    off = _visprog(["check", "N=Count(box=[])\nFINAL_RESULT=Result(var=N)"], on_path, VISPROG_PLUGINS="0")
+    assert off.returncode == 0 and "warning" not in off.stderr, off.stderr
+    assert (
+        "third-party plugins are off (VISPROG_PLUGINS=0)" in _visprog(["modules"], on_path, VISPROG_PLUGINS="0").stdout
+    )
 
 
 # --- the registry: names, suggestions, signatures, docstrings --------------------------------
