@@ -4,7 +4,7 @@ Use the ``llm_server`` fixture::
 
     def test_something(llm_server: ScriptedServer) -> None:
         llm_server.script(["BOX0=Loc(image=IMAGE, object='cat')", Reply.rate_limited(), ["a", "b"]])
-        backend = OpenAIBackend(LLMConfig(base_url=llm_server.url, model="tiny"))
+        client = OpenAIClient(LLMConfig(base_url=llm_server.url, model="tiny"))
         ...
         assert llm_server.requests[0].body["model"] == "tiny"
 

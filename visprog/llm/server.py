@@ -1,0 +1,311 @@
+"""An OpenAI-compatible server through the ``openai`` client: OpenAI itself, or a local server
+(vLLM, llama.cpp, Ollama, LM Studio) at its ``/v1`` address.
+
+Settings follow the client's own conventions:
+
+- model: ``LLMConfig.model``, else ``$VISPROG_LLM_MODEL``, else ``gpt-4o-mini``;
+- server: ``LLMConfig.base_url``, else ``$OPENAI_BASE_URL``, else OpenAI's;
+- key: ``LLMConfig.api_key``, else ``$OPENAI_API_KEY``; a server given by a
+  base URL needs none (a placeholder is sent). The key is never shown: it is
+  scrubbed from every error and left out of ``identity`` and ``repr``.
+
+Failures (timeouts, refused connections, HTTP errors, answers that are not
+completions) become :class:`~visprog.errors.ServiceError` naming the caller
+(the planner, or a module such as ``List`` that asks an LLM through this
+client), the server and the model, and saying what to check. This is the one
+place where ``openai`` client exceptions turn into visprog errors.
+
+A refusal of one request (HTTP 400, 413 or 422: a prompt longer than the
+model's context, a content filter, a malformed request) is marked
+``per_request=True`` on the error: other requests may well succeed, and
+``visprog eval`` records the item and goes on. Every other failure (the
+server unreachable or too slow, the key or the model refused, rate limits
+after the retries, server errors) is about the service, not the request.
+
+Lost connections, timeouts and HTTP 408, 409, 429 and 5xx answers are tried
+again ``max_retries`` times, here rather than by the ``openai`` client (which
+is created with ``max_retries=0``): after the server's ``Retry-After`` when it
+gives one, else with exponential backoff (0.5 s doubling, jittered), each wait
+capped at :data:`MAX_RETRY_WAIT`. A server's ``x-should-retry`` header is obeyed.
+
+Nothing here imports ``openai`` at import time.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import math
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from visprog.errors import ConfigError, ServiceError
+from visprog.llm.base import PLANNER, check_n, flatten
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MAX_RETRY_WAIT",
+    "OPENAI_BASE_URL",
+    "PER_REQUEST_STATUSES",
+    "RETRY_STATUSES",
+    "STYLES",
+    "LLMConfig",
+    "OpenAIClient",
+    "retry_wait",
+]
+
+DEFAULT_MODEL = "gpt-4o-mini"
+#: The openai client's default server.
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+#: The longest wait, in seconds, between two tries of one request.
+MAX_RETRY_WAIT = 8.0
+#: The first wait, in seconds, when the server does not say how long (then doubling).
+FIRST_RETRY_WAIT = 0.5
+#: HTTP statuses that refuse one request (not the service): ``ServiceError.per_request``.
+PER_REQUEST_STATUSES = frozenset({400, 413, 422})
+#: HTTP statuses tried again (request timeout, conflict, rate limit); 5xx too.
+RETRY_STATUSES = frozenset({408, 409, 429})
+#: Placeholder key for servers that need none (the openai client insists on one).
+_NO_KEY = "not-needed"
+STYLES: tuple[str, ...] = ("chat", "completion")
+
+
+@dataclass
+class LLMConfig:
+    """How to reach an OpenAI-compatible server, and how to sample from it."""
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    style: str = "chat"
+    temperature: float = 0.0
+    #: None: no limit is sent (the server's own default)
+    max_tokens: int | None = 512
+    stop: list[str] | None = None
+    timeout: float = 60.0
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ConfigError(f"{PLANNER}: style must be one of {', '.join(STYLES)}, got {self.style!r}")
+        if not self.timeout > 0:
+            raise ConfigError(f"{PLANNER}: timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.max_retries < 0:
+            raise ConfigError(f"{PLANNER}: max_retries must be 0 or more, got {self.max_retries!r}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"{PLANNER}: max_tokens must be at least 1, got {self.max_tokens!r}")
+        if self.temperature < 0:
+            raise ConfigError(f"{PLANNER}: temperature must be 0 or more, got {self.temperature!r}")
+
+
+class OpenAIClient:
+    """An OpenAI-compatible server through the ``openai`` client (created on first use, once).
+
+    ``who`` names the caller at the start of every error (``planner``, or a
+    module's name such as ``List``); ``option`` is how its settings are called
+    in the hints ("check ... the {option} api_key", "({option} timeout)").
+    """
+
+    def __init__(self, config: LLMConfig, *, who: str = PLANNER, option: str = "option") -> None:
+        self.config = config
+        self.who = who
+        self.option = option
+        self.model = config.model or os.environ.get("VISPROG_LLM_MODEL") or DEFAULT_MODEL
+        given_url = config.base_url or os.environ.get("OPENAI_BASE_URL")
+        self.base_url = (given_url or OPENAI_BASE_URL).rstrip("/")
+        key = config.api_key or os.environ.get("OPENAI_API_KEY")
+        self._needs_key = not key and not given_url
+        self._api_key = key or _NO_KEY
+        self._client: Any = None
+        self._lock = threading.Lock()
+        #: whether the server answers n > 1 with n choices (None: not known yet)
+        self._n_honoured: bool | None = None
+
+    @property
+    def identity(self) -> str:
+        return f"openai-{self.config.style}:{self.model}@{self.base_url}"
+
+    def __repr__(self) -> str:
+        return f"OpenAIClient({self.identity!r})"
+
+    @property
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Every setting, hashable, with a digest in place of the key: a key for sharing one client
+        (and its connections) between callers with the same settings. Never holds the key."""
+        c = self.config
+        digest = hashlib.sha256(self._api_key.encode()).hexdigest()[:16]
+        stop = tuple(c.stop) if c.stop else None
+        return (self.who, self.identity, digest, c.temperature, c.max_tokens, stop, c.timeout, c.max_retries)
+
+    @property
+    def where(self) -> str:
+        """The caller, the server and the model, as errors start."""
+        return f"{self.who}: the LLM server at {self.base_url} (model '{self.model}')"
+
+    def _scrub(self, text: str) -> str:
+        key = self._api_key
+        return text.replace(key, "***") if key and key != _NO_KEY else text
+
+    def _get_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                if self._needs_key:
+                    raise ConfigError(
+                        f"{self.who}: no API key for the LLM server at {self.base_url} (model '{self.model}'): "
+                        f"set OPENAI_API_KEY or the {self.option} api_key, or point OPENAI_BASE_URL "
+                        f"(or the {self.option} base_url) at an OpenAI-compatible server"
+                    )
+                from openai import OpenAI
+
+                # tries again here (retry_wait), not in the client
+                self._client = OpenAI(
+                    base_url=self.base_url, api_key=self._api_key, timeout=self.config.timeout, max_retries=0
+                )
+            return self._client
+
+    def complete(self, messages: list[dict[str, str]], *, n: int = 1, temperature: float | None = None) -> list[str]:
+        """``n`` replies: one request for all of them, or one request each when the server ignores ``n``."""
+        check_n(n, self.who)
+        temperature = self.config.temperature if temperature is None else temperature
+        client = self._get_client()
+        replies: list[str] = []
+        while len(replies) < n:
+            wanted = n - len(replies) if self._n_honoured is not False else 1
+            got = self._request(client, messages, wanted, temperature)
+            if wanted > 1:
+                self._n_honoured = len(got) >= wanted
+            replies.extend(got)
+        return replies[:n]
+
+    def _request(self, client: Any, messages: list[dict[str, str]], n: int, temperature: float) -> list[str]:
+        """One request, tried again after the failures that may pass (up to ``max_retries`` times)."""
+        import openai
+
+        tries = 0
+        while True:
+            try:
+                return self._send(client, messages, n, temperature)
+            except openai.OpenAIError as e:
+                wait = retry_wait(e, tries) if tries < self.config.max_retries else None
+                if wait is None:
+                    raise self._failure(e) from None
+            tries += 1
+            time.sleep(wait)
+
+    def _send(self, client: Any, messages: list[dict[str, str]], n: int, temperature: float) -> list[str]:
+        c = self.config
+        options: dict[str, Any] = {"model": self.model, "temperature": temperature}
+        if c.max_tokens is not None:
+            options["max_tokens"] = c.max_tokens
+        if n > 1:
+            options["n"] = n
+        if c.stop:
+            options["stop"] = list(c.stop)
+        try:
+            if c.style == "chat":
+                response = client.chat.completions.create(messages=messages, **options)
+            else:
+                response = client.completions.create(prompt=flatten(messages), **options)
+        except ValueError as e:  # a body that is not JSON, or not the expected JSON
+            raise ServiceError(self._scrub(f"{self.where} sent an answer that is not JSON: {e}")) from None
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise ServiceError(self._scrub(f"{self.where} sent an answer with no choices: {str(response)[:200]!r}"))
+        texts = []
+        for choice in sorted(choices, key=lambda ch: getattr(ch, "index", 0) or 0):
+            if c.style == "chat":
+                message = getattr(choice, "message", None)
+                text = getattr(message, "content", None)
+            else:
+                text = getattr(choice, "text", None)
+            texts.append(text if isinstance(text, str) else "")
+        return texts
+
+    def _failure(self, e: Exception) -> ServiceError:
+        """A clear error naming the server and the model; never the key."""
+        import openai
+
+        where = self.where
+        if isinstance(e, openai.APITimeoutError):
+            message = f"{where} did not answer within {self.config.timeout:g} s ({self.option} timeout)"
+        elif isinstance(e, openai.APIConnectionError):
+            cause = e.__cause__ or e.__context__
+            detail = f": {cause}" if cause is not None and str(cause) else ""
+            message = f"{where} could not be reached{detail}"
+        elif isinstance(e, openai.AuthenticationError):
+            message = f"{where} refused the API key (HTTP 401): check OPENAI_API_KEY or the {self.option} api_key"
+        elif isinstance(e, openai.PermissionDeniedError):
+            message = f"{where} denied access (HTTP 403): check the API key's permissions for this model"
+        elif isinstance(e, openai.NotFoundError):
+            message = (
+                f"{where} answered HTTP 404: check the model name ({self.option} model) "
+                f"and the base URL ({self.option} base_url, ending in /v1)"
+            )
+        elif isinstance(e, openai.RateLimitError):
+            message = (
+                f"{where} is rate limiting requests (HTTP 429) after {self.config.max_retries} retries: {e.message}"
+            )
+        elif isinstance(e, openai.APIStatusError):
+            message = f"{where} answered HTTP {e.status_code}: {e.message}"
+            if e.status_code in PER_REQUEST_STATUSES:
+                return ServiceError(self._scrub(message), per_request=True)
+        elif isinstance(e, openai.APIResponseValidationError):
+            message = f"{where} sent an answer that is not a completion: {e.message}"
+        else:
+            message = f"{where} failed: {type(e).__name__}: {e}"
+        return ServiceError(self._scrub(message))
+
+
+def retry_wait(e: BaseException, tries: int) -> float | None:
+    """Seconds to wait before trying a request again after ``e`` (``tries`` tries so far), or None
+    when ``e`` is not worth another try.
+
+    Lost connections and timeouts, and HTTP 408, 409, 429 and 5xx are tried
+    again, unless the server says ``x-should-retry: false`` (``true`` makes any
+    status worth another try). The wait is the server's ``Retry-After`` (or
+    ``retry-after-ms``) when it gives one, else 0.5 s doubling with each try and
+    up to a quarter less at random; never more than :data:`MAX_RETRY_WAIT`.
+    """
+    import openai
+
+    if isinstance(e, openai.APIStatusError):
+        headers = e.response.headers
+        should = str(headers.get("x-should-retry", "")).lower()
+        if should == "false" or (should != "true" and not _retryable_status(e.status_code)):
+            return None
+        asked = _retry_after(headers)
+        if asked is not None:
+            return min(asked, MAX_RETRY_WAIT)
+    elif not isinstance(e, openai.APIConnectionError):  # timeouts are connection errors too
+        return None
+    backoff = FIRST_RETRY_WAIT * 2.0 ** min(tries, 30)
+    return min(backoff, MAX_RETRY_WAIT) * (1 - 0.25 * random.random())
+
+
+def _retryable_status(status: int) -> bool:
+    return status in RETRY_STATUSES or status >= 500
+
+
+def _retry_after(headers: Any) -> float | None:
+    """The wait a server asks for, in seconds (``retry-after-ms``, or ``Retry-After`` as seconds or a date)."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            continue
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
