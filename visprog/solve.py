@@ -1,23 +1,46 @@
-"""The Python API in a few functions: check a program, run it on images."""
+"""The Python API in a few functions: check a program, run it on images, solve a task.
+
+:func:`solve` is the one path from text and images to an answer, used by the
+Python API, the CLI, the web app and (through :meth:`Planner.plan_samples
+<visprog.planner.core.Planner.plan_samples>` and :func:`vote_runs`) evaluation:
+plan with repair, draw ``samples`` programs, run the valid ones, vote on their
+answers. Every step is told to an ``on_event`` listener: the planner's events
+(:mod:`visprog.planner.events`) and the interpreter's (:mod:`visprog.running.events`).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from visprog.errors import ServiceError, StepError, VisprogError
 from visprog.language.checker import CheckedProgram
 from visprog.language.checker import check as _check
 from visprog.language.signatures import Registry
-from visprog.language.values import Type
+from visprog.language.values import Type, describe_value
+from visprog.planner.core import Plan, Planner, PlanningError, vote
+from visprog.planner.events import Voted
+from visprog.planner.tasks import Task, get_task, input_names
+from visprog.running.events import Listener, emit
 from visprog.running.plugins import default_registry
 from visprog.running.runtime import Runtime
-from visprog.running.trace import Trace
+from visprog.running.tracing import Trace
 
-if TYPE_CHECKING:
-    from visprog.planner.core import Planner, Solution
-
-__all__ = ["ask", "check", "create_planner", "edit", "run", "solve", "tag", "verify"]
+__all__ = [
+    "Solution",
+    "ask",
+    "check",
+    "create_planner",
+    "edit",
+    "load_inputs",
+    "run",
+    "solve",
+    "tag",
+    "verify",
+    "vote_runs",
+]
 
 
 def check(
@@ -28,9 +51,9 @@ def check(
 ) -> CheckedProgram:
     """Parse and type-check ``program``; raises ProgramSyntaxError or ProgramCheckError.
 
-    ``inputs`` names what the caller will pass (default ``IMAGE``, ``LEFT``, ``RIGHT``).
+    ``inputs`` names what the caller will pass (default: every task's inputs, ``IMAGE``, ``LEFT``, ``RIGHT``).
     """
-    return _check(program, registry or default_registry(), inputs)
+    return _check(program, inputs, registry=registry or default_registry(), known_inputs=input_names())
 
 
 def run(
@@ -41,23 +64,35 @@ def run(
     runtime: Runtime | None = None,
     max_pixels: int | None = None,
     max_batch: int | None = None,
+    on_event: Listener | None = None,
 ) -> Trace:
-    """Run ``program`` and return its :class:`~visprog.running.trace.Trace` (``trace.result`` is the answer).
+    """Run ``program`` and return its :class:`~visprog.running.tracing.Trace` (``trace.result`` is the answer).
 
     ``images`` maps input names to images (a path, bytes, a PIL image or a
     numpy array); a single image is passed as ``IMAGE``. Other values (text,
-    numbers) are passed through as they are.
+    numbers) are passed through as they are. ``on_event`` receives the run's events.
     """
-    from visprog.running.images import load_image
     from visprog.running.interpreter import Interpreter
 
     if not isinstance(images, Mapping):
         images = {"IMAGE": images}
-    loaded = {
+    loaded = load_inputs(images, max_pixels=max_pixels)
+    interpreter = Interpreter(registry, runtime, max_batch=max_batch, known_inputs=input_names())
+    return interpreter.run(program, loaded, on_event=on_event)
+
+
+def load_inputs(images: Mapping[str, Any], *, max_pixels: int | None = None) -> dict[str, Any]:
+    """``images`` with every image-like value (a path, bytes, a PIL image, a numpy array) loaded as an RGB image.
+
+    Other values (text, numbers) are kept as they are. Raises
+    :class:`~visprog.errors.ImageError` naming the file (or the input) that cannot be used.
+    """
+    from visprog.running.images import load_image
+
+    return {
         name: load_image(value, max_pixels=max_pixels, name=_label(name, value)) if _is_image_like(value) else value
         for name, value in images.items()
     }
-    return Interpreter(registry, runtime, max_batch=max_batch).run(program, loaded)
 
 
 def _label(name: str, value: Any) -> str | None:
@@ -95,17 +130,38 @@ def create_planner(
     """A planner on an OpenAI-compatible server (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
     ``VISPROG_LLM_MODEL`` as the openai client reads them) or, with ``local=``, a local
     transformers causal LM (a hub id or folder)."""
-    from visprog.llm.clients import backend_from_options
-    from visprog.planner.core import Planner
+    from visprog.llm import client_from_options
 
-    backend = backend_from_options(
+    backend = client_from_options(
         model=model, base_url=base_url, api_key=api_key, style=style or "chat", local=local, **llm_options
     )
     return Planner(backend, registry=registry, repair_rounds=repair_rounds, cache=cache)
 
 
+@dataclass
+class Solution:
+    """The answer to a question (or the edited image) with how it was reached.
+
+    ``agreement`` is the share of the programs that ran whose answer is the
+    winning one (1.0 for a single sample). ``samples`` holds each drawn
+    program's plan (or why there is none) and its run (or why it failed).
+    """
+
+    task: str
+    text: str
+    result: Any
+    plan: Plan
+    trace: Trace
+    agreement: float = 1.0
+    samples: list[tuple[Plan | PlanningError | ServiceError, Trace | VisprogError | None]] = field(default_factory=list)
+
+    @property
+    def program(self) -> str:
+        return self.plan.program
+
+
 def solve(
-    task: str,
+    task: str | Task,
     text: str,
     images: Mapping[str, Any],
     *,
@@ -117,21 +173,95 @@ def solve(
     runtime: Runtime | None = None,
     max_pixels: int | None = None,
     max_batch: int | None = None,
+    on_event: Listener | None = None,
     **planner_options: Any,
 ) -> Solution:
-    """Plan a program for ``text`` with the ``task``'s prompts, run it on ``images``, return the
-    :class:`~visprog.planner.core.Solution` (``.result``, ``.program``, ``.trace``, ``.agreement``)."""
-    from visprog.running.images import load_image
+    """Plan a program for ``text`` with the ``task``'s prompts, run it on ``images``, return the :class:`Solution`.
+
+    ``task`` is a task's name (``"gqa"``), a :class:`~visprog.planner.tasks.Task`
+    or the path of a task file; ``images`` maps each of its inputs to an image
+    (a path, bytes, a PIL image or a numpy array). With ``samples`` > 1, that
+    many programs are drawn (at ``temperature``, 0.7 by default), the valid ones
+    run together and their answers are voted on. With ``feed_errors``, a
+    program that fails while running is sent back with the step's error for a
+    new plan (once per sample). Without ``planner``, one is made by
+    :func:`create_planner` from ``planner_options``. ``on_event`` receives every
+    event of the planner and of the runs.
+
+    Raises the last sample's error when no program ran to the end: a
+    :class:`~visprog.planner.core.PlanningError`, a
+    :class:`~visprog.errors.StepError` (with its partial trace) or a
+    :class:`~visprog.errors.ServiceError`.
+    """
     from visprog.running.interpreter import Interpreter
 
-    loaded = {
-        name: load_image(value, max_pixels=max_pixels, name=_label(name, value)) for name, value in images.items()
-    }
+    spec = get_task(task)
+    missing = [name for name in spec.inputs if name not in images]
+    if missing:
+        raise VisprogError(
+            f"task {spec.name} reads {', '.join(spec.inputs)}: no image was given for {', '.join(missing)}"
+        )
+    loaded = load_inputs(images, max_pixels=max_pixels)
     planner = planner or create_planner(registry=registry, **planner_options)
-    interpreter = Interpreter(planner.registry, runtime, max_batch=max_batch)
-    return planner.solve(
-        task, text, loaded, interpreter.run, samples=samples, temperature=temperature, feed_errors=feed_errors
+    interpreter = Interpreter(planner.registry, runtime, max_batch=max_batch, known_inputs=input_names())
+    plans = planner.plan_samples(spec, text, samples, temperature=temperature, on_event=on_event)
+    valid = [(k, plan) for k, plan in enumerate(plans) if isinstance(plan, Plan)]
+    ran = interpreter.run_many([(plan.checked, loaded) for _, plan in valid], on_event=on_event)
+    outcomes: list[tuple[Plan | PlanningError | ServiceError, Trace | VisprogError | None]] = [(p, None) for p in plans]
+    for (k, plan), result in zip(valid, ran, strict=True):
+        outcomes[k] = (plan, result)
+        if feed_errors and isinstance(result, StepError):
+            feedback = (
+                f"An earlier program failed while running:\n{plan.program}\n"
+                f"line {result.line}, {result.module}: {result.reason}\nWrite a program that avoids this."
+            )
+            try:
+                again = planner.plan(
+                    spec, text, sample=k, temperature=temperature, feedback=feedback, on_event=on_event
+                )
+                outcomes[k] = (again, interpreter.run(again.checked, loaded, on_event=on_event))
+            except (PlanningError, StepError) as e:
+                outcomes[k] = (plan, e)
+    good = [(p, t) for p, t in outcomes if isinstance(p, Plan) and isinstance(t, Trace)]
+    if not good:
+        last_plan, last_run = outcomes[-1]
+        if isinstance(last_run, VisprogError):
+            raise last_run
+        assert not isinstance(last_plan, Plan)
+        raise last_plan
+    trace, agreement = vote_runs([t for _, t in good], samples=len(plans), on_event=on_event)
+    plan = next(p for p, t in good if t is trace)
+    return Solution(spec.name, text, trace.result, plan, trace, agreement, outcomes)
+
+
+def vote_runs(
+    runs: Sequence[Trace], *, samples: int | None = None, on_event: Listener | None = None
+) -> tuple[Trace, float]:
+    """The run whose answer most runs share, and that share (ties: the first run).
+
+    Answers are compared as :func:`visprog.language.values.answer_key` says
+    (``'yes'`` is ``True``), the same rule answer scoring uses. ``on_event``
+    receives a :class:`~visprog.planner.events.Voted` event; ``samples`` is how
+    many programs were drawn (default: one per run).
+    """
+    if not runs:
+        raise ValueError("no runs to vote on")
+    answer, agreement = vote([t.result for t in runs])
+    winner = next(t for t in runs if t.result is answer)
+    emit(
+        on_event,
+        Voted(
+            tuple(_shown(t.result) for t in runs),
+            _shown(answer),
+            agreement,
+            len(runs) if samples is None else samples,
+        ),
     )
+    return winner, agreement
+
+
+def _shown(value: Any) -> str:
+    return str(value) if isinstance(value, (str, int, float, bool)) else describe_value(value)
 
 
 def ask(image: Any, question: str, **options: Any) -> Solution:

@@ -1,32 +1,37 @@
-"""Natural language to a checked program: prompt, extract, check, repair; sample and vote.
+"""Natural language to a checked program: prompt, extract, check, repair; and the vote over answers.
 
 The planner only hands text to the parser and reads the checker's
 diagnostics. A program that does not parse or check is sent back to the LLM
 with the diagnostics (line, caret, message) for a fix, up to
 ``repair_rounds`` times; if it is still invalid, :class:`PlanningError` shows
-every attempt. Nothing runs before a program checks.
+every attempt. Nothing runs before a program checks. What it does is told as
+events (:mod:`visprog.planner.events`) to an ``on_event`` listener.
+Running the programs and voting over their answers is :mod:`visprog.solve`'s.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from visprog.errors import ProgramError, StepError, VisprogError
+from visprog.errors import ProgramError, ServiceError, VisprogError
 from visprog.language.checker import CheckedProgram, check
 from visprog.language.signatures import Registry
-from visprog.language.values import Image
-from visprog.llm.clients import LLMBackend
+from visprog.language.values import answer_key
+from visprog.llm import LLMClient
 from visprog.planner.cache import PlanCache
+from visprog.planner.events import CacheHit, PlanFailed, Planned, RepairRound, ReplyReceived, RequestSent
 from visprog.planner.extract import extract_program
-from visprog.planner.prompts import PromptSet, build_messages, load_prompts, repair_messages
+from visprog.planner.prompts import build_messages, repair_messages
+from visprog.planner.tasks import Task, get_task, input_names
+from visprog.running.events import Listener, emit
 from visprog.running.plugins import default_registry
-from visprog.running.trace import Trace
 
-__all__ = ["Attempt", "Plan", "Planner", "PlanningError", "Solution", "vote"]
+__all__ = ["Attempt", "Plan", "Planner", "PlanningError", "vote"]
 
 
 @dataclass(frozen=True)
@@ -67,43 +72,15 @@ class PlanningError(VisprogError):
         super().__init__("\n".join(lines))
 
 
-@dataclass
-class Solution:
-    """The answer to a question (or the edited image) with how it was reached.
-
-    ``agreement`` is the share of valid samples that gave the winning answer
-    (1.0 for a single sample).
-    """
-
-    task: str
-    text: str
-    result: Any
-    plan: Plan
-    trace: Trace
-    agreement: float = 1.0
-    samples: list[tuple[Plan | PlanningError, Trace | VisprogError | None]] = field(default_factory=list)
-
-    @property
-    def program(self) -> str:
-        return self.plan.program
-
-
-def _answer_key(value: Any) -> Any:
-    """A hashable, normalised form of an answer for voting."""
-    if isinstance(value, str):
-        return value.strip().strip(".").lower()
-    if isinstance(value, (bool, int, float)):
-        return value
-    if isinstance(value, list):
-        return tuple(_answer_key(v) for v in value)
-    return id(value)
-
-
 def vote(answers: Sequence[Any]) -> tuple[Any, float]:
-    """The majority answer and the share of answers that agree with it (ties: the first seen)."""
+    """The majority answer and the share of answers that agree with it (ties: the first seen).
+
+    Answers are the same when :func:`visprog.language.values.answer_key` says so,
+    the rule answer scoring uses too: ``'yes'`` and ``True``, ``'2'`` and ``2.0``.
+    """
     if not answers:
         raise ValueError("no answers to vote on")
-    keys = [_answer_key(a) for a in answers]
+    keys = [answer_key(a) for a in answers]
     counts = Counter(keys)
     best = max(counts.values())
     winner = next(k for k in keys if counts[k] == best)
@@ -118,7 +95,7 @@ class Planner:
 
     def __init__(
         self,
-        backend: LLMBackend,
+        backend: LLMClient,
         *,
         registry: Registry | None = None,
         repair_rounds: int = 2,
@@ -131,24 +108,24 @@ class Planner:
         self.repair_rounds = repair_rounds
         self.cache: PlanCache | None = PlanCache() if cache is True else (cache or None)
 
-    # -- planning ---------------------------------------------------------
-
     def plan(
         self,
-        task: str | PromptSet,
+        task: str | Task,
         text: str,
         *,
         sample: int = 0,
         temperature: float | None = None,
         feedback: str | None = None,
+        on_event: Listener | None = None,
     ) -> Plan:
         """A checked program for ``text`` (a question, statement or instruction).
 
         ``sample`` and ``temperature`` tell samples apart (each is cached on its
         own); ``feedback`` is an execution error of an earlier plan to fix.
+        ``on_event`` receives :mod:`visprog.planner.events` as they happen.
         """
-        prompts = task if isinstance(task, PromptSet) else load_prompts(task)
-        messages = build_messages(prompts, self.registry, text)
+        spec = get_task(task)
+        messages = build_messages(spec, self.registry, text)
         key = PlanCache.key(
             self.backend.identity, json.dumps(messages, sort_keys=True), str(sample), repr(temperature), feedback or ""
         )
@@ -156,103 +133,77 @@ class Planner:
             stored = self.cache.get(key)
             if stored is not None:
                 try:
-                    checked = check(stored, self.registry, prompts.inputs)
+                    checked = check(stored, spec.inputs, registry=self.registry, known_inputs=input_names())
                 except ProgramError:
                     pass  # the registry changed since: plan again
                 else:
-                    return Plan(prompts.task, text, stored, checked, (), cached=True)
+                    emit(on_event, CacheHit(spec.name, sample, stored))
+                    emit(on_event, Planned(spec.name, sample, stored, 0))
+                    return Plan(spec.name, text, stored, checked, (), cached=True)
         if feedback:
             messages = [*messages[:-1], {"role": "user", "content": f"{messages[-1]['content']}\n\n{feedback}"}]
         attempts: list[Attempt] = []
-        for _ in range(self.repair_rounds + 1):
+        for attempt in range(1, self.repair_rounds + 2):
+            emit(on_event, RequestSent(spec.name, text, sample, attempt, len(messages)))
+            started = time.perf_counter()
             reply = self.backend.complete(messages, n=1, temperature=temperature)[0]
             program = extract_program(reply)
+            emit(on_event, ReplyReceived(spec.name, sample, attempt, reply, program, time.perf_counter() - started))
             try:
                 if not program.strip():
                     raise _NoProgram()
-                checked = check(program, self.registry, prompts.inputs)
+                checked = check(program, spec.inputs, registry=self.registry, known_inputs=input_names())
             except _NoProgram:
                 diagnostics = "The reply contains no program. Answer with the program only, one step per line."
-                attempts.append(Attempt(reply, program, diagnostics))
-                messages = repair_messages(messages, reply, diagnostics)
-                continue
             except ProgramError as e:
-                attempts.append(Attempt(reply, program, e.render()))
-                messages = repair_messages(messages, reply, e.render())
-                continue
-            attempts.append(Attempt(reply, program))
-            if self.cache is not None:
-                self.cache.put(key, program)
-            return Plan(prompts.task, text, program, checked, tuple(attempts))
-        raise PlanningError(prompts.task, text, attempts)
+                diagnostics = e.render()
+            else:
+                attempts.append(Attempt(reply, program))
+                if self.cache is not None:
+                    self.cache.put(key, program)
+                emit(on_event, Planned(spec.name, sample, program, attempt))
+                return Plan(spec.name, text, program, checked, tuple(attempts))
+            attempts.append(Attempt(reply, program, diagnostics))
+            if attempt <= self.repair_rounds:
+                emit(on_event, RepairRound(spec.name, sample, attempt, diagnostics))
+                messages = repair_messages(messages, reply, diagnostics)
+        error = PlanningError(spec.name, text, attempts)
+        emit(on_event, PlanFailed(spec.name, sample, len(attempts), str(error)))
+        raise error
 
-    # -- planning and running -----------------------------------------------
-
-    def solve(
+    def plan_samples(
         self,
-        task: str,
+        task: str | Task,
         text: str,
-        images: Mapping[str, Image],
-        run: Callable[[CheckedProgram, Mapping[str, Image]], Trace],
-        *,
         samples: int = 1,
+        *,
         temperature: float | None = None,
-        feed_errors: bool = False,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> Solution:
-        """Plan and run; with ``samples`` > 1, run every valid sample and vote on the answers.
+        on_event: Listener | None = None,
+    ) -> list[Plan | PlanningError | ServiceError]:
+        """``samples`` plans for ``text``, each a :class:`Plan` or the :class:`PlanningError` of that sample.
 
-        With ``feed_errors``, a program that fails while running is sent back
-        with the step's error for a new plan (once per sample).
+        With more than one sample and no ``temperature``, they are drawn at 0.7.
+        An LLM service that refuses this request (a ``per_request``
+        :class:`~visprog.errors.ServiceError`) ends the list with that error, as
+        every other sample would get the same; any other service error is raised.
         """
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
         if samples > 1 and temperature is None:
             temperature = 0.7
-        outcomes: list[tuple[Plan | PlanningError, Trace | VisprogError | None]] = []
-        for i in range(samples):
-            outcomes.append(self._plan_and_run(task, text, images, run, i, temperature, feed_errors))
-            if progress is not None:
-                progress(i + 1, samples)
-        good = [(p, t) for p, t in outcomes if isinstance(p, Plan) and isinstance(t, Trace)]
-        if not good:
-            last_plan, last_run = outcomes[-1]
-            if isinstance(last_plan, PlanningError):
-                raise last_plan
-            assert isinstance(last_run, VisprogError)
-            raise last_run
-        winner, agreement = vote([t.result for _, t in good])
-        plan, trace = next((p, t) for p, t in good if t.result is winner)
-        return Solution(task, text, winner, plan, trace, agreement, outcomes)
-
-    def _plan_and_run(
-        self,
-        task: str,
-        text: str,
-        images: Mapping[str, Image],
-        run: Callable[[CheckedProgram, Mapping[str, Image]], Trace],
-        sample: int,
-        temperature: float | None,
-        feed_errors: bool,
-    ) -> tuple[Plan | PlanningError, Trace | VisprogError | None]:
-        try:
-            plan = self.plan(task, text, sample=sample, temperature=temperature)
-        except PlanningError as e:
-            return e, None
-        try:
-            return plan, run(plan.checked, images)
-        except StepError as e:
-            if not feed_errors:
-                return plan, e
-            feedback = (
-                f"An earlier program failed while running:\n{plan.program}\n"
-                f"line {e.line}, {e.module}: {e.reason}\nWrite a program that avoids this."
-            )
+        spec = get_task(task)
+        plans: list[Plan | PlanningError | ServiceError] = []
+        for k in range(samples):
             try:
-                plan = self.plan(task, text, sample=sample, temperature=temperature, feedback=feedback)
-                return plan, run(plan.checked, images)
-            except (PlanningError, StepError) as again:
-                return plan, again
+                plans.append(self.plan(spec, text, sample=k, temperature=temperature, on_event=on_event))
+            except PlanningError as e:
+                plans.append(e)
+            except ServiceError as e:
+                if not e.per_request:
+                    raise
+                plans.append(e)
+                break
+        return plans
 
 
 class _NoProgram(Exception):

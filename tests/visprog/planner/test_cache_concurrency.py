@@ -109,7 +109,7 @@ def test_a_locked_cache_is_a_miss_and_a_skipped_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llm_server: ScriptedServer
 ) -> None:
     from tests import fakes
-    from visprog.llm.clients import backend_from_options
+    from visprog.llm import client_from_options
     from visprog.planner.core import Planner
 
     path = tmp_path / "plans.sqlite"
@@ -125,7 +125,7 @@ def test_a_locked_cache_is_a_miss_and_a_skipped_write(
             warnings.simplefilter("always")
             assert cache.get("stored") is None  # a miss, not an error
             cache.put("skipped", stored)  # a skipped write, not an error
-            backend = backend_from_options(base_url=llm_server.url, model="tiny", max_retries=0, timeout=5)
+            backend = client_from_options(base_url=llm_server.url, model="tiny", max_retries=0, timeout=5)
             plan = Planner(backend, registry=fakes.registry(), cache=cache).plan("gqa", "What is it?")
         assert plan.program == _program("What is it?") and not plan.cached and len(llm_server.requests) == 1
         about_cache = [str(w.message) for w in caught if "plan cache" in str(w.message)]
@@ -184,8 +184,9 @@ def test_ray_actors_share_one_plan_cache(
 ) -> None:
     from PIL import Image as PILImage
 
+    from visprog.evaluation.datasets import load_items
     from visprog.evaluation.engines import WorkerSettings
-    from visprog.evaluation.runner import evaluate, load_items
+    from visprog.evaluation.runner import evaluate
 
     monkeypatch.setenv("VISPROG_CACHE_DIR", str(ray_cache_dir))  # the driver's cache is the actors' one
     cache_file = ray_cache_dir / "plans.sqlite"

@@ -17,18 +17,18 @@ from visprog.apps.cli import main
 from visprog.errors import ServiceError
 from visprog.language.signatures import module
 from visprog.language.values import Image
-from visprog.llm.clients import backend_from_options
+from visprog.llm import client_from_options
 from visprog.planner.cache import PlanCache
 from visprog.planner.core import Planner, PlanningError, vote
-from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Runtime
+from visprog.solve import solve
 
 GOOD = "BOX0=Loc(image=IMAGE, object='dog')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"
 UNKNOWN_MODULE = GOOD.replace("=Loc(", "=Locate_Things(")
 
 
 def planner_for(server: ScriptedServer, **options: Any) -> Planner:
-    backend = backend_from_options(base_url=server.url, model="tiny-planner", max_retries=0, timeout=5)
+    backend = client_from_options(base_url=server.url, model="tiny-planner", max_retries=0, timeout=5)
     return Planner(backend, registry=fakes.registry(), cache=options.pop("cache", False), **options)
 
 
@@ -37,8 +37,8 @@ def images() -> dict[str, Image]:
     return {"IMAGE": PILImage.fromarray(data.astronaut())}
 
 
-def interpreter() -> Interpreter:
-    return Interpreter(fakes.registry(), Runtime(modules={"FaceDet": {"backend": "cascade"}}))
+#: FaceDet's cascade backend ships with scikit-image: no download.
+RUNTIME = Runtime(modules={"FaceDet": {"backend": "cascade"}})
 
 
 def test_a_fenced_program_with_chatter_is_extracted_and_checked(llm_server: ScriptedServer) -> None:
@@ -79,7 +79,7 @@ def test_garbage_every_time_ends_in_an_error_listing_every_attempt(llm_server: S
 
 def test_a_slow_answer_honours_the_timeout(llm_server: ScriptedServer) -> None:
     llm_server.script([Reply.slow(3, GOOD)])
-    backend = backend_from_options(base_url=llm_server.url, model="tiny-planner", max_retries=0, timeout=0.5)
+    backend = client_from_options(base_url=llm_server.url, model="tiny-planner", max_retries=0, timeout=0.5)
     start = time.monotonic()
     with pytest.raises(ServiceError) as info:
         Planner(backend, registry=fakes.registry(), cache=False).plan("gqa", "How many dogs?")
@@ -89,7 +89,7 @@ def test_a_slow_answer_honours_the_timeout(llm_server: ScriptedServer) -> None:
 
 def test_a_rate_limit_is_retried_with_backoff(llm_server: ScriptedServer) -> None:
     llm_server.script([Reply.rate_limited(), GOOD])
-    backend = backend_from_options(base_url=llm_server.url, model="tiny-planner", max_retries=2, timeout=5)
+    backend = client_from_options(base_url=llm_server.url, model="tiny-planner", max_retries=2, timeout=5)
     plan = Planner(backend, registry=fakes.registry(), cache=False).plan("gqa", "How many dogs?")
     assert plan.program == GOOD and len(llm_server.requests) == 2
 
@@ -114,7 +114,7 @@ def test_voting_takes_the_majority_and_reports_agreement(llm_server: ScriptedSer
     fakes.VQA_ANSWERS.update({"a": "blue", "b": "red", "c": "Blue"})
     llm_server.script([program.format(q="a"), program.format(q="b"), program.format(q="c"), "not a program"] * 1)
     planner = planner_for(llm_server, repair_rounds=0)
-    solution = planner.solve("gqa", "What colour is it?", images, interpreter().run, samples=4)
+    solution = solve("gqa", "What colour is it?", images, planner=planner, runtime=RUNTIME, samples=4)
     assert solution.result == "blue"
     assert solution.agreement == pytest.approx(2 / 3)
     assert len(solution.samples) == 4 and isinstance(solution.samples[3][0], PlanningError)
@@ -134,7 +134,8 @@ def test_execution_errors_can_be_fed_back(llm_server: ScriptedServer, images: di
     failing = "IMAGE0=Emoji(image=IMAGE, object=[], emoji='no_such_emoji_name')\nFINAL_RESULT=Result(var=IMAGE0)"
     fixed = "IMAGE0=Emoji(image=IMAGE, object=[], emoji='grinning_face')\nFINAL_RESULT=Result(var=IMAGE0)"
     llm_server.script([failing, fixed])
-    solution = planner_for(llm_server).solve("edit", "Hide nothing", images, interpreter().run, feed_errors=True)
+    planner = planner_for(llm_server)
+    solution = solve("edit", "Hide nothing", images, planner=planner, runtime=RUNTIME, feed_errors=True)
     assert solution.program == fixed
     feedback = llm_server.requests[1].body["messages"][-1]["content"]
     assert "failed while running" in feedback and "unknown emoji 'no_such_emoji_name'" in feedback
@@ -153,7 +154,7 @@ def test_a_plugin_module_reaches_the_planner_without_prompt_edits(llm_server: Sc
     registry = fakes.registry()
     registry.register(Invert)
     llm_server.script(["IMAGE0=Invert(image=IMAGE)\nFINAL_RESULT=Result(var=IMAGE0)"])
-    backend = backend_from_options(base_url=llm_server.url, model="tiny-planner", max_retries=0, timeout=5)
+    backend = client_from_options(base_url=llm_server.url, model="tiny-planner", max_retries=0, timeout=5)
     plan = Planner(backend, registry=registry, cache=False).plan("edit", "Invert the colours")
     assert plan.checked.steps[0].spec is Invert
     assert "Invert(image: Image) -> Image" in llm_server.requests[0].body["messages"][0]["content"]
@@ -201,7 +202,7 @@ def test_a_local_model_plans_through_the_same_loop(tmp_path: Path, monkeypatch: 
     GPT2LMHeadModel(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
 
-    backend = backend_from_options(local=str(tmp_path), max_new_tokens=8)
+    backend = client_from_options(local=str(tmp_path), max_new_tokens=8)
     planner = Planner(backend, registry=fakes.registry(), repair_rounds=1, cache=False)
     prompts: list[str] = []
     build = backend._prompt  # type: ignore[attr-defined]

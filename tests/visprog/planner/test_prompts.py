@@ -1,4 +1,4 @@
-"""The planner's prompts: packaged prompt sets, the module reference rendered from the registry, messages.
+"""The tasks and the planner's prompts: packaged task files, the module reference rendered from the registry, messages.
 
 Every in-context example of every packaged task is a test of its own: it must
 parse and type-check against the default registry with the task's inputs, and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import textwrap
 from importlib import resources
@@ -22,31 +23,27 @@ from skimage import data
 
 import visprog
 from tests import fakes
+from tests.fakes import check
 from visprog.errors import ConfigError, ProgramCheckError
-from visprog.language.checker import check
 from visprog.language.parser import parse
 from visprog.language.signatures import Registry
 from visprog.language.values import Image
-from visprog.planner.prompts import (
-    TASKS,
-    Example,
-    PromptSet,
-    build_completion_prompt,
-    build_messages,
-    load_prompts,
-    module_reference,
-    repair_messages,
-    repair_prompt,
-)
+from visprog.planner.prompts import build_messages, module_reference, repair_messages
+from visprog.planner.tasks import Example, Task, get_task, guess_task, input_names, load_task, tasks
 from visprog.running.interpreter import Interpreter
 from visprog.running.plugins import default_registry
 from visprog.running.runtime import Runtime
+
+#: The packaged tasks.
+TASKS = tuple(tasks())
 
 #: FaceDet's cascade backend ships with scikit-image: no download.
 RUNTIME = Runtime(modules={"FaceDet": {"backend": "cascade"}})
 
 EXPECTED_INPUTS = {"gqa": ("IMAGE",), "nlvr": ("LEFT", "RIGHT"), "edit": ("IMAGE",), "tag": ("IMAGE",)}
 EXPECTED_LABELS = {"gqa": "Question", "nlvr": "Statement", "edit": "Instruction", "tag": "Instruction"}
+EXPECTED_VERBS = {"gqa": "ask", "nlvr": "verify", "edit": "edit", "tag": "tag"}
+EXPECTED_ANSWERS = {"gqa": "text", "nlvr": "yes/no", "edit": "image", "tag": "image"}
 
 #: the inputs each example runs on: astronaut and chelsea, as IMAGE or as LEFT/RIGHT both ways round
 IMAGE_SETS = {
@@ -85,7 +82,7 @@ def _slug(text: str) -> str:
 def _examples() -> list[Any]:
     params = []
     for task in TASKS:
-        for i, example in enumerate(load_prompts(task).examples, start=1):
+        for i, example in enumerate(get_task(task).examples, start=1):
             params.append(pytest.param(task, example, id=f"{task}-{i:02d}-{_slug(example.input)}"))
     return params
 
@@ -93,7 +90,7 @@ def _examples() -> list[Any]:
 def _runs() -> list[Any]:
     params = []
     for task in TASKS:
-        prompts = load_prompts(task)
+        prompts = get_task(task)
         for i, example in enumerate(prompts.examples, start=1):
             for images_id, images in IMAGE_SETS[prompts.inputs].items():
                 ident = f"{task}-{i:02d}-{_slug(example.input)}-{images_id}"
@@ -122,9 +119,13 @@ def _reference_entries(reference: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("task", TASKS)
 def test_packaged_prompt_set(task: str) -> None:
-    prompts = load_prompts(task)
-    assert isinstance(prompts, PromptSet)
-    assert prompts.task == task
+    prompts = get_task(task)
+    assert isinstance(prompts, Task)
+    assert prompts.name == task
+    assert prompts.command == EXPECTED_VERBS[task]
+    assert prompts.answer == EXPECTED_ANSWERS[task]
+    assert prompts.label and prompts.label != task
+    assert prompts.source == f"visprog/prompts/{task}.toml"
     assert prompts.inputs == EXPECTED_INPUTS[task]
     assert prompts.input_label == EXPECTED_LABELS[task]
     assert prompts.description and "\n" not in prompts.description
@@ -137,10 +138,10 @@ def test_packaged_prompt_set(task: str) -> None:
         assert e.program == e.program.strip()
         assert e.input == e.input.strip() and "\n" not in e.input
     # loading is deterministic and the result immutable
-    assert load_prompts(task) == prompts
-    assert load_prompts(task.upper()) == prompts
+    assert get_task(task) == prompts
+    assert get_task(task.upper()) == prompts
     with pytest.raises(dataclasses.FrozenInstanceError):
-        prompts.task = "other"  # type: ignore[misc]
+        prompts.name = "other"  # type: ignore[misc]
 
 
 def test_packaged_files_are_package_data() -> None:
@@ -150,7 +151,7 @@ def test_packaged_files_are_package_data() -> None:
 
 def test_examples_use_the_whole_language_of_their_tasks() -> None:
     def modules(task: str) -> set[str]:
-        return {m.group(2) for e in load_prompts(task).examples for m in map(STEP.match, e.program.splitlines()) if m}
+        return {m.group(2) for e in get_task(task).examples for m in map(STEP.match, e.program.splitlines()) if m}
 
     crops = {"Crop", "CropLeftOf", "CropRightOf", "CropAbove", "CropBelow"}
     assert crops | {"Loc", "Count", "Vqa", "Eval", "Result"} <= modules("gqa")
@@ -159,16 +160,16 @@ def test_examples_use_the_whole_language_of_their_tasks() -> None:
     assert {"FaceDet", "Loc", "List", "Classify", "Tag"} <= modules("tag")
     everything = set().union(*(modules(t) for t in TASKS))
     assert crops <= everything
-    nlvr_evals = " ".join(e.program for e in load_prompts("nlvr").examples)
+    nlvr_evals = " ".join(e.program for e in get_task("nlvr").examples)
     for word in (" and ", " or ", " xor ", "not ", "==", ">"):
         assert word in nlvr_evals, word
 
 
 @pytest.mark.parametrize(("task", "example"), _examples())
 def test_example_checks_against_the_default_registry(task: str, example: Example) -> None:
-    prompts = load_prompts(task)
+    prompts = get_task(task)
     registry = default_registry()
-    checked = check(example.program, registry, prompts.inputs)
+    checked = check(example.program, prompts.inputs, registry=registry)
     assert set(checked.used_inputs) <= set(prompts.inputs)
     assert checked.steps[checked.result].step.is_result
     lines = [line for line in example.program.splitlines() if line.strip()]
@@ -225,7 +226,7 @@ def test_module_reference_lists_every_module_exactly_as_registered() -> None:
 def test_module_reference_is_deterministic() -> None:
     registry = default_registry()
     assert module_reference(registry) == module_reference(registry.copy())
-    prompts = load_prompts("gqa")
+    prompts = get_task("gqa")
     assert build_messages(prompts, registry, "Q?") == build_messages(prompts, registry.copy(), "Q?")
 
 
@@ -249,15 +250,14 @@ def test_a_plugin_module_appears_with_no_prompt_edits() -> None:
     assert list(_reference_entries(reference))[-1] == signature
 
     for task in TASKS:
-        prompts = load_prompts(task)
+        prompts = get_task(task)
         messages = build_messages(prompts, registry, "Invert the picture")
         assert entry in messages[0]["content"]
-        assert entry in build_completion_prompt(prompts, registry, "Invert the picture")
     # the default registry itself is untouched
     assert signature not in module_reference(default_registry())
-    assert signature not in build_messages(load_prompts("edit"), default_registry(), "x")[0]["content"]
+    assert signature not in build_messages(get_task("edit"), default_registry(), "x")[0]["content"]
     # and a program using it checks against the registry that has it
-    check("IMAGE0=Invert(image=IMAGE)\nFINAL_RESULT=Result(var=IMAGE0)", registry, ("IMAGE",))
+    check("IMAGE0=Invert(image=IMAGE)\nFINAL_RESULT=Result(var=IMAGE0)", ("IMAGE",), registry=registry)
 
 
 # --------------------------------------------------------------------------- messages and prompts
@@ -265,7 +265,7 @@ def test_a_plugin_module_appears_with_no_prompt_edits() -> None:
 
 @pytest.mark.parametrize("task", TASKS)
 def test_build_messages_structure(task: str) -> None:
-    prompts = load_prompts(task)
+    prompts = get_task(task)
     registry = default_registry()
     text = "How many zebras are drinking water?"
     messages = build_messages(prompts, registry, text)
@@ -291,33 +291,14 @@ def test_build_messages_structure(task: str) -> None:
     assert text in messages[-1]["content"]
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_build_completion_prompt(task: str) -> None:
-    prompts = load_prompts(task)
-    registry = default_registry()
-    text = "Is the zebra drinking water?"
-    prompt = build_completion_prompt(prompts, registry, text)
-    assert prompt.endswith(f"{prompts.input_label}: {text}\nProgram:\n")
-    assert prompt.rstrip().endswith("Program:")
-    assert prompt.startswith(build_messages(prompts, registry, text)[0]["content"])
-    assert module_reference(registry) in prompt
-    position = 0
-    for example in prompts.examples:
-        shot = f"{prompts.input_label}: {example.input}\nProgram:\n{example.program}\n\n"
-        found = prompt.find(shot, position)
-        assert found >= position, example.input
-        position = found + len(shot)
-    assert prompt == build_completion_prompt(prompts, registry, text)
-
-
 def _diagnostics(program: str) -> str:
     with pytest.raises(ProgramCheckError) as info:
-        check(program, default_registry(), ("IMAGE",))
+        check(program, ("IMAGE",), registry=default_registry())
     return str(info.value)
 
 
 def test_repair_messages_appends_the_reply_and_the_diagnostics() -> None:
-    prompts = load_prompts("gqa")
+    prompts = get_task("gqa")
     messages = build_messages(prompts, default_registry(), "How many dogs are there?")
     before = [dict(m) for m in messages]
     reply = "BOX0=Lco(image=IMAGE, object='dog')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"
@@ -342,18 +323,6 @@ def test_repair_messages_appends_the_reply_and_the_diagnostics() -> None:
 def test_repair_messages_never_sends_an_empty_assistant_turn() -> None:
     repaired = repair_messages([{"role": "user", "content": "Question: ?"}], "  ", "line 1, col 1: no program")
     assert repaired[-2]["role"] == "assistant" and repaired[-2]["content"].strip()
-
-
-def test_repair_prompt() -> None:
-    prompts = load_prompts("edit")
-    prompt = build_completion_prompt(prompts, default_registry(), "Hide the face")
-    reply = "OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Emoji(image=IMAGE, object=OBJ0)\nFINAL_RESULT=Result(var=IMAGE0)"
-    diagnostics = _diagnostics(reply)
-    assert "emoji" in diagnostics
-    repaired = repair_prompt(prompt, reply, diagnostics)
-    assert repaired.startswith(prompt + reply)
-    assert f"The program has errors:\n{diagnostics}\nWrite the whole corrected program, nothing else." in repaired
-    assert repaired.endswith("Program:\n")
 
 
 # --------------------------------------------------------------------------- user prompt files
@@ -382,12 +351,12 @@ program = "BOX0=Loc(image=PHOTO, object='cat')\\nANSWER0=Count(box=BOX0)\\nFINAL
 """
 
 
-def test_load_prompts_from_a_user_file(tmp_path: Path) -> None:
+def test_a_task_from_a_user_file(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
     path.write_text(USER_TOML, encoding="utf-8")
-    prompts = load_prompts(str(path))
-    assert prompts == load_prompts(path)
-    assert prompts.task == "counting"
+    prompts = get_task(str(path))
+    assert prompts == load_task(path)
+    assert prompts.name == "counting"
     assert prompts.description == "counting things"
     assert prompts.inputs == ("PHOTO",)
     assert prompts.input_label == "Ask"
@@ -397,7 +366,7 @@ def test_load_prompts_from_a_user_file(tmp_path: Path) -> None:
         "BOX0=Loc(image=PHOTO, object='dog')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"
     )
     for example in prompts.examples:
-        check(example.program, default_registry(), prompts.inputs)
+        check(example.program, prompts.inputs, registry=default_registry())
     messages = build_messages(prompts, default_registry(), "How many birds?")
     assert messages[-1]["content"] == "Ask: How many birds?"
     assert "PHOTO" in messages[0]["content"]
@@ -416,11 +385,13 @@ def test_a_user_file_needs_only_inputs_and_examples(tmp_path: Path) -> None:
         ),
         encoding="utf-8",
     )
-    prompts = load_prompts(str(path))
-    assert prompts.task == "minimal"
+    prompts = get_task(str(path))
+    assert prompts.name == "minimal"
     assert prompts.input_label == "Question"
     assert (prompts.description, prompts.instructions) == ("", "")
-    assert build_completion_prompt(prompts, default_registry(), "Who?").endswith("Question: Who?\nProgram:\n")
+    assert build_messages(prompts, default_registry(), "Who?")[-1]["content"] == "Question: Who?"
+    # a task of its own file: its verb is its name, it answers with text
+    assert (prompts.command, prompts.label, prompts.answer, prompts.first_words) == ("minimal", "minimal", "text", ())
 
 
 GOOD_EXAMPLE = "[[examples]]\ninput = 'q'\nprogram = 'FINAL_RESULT=Result(var=IMAGE)'\n"
@@ -452,13 +423,20 @@ GOOD_EXAMPLE = "[[examples]]\ninput = 'q'\nprogram = 'FINAL_RESULT=Result(var=IM
             id="example-unknown-key",
         ),
         pytest.param("inputs = ['IMAGE']\n[[examples]]\ninput = ''\nprogram = 'X'\n", "key 'input'", id="empty-input"),
+        pytest.param("inputs = ['IMAGE']\nverb = 'Ask Me'\n" + GOOD_EXAMPLE, "key 'verb'", id="verb-not-a-command"),
+        pytest.param(
+            "inputs = ['IMAGE']\nanswer = 'number'\n" + GOOD_EXAMPLE, "'text', 'yes/no', 'image'", id="answer"
+        ),
+        pytest.param("inputs = ['IMAGE']\nweb_label = 3\n" + GOOD_EXAMPLE, "'web_label'", id="web-label-int"),
+        pytest.param("inputs = ['IMAGE']\nfirst_words = 'hide'\n" + GOOD_EXAMPLE, "'first_words'", id="words-str"),
+        pytest.param("inputs = ['IMAGE']\nfirst_words = ['a b']\n" + GOOD_EXAMPLE, "'first_words'", id="words-2"),
     ],
 )
 def test_a_bad_user_file_raises_config_error_naming_file_and_key(tmp_path: Path, content: str, key: str) -> None:
     path = tmp_path / "broken.toml"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(ConfigError) as info:
-        load_prompts(str(path))
+        get_task(str(path))
     message = str(info.value)
     assert str(path) in message
     assert key in message
@@ -467,15 +445,88 @@ def test_a_bad_user_file_raises_config_error_naming_file_and_key(tmp_path: Path,
 def test_a_missing_user_file_raises_config_error_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "absent.toml"
     with pytest.raises(ConfigError, match=r"absent\.toml"):
-        load_prompts(str(path))
+        get_task(str(path))
     with pytest.raises(ConfigError, match=r"absent\.toml"):
-        load_prompts(path)
+        load_task(path)
 
 
 def test_an_unknown_task_raises_config_error_naming_it_and_the_tasks() -> None:
     with pytest.raises(ConfigError) as info:
-        load_prompts("vqa2")
+        get_task("vqa2")
     message = str(info.value)
     assert "'vqa2'" in message
     for task in TASKS:
         assert task in message
+
+
+# --------------------------------------------------------------------------- tasks from $VISPROG_TASKS
+
+
+def _task_file(folder: Path, name: str, **keys: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    extra = "".join(f"{k} = {v!r}\n" for k, v in keys.items())
+    path = folder / f"{name}.toml"
+    path.write_text(f"inputs = ['IMAGE']\n{extra}{GOOD_EXAMPLE}", encoding="utf-8")
+    return path
+
+
+def test_tasks_are_the_packaged_files_plus_the_folders_of_visprog_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    _task_file(one, "count", verb="count", answer="text", web_label="Count things")
+    _task_file(two, "gqa", description="my own questions")  # replaces the packaged gqa
+    monkeypatch.setenv("VISPROG_TASKS", f"{one}{os.pathsep}{two}")
+    found = tasks()
+    assert list(found)[: len(TASKS)] == list(TASKS)
+    assert found["count"].label == "Count things" and found["count"].source == str(one / "count.toml")
+    assert get_task("count") is found["count"]
+    assert found["gqa"].description == "my own questions" and found["gqa"].command == "gqa"
+    monkeypatch.delenv("VISPROG_TASKS")
+    assert list(tasks()) == list(TASKS) and get_task("gqa").command == "ask"
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        pytest.param({"a/x": {"task": "same"}, "b/y": {"task": "same"}}, "task 'same' is already defined", id="name"),
+        pytest.param({"a/x": {"verb": "ask"}}, "verb 'ask' of task 'x' is already the verb of task 'gqa'", id="verb"),
+        pytest.param({"a/x": {"answer": "maybe"}}, "key 'answer'", id="bad-file"),
+    ],
+)
+def test_clashing_or_broken_task_files_say_which(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, dict[str, str]], message: str
+) -> None:
+    for where, keys in files.items():
+        folder, name = where.split("/")
+        _task_file(tmp_path / folder, name, **keys)
+    monkeypatch.setenv("VISPROG_TASKS", os.pathsep.join(str(tmp_path / f) for f in ("a", "b")))
+    (tmp_path / "b").mkdir(exist_ok=True)
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        tasks()
+    assert str(tmp_path / "a" / "x.toml") in str(info.value)
+
+
+def test_a_folder_in_visprog_tasks_that_is_not_there_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VISPROG_TASKS", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"VISPROG_TASKS: .*nowhere is not a folder"):
+        tasks()
+
+
+@pytest.mark.parametrize(
+    ("text", "n_images", "task"),
+    [
+        ("Hide the face", 1, "edit"),
+        ("tag the dogs", 1, "tag"),
+        ("How many?", 1, "gqa"),
+        ("Hide the face", 2, "nlvr"),
+        ("", 0, "gqa"),
+        ("", 5, "nlvr"),
+    ],
+)
+def test_guess_task_reads_the_first_words_and_the_inputs(text: str, n_images: int, task: str) -> None:
+    assert guess_task(text, n_images) == task
+
+
+def test_input_names_are_every_tasks_inputs() -> None:
+    assert set(input_names()) == {"IMAGE", "LEFT", "RIGHT"}
