@@ -6,12 +6,14 @@ given, at most one per GPU), or ``workers`` CPU actors (default 2) when the
 cluster has no GPU or the settings' device is ``cpu`` (CPU actors reserve no
 GPU). Each actor builds its planner, interpreter and runtime once, from
 :class:`WorkerSettings` (plain, picklable values: the registry is named by an
-importable ``"module:function"``), and runs chunks with
-:func:`visprog.evaluation.runner.process_chunk`, the local engine's unit of work. The
-driver gets the chunks' records back in item order, as they finish, and writes
-them as the local engine does (a chunk whose LLM stopped answering comes back
-with its records so far and a mark, :data:`visprog.evaluation.runner.ABORTED`, for the
-item it stopped at: the driver writes the records, then stops).
+importable ``"module:function"``), and runs chunks with the unit of work it is
+given (a :data:`ChunkWork`: a module-level function, so that Ray can send it
+by reference; the runner's is :func:`visprog.evaluation.runner.process_chunk`),
+as the local engine does in this process. The driver gets the chunks' records
+back in item order, as they finish, and writes them as with the local engine (a
+chunk whose LLM stopped answering comes back with its records so far and a
+mark, :data:`visprog.evaluation.records.ABORTED`, for the item it stopped at:
+the driver writes the records, then stops).
 
 Ray is imported only here, inside the functions that need it: ``import
 visprog`` and ``visprog check`` never import it.
@@ -20,21 +22,27 @@ visprog`` and ``visprog check`` never import it.
 from __future__ import annotations
 
 import importlib
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from visprog.errors import ConfigError, ServiceError
+from visprog.evaluation.datasets import Item
+from visprog.language.signatures import Registry
+from visprog.planner.core import Planner
+from visprog.planner.tasks import input_names
+from visprog.running.interpreter import Interpreter
+from visprog.running.runtime import Runtime
+from visprog.solve import create_planner
 
-if TYPE_CHECKING:
-    from visprog.evaluation.runner import Item
-    from visprog.language.signatures import Registry
-    from visprog.planner.core import Planner
-    from visprog.running.interpreter import Interpreter
-    from visprog.running.runtime import Runtime
+__all__ = ["DEFAULT_REGISTRY", "ChunkWork", "WorkerSettings", "load_factory", "local_chunks", "ray_chunks"]
 
-__all__ = ["DEFAULT_REGISTRY", "WorkerSettings", "load_factory", "ray_chunks"]
+#: An engine's unit of work: ``work(chunk, planner, interpreter, **options)`` is the records of the
+#: items of ``chunk`` (a list of dicts, in item order). For the Ray engine it must be a module-level
+#: function (Ray pickles it by reference).
+ChunkWork = Callable[..., list[dict[str, Any]]]
 
 #: The registry factory a worker calls unless told otherwise.
 DEFAULT_REGISTRY = "visprog.running.plugins:default_registry"
@@ -102,10 +110,6 @@ class WorkerSettings:
 
     def build(self, *, device: str | None = None) -> tuple[Planner, Interpreter]:
         """A planner and an interpreter sharing one registry and a new runtime (``device`` wins over the settings')."""
-        from visprog.running.interpreter import Interpreter
-        from visprog.running.runtime import Runtime
-        from visprog.solve import create_planner
-
         if "registry" in self.planner:
             raise ConfigError("WorkerSettings.planner cannot hold 'registry': name a factory in .registry")
         registry = load_factory(self.registry)()
@@ -115,24 +119,32 @@ class WorkerSettings:
             modules={k: dict(v) for k, v in self.modules.items()},
             llm=dict(self.llm),
             progress=False,
+            registry=registry,  # the modules' options are checked against the worker's registry
         )
         planner = create_planner(registry=registry, **self.planner)
-        return planner, Interpreter(registry, runtime, max_batch=self.max_batch)
+        return planner, Interpreter(registry, runtime, max_batch=self.max_batch, known_inputs=input_names())
+
+
+def local_chunks(
+    chunks: Sequence[Sequence[Item]], work: ChunkWork, planner: Planner, interpreter: Any, **options: Any
+) -> Iterator[list[dict[str, Any]]]:
+    """The records of each chunk, in chunk order, run one after another in this process."""
+    for chunk in chunks:
+        yield work(chunk, planner, interpreter, **options)
 
 
 class _Worker:
     """A Ray actor's state: its own planner and interpreter, built once (models load on first use)."""
 
-    def __init__(self, settings: WorkerSettings, device: str | None) -> None:
+    def __init__(self, settings: WorkerSettings, device: str | None, work: ChunkWork) -> None:
         self.planner, self.interpreter = settings.build(device=device)
+        self.work = work
 
     def ready(self) -> bool:
         return True
 
     def run(self, chunk: Sequence[Item], options: dict[str, Any]) -> list[dict[str, Any]]:
-        from visprog.evaluation.runner import process_chunk
-
-        return process_chunk(chunk, self.planner, self.interpreter, **options)
+        return self.work(chunk, self.planner, self.interpreter, **options)
 
 
 def _import_ray() -> Any:
@@ -171,8 +183,6 @@ def _actors(
 
 def _reachable(address: str) -> None:
     """A quick TCP check of a ``host:port`` address (Ray itself waits a minute or more on a dead one)."""
-    import socket
-
     if "://" in address or address == "auto" or ":" not in address:
         return  # ray:// client addresses and "auto" are left to Ray
     host, _, port = address.rpartition(":")
@@ -185,6 +195,7 @@ def _reachable(address: str) -> None:
 
 def ray_chunks(
     chunks: Sequence[Sequence[Item]],
+    work: ChunkWork,
     settings: WorkerSettings,
     *,
     address: str | None = None,
@@ -195,8 +206,10 @@ def ray_chunks(
 
     Connects to the cluster at ``address`` (local Ray when None) unless Ray is
     already initialised in this process; a Ray started here is shut down at the end.
-    ``options`` are :func:`visprog.evaluation.runner.process_chunk`'s (``samples``, ``temperature``,
-    ``max_pixels``, ``outputs``, ``traces``, ...). The actors save image answers and trace pages
+    Each actor runs ``work(chunk, planner, interpreter, **options)`` with the planner and interpreter
+    it built from ``settings``; ``options`` are ``work``'s (for the runner's
+    :func:`~visprog.evaluation.runner.process_chunk`: ``samples``, ``temperature``, ``max_pixels``,
+    ``outputs``, ``traces``, ...). The actors save image answers and trace pages
     themselves: folders are made absolute here, and on a cluster of several machines they must be
     folders every node sees, like the images.
     """
@@ -221,7 +234,7 @@ def ray_chunks(
         for key in ("outputs", "traces"):
             if options.get(key) is not None:
                 options[key] = str(Path(options[key]).absolute())
-        yield from _run_on_actors(ray, chunks, settings, workers, options)
+        yield from _run_on_actors(ray, chunks, work, settings, workers, options)
     finally:
         if started:
             ray.shutdown()
@@ -230,6 +243,7 @@ def ray_chunks(
 def _run_on_actors(
     ray: Any,
     chunks: Sequence[Sequence[Item]],
+    work: ChunkWork,
     settings: WorkerSettings,
     workers: int | None,
     options: dict[str, Any],
@@ -239,18 +253,15 @@ def _run_on_actors(
     n, actor_options, device = _actors(ray.cluster_resources(), settings.device, workers)
     n = min(n, len(chunks)) or 1
     remote = ray.remote(_Worker).options(**actor_options)
-    actors = [remote.remote(settings, device) for _ in range(n)]
+    actors = [remote.remote(settings, device, work) for _ in range(n)]
     try:
         try:
             ray.get([a.ready.remote() for a in actors])
         except ray.exceptions.RayError as e:
             raise ConfigError(f"a Ray worker failed to start: {e}") from None
         pool = ActorPool(actors)
-        work: Any = list(chunks)
         try:
-            yield from pool.map(
-                lambda actor, chunk: actor.run.remote(list(chunk), options), work
-            )
+            yield from pool.map(lambda actor, chunk: actor.run.remote(list(chunk), options), list(chunks))
         except ray.exceptions.RayError as e:  # a worker died (out of memory, a crash) or raised
             lines = [line for line in str(e).strip().splitlines() if line.strip()]
             raise ServiceError(

@@ -2,13 +2,15 @@
 
 The modules are ``tests/fakes.py`` stand-ins with scripted answers (not tiny
 models), so accuracies and failure counts are known exactly.
-``tests/visprog/test_evaluate_models.py`` does the same on the real modules with tiny random models.
+``tests/visprog/evaluation/test_evaluate_models.py`` does the same on the real modules with tiny random models.
 """
 
 from __future__ import annotations
 
+import ast
+import graphlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +20,20 @@ from PIL import Image as PILImage
 from tests import fakes
 from tests.llm_server import Reply, ScriptedServer, serve_scripted
 from tests.servers import clean_llm_env, closed_port
+from tests.visprog.evaluation.test_datasets import compare_task
 from visprog.errors import ConfigError, ServiceError
-from visprog.evaluation.runner import Item, Summary, evaluate, is_correct, load_items, normalize_answer, summarize
-from visprog.llm.clients import backend_from_options
+from visprog.evaluation import runner
+from visprog.evaluation.datasets import Item, load_items
+from visprog.evaluation.engines import local_chunks
+from visprog.evaluation.runner import evaluate
+from visprog.evaluation.summary import Summary, summarize
+from visprog.llm import client_from_options
 from visprog.planner.core import Planner
 from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import RunCache
-from visprog.running.trace import Trace
+from visprog.running.tracing import Trace
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "eval"
+DATA = Path(__file__).resolve().parents[2] / "data" / "eval"
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +62,7 @@ def photos(tmp_path: Path) -> Path:
 
 
 def _planner(server: ScriptedServer) -> Planner:
-    backend = backend_from_options(base_url=server.url, model="tiny", max_retries=0, timeout=5)
+    backend = client_from_options(base_url=server.url, model="tiny", max_retries=0, timeout=5)
     return Planner(backend, registry=fakes.registry(), cache=False, repair_rounds=0)
 
 
@@ -442,7 +449,7 @@ def test_an_llm_outage_stops_the_run_after_saving_what_was_planned_and_the_same_
 
 def test_an_unreachable_llm_stops_the_run_at_the_first_item(tmp_path: Path, photos: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}/v1"
-    backend = backend_from_options(base_url=url, model="tiny", max_retries=0, timeout=5)
+    backend = client_from_options(base_url=url, model="tiny", max_retries=0, timeout=5)
     planner = Planner(backend, registry=fakes.registry(), cache=False, repair_rounds=0)
     items = load_items(_rows_file(tmp_path, 2), "gqa", images=photos)
     out = tmp_path / "down.jsonl"
@@ -515,149 +522,78 @@ def test_summary_of_old_records_without_the_new_timings() -> None:
     assert isinstance(summary, Summary) and summary.latency["p50"] == 2.0 and summary.wall_seconds == 0.0
 
 
-# -- loaders -----------------------------------------------------------------------
-
-
-def test_gqa_question_json_as_distributed(tmp_path: Path) -> None:
-    items = load_items(DATA / "gqa_testdev_questions.json", "gqa", images=tmp_path)
-    assert [i.id for i in items] == ["20968379", "201640614"]
-    car = items[0]
-    assert (car.text, car.answer, car.task) == ("What color is the car?", "red", "gqa")
-    assert car.images == {"IMAGE": str(tmp_path / "n288870.jpg")}
-
-
-def test_nlvr2_jsonl_as_distributed(tmp_path: Path) -> None:
-    (tmp_path / "dev-850-0-img0.png").write_bytes(b"")
-    (tmp_path / "dev-850-0-img1.png").write_bytes(b"")
-    (tmp_path / "7").mkdir()
-    (tmp_path / "7" / "train-10171-0-img0.png").write_bytes(b"")
-    items = load_items(DATA / "nlvr2_dev.jsonl", "nlvr", images=tmp_path)
-    assert [i.id for i in items] == ["dev-850-0-0", "dev-112-3-3", "train-10171-0-0"]
-    first = items[0]
-    assert first.answer == "False" and first.text.startswith("The left image contains twice")
-    assert first.images == {"LEFT": str(tmp_path / "dev-850-0-img0.png"), "RIGHT": str(tmp_path / "dev-850-0-img1.png")}
-    # no local file: the URL is kept
-    assert items[1].images["LEFT"] == "https://example.org/nlvr2/dev-112-3-img0.jpg"
-    # the train split's numbered sub-folders
-    assert items[2].images["LEFT"] == str(tmp_path / "7" / "train-10171-0-img0.png")
-    assert items[2].images["RIGHT"] == "https://example.org/nlvr2/train-10171-0-img1.jpg"
-
-
-def test_our_jsonl_paths_and_errors(tmp_path: Path) -> None:
-    data = tmp_path / "d.jsonl"
-    data.write_text('{"id": 1, "image": "a.png", "question": "Q?", "answer": "yes"}\n\n')
-    (item,) = load_items(data, "gqa")
-    assert item == Item("1", "gqa", "Q?", {"IMAGE": str(tmp_path / "a.png")}, "yes")
-    data.write_text('{"id": 1, "question": "Q?"}\n')
-    with pytest.raises(ConfigError, match=r"d.jsonl:1: missing key 'left'"):
-        load_items(data, "gqa")
-    data.write_text('{"id": 1, "image": "a", "question": "Q"}\n{"id": 1, "image": "b", "question": "R"}\n')
-    with pytest.raises(ConfigError, match="occurs more than once"):
-        load_items(data, "gqa")
-    with pytest.raises(ConfigError, match="unknown task 'vqa'"):
-        load_items(data, "vqa")
-
-
-def test_the_items_must_have_the_images_the_task_reads(tmp_path: Path) -> None:
-    gqa_rows = tmp_path / "gqa.jsonl"
-    gqa_rows.write_text(json.dumps({"id": "q1", "image": "a.png", "question": "Q?"}) + "\n")
-    with pytest.raises(ConfigError) as info:
-        load_items(gqa_rows, "nlvr")
-    assert str(info.value).startswith(
-        f"{gqa_rows}:1: item 'q1' has one image but task nlvr needs left and right images (keys 'left' and 'right')"
+def test_a_task_from_its_toml_file_alone_is_evaluated(
+    server: ScriptedServer, tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compare_task(tmp_path, monkeypatch)
+    data = tmp_path / "compare.jsonl"
+    row = {
+        "id": "c0",
+        "before": "astronaut.png",
+        "after": "coffee.png",
+        "question": "What appeared?",
+        "answer": "a cup",
+    }
+    data.write_text(json.dumps(row) + "\n")
+    fakes.VQA_ANSWERS["What is on the table?"] = "cup"
+    server.script([_vqa_program("What is on the table?", "AFTER")])
+    out = tmp_path / "compare-results.jsonl"
+    summary = evaluate(
+        load_items(data, "compare", images=photos),
+        _planner(server),
+        _interpreter("native"),
+        out_path=out,
+        progress=False,
     )
-    nlvr_rows = tmp_path / "nlvr.jsonl"
-    nlvr_rows.write_text(
-        json.dumps({"id": "n0", "image": "a.png", "statement": "S"})
-        + "\n"
-        + json.dumps({"id": "n1", "left": "a.png", "right": "b.png", "statement": "S"})
-        + "\n"
-    )
-    for task in ("gqa", "edit", "tag"):  # the first offending line is named
-        with pytest.raises(ConfigError, match=rf"nlvr\.jsonl:2: item 'n1' has left and right images but task {task} "):
-            load_items(nlvr_rows, task)
-    with pytest.raises(ConfigError, match=r"nlvr\.jsonl:1: item 'n0' has one image but task nlvr needs"):
-        load_items(nlvr_rows, "nlvr")
-    # the files as distributed
-    with pytest.raises(ConfigError, match=r"gqa_testdev_questions\.json: item '20968379' has one image but task nlvr"):
-        load_items(DATA / "gqa_testdev_questions.json", "nlvr")
-    with pytest.raises(ConfigError, match=r"nlvr2_dev\.jsonl:1: item 'dev-850-0-0' has left and right images"):
-        load_items(DATA / "nlvr2_dev.jsonl", "gqa")
+    assert (summary.n, summary.correct) == (1, 1)
+    (rec,) = _records(out)
+    assert rec["task"] == "compare" and rec["answer"] == "cup" and rec["failure"] is None
+    prompt = json.dumps(server.requests[0].body["messages"])
+    assert "Comparison: What appeared?" in prompt and "BEFORE" in prompt  # the task file's label and inputs
 
 
-def test_a_gqa_file_with_an_entry_lacking_its_image_id_says_so(tmp_path: Path) -> None:
-    data = tmp_path / "questions.json"
-    data.write_text(json.dumps({"1": {"imageId": "n1", "question": "Q?"}, "2": {"question": "R?", "answer": "x"}}))
-    with pytest.raises(ConfigError) as info:
-        load_items(data, "gqa")
-    assert str(info.value) == (
-        f"{data}: looks like a GQA question file (question id → entry), but entry '2' lacks 'imageId'"
-    )
-    data.write_text(json.dumps({"1": {"answer": "x"}}))
-    with pytest.raises(ConfigError, match=r"entry '1' lacks 'imageId' and 'question'"):
-        load_items(data, "gqa")
-    data.write_text(json.dumps({"1": {"imageId": "n1", "question": "Q?"}, "2": "R?"}))
-    with pytest.raises(ConfigError, match=r"entry '2' is a str, not an object"):
-        load_items(data, "gqa")
-    for empty in ("{}", "[]", "", "\n\n"):
-        data.write_text(empty)
-        with pytest.raises(ConfigError, match=r"questions\.json: the file has no items"):
-            load_items(data, "gqa")
-    # a JSONL file of one line is still one item, even with an object inside
-    data.write_text(json.dumps({"id": "x", "image": "a.png", "question": "Q?", "meta": {"imageId": "n1"}}) + "\n")
-    (item,) = load_items(data, "gqa")
-    assert item.id == "x"
+# -- engines and the evaluation's own structure --------------------------------------------------
 
 
-# -- answers -----------------------------------------------------------------------
+def _echo(chunk: Sequence[Item], planner: Any, interpreter: Any, **options: Any) -> list[dict[str, Any]]:
+    return [
+        {"id": it.id, "chunk": len(chunk), "planner": planner, "interpreter": interpreter, **options} for it in chunk
+    ]
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("Yes", "yes"),
-        ("The red car.", "red car"),
-        ("a dog", "dog"),
-        ("an apple!", "apple"),
-        ("Two", "2"),
-        ("two dogs", "2 dogs"),
-        (2, "2"),
-        (2.0, "2"),
-        (2.5, "2.5"),
-        ("2.5", "2.5"),
-        ("1,000", "1000"),
-        ("2.50", "2.5"),
-        ("1.0", "1"),
-        (1.0, "1"),
-        ("1,000.50", "1000.5"),
-        ("007", "7"),
-        ("-3 degrees", "-3 degrees"),
-        ("The 2.0 cars.", "2 cars"),
-        ("y", "y"),
-        ("N", "n"),
-        (True, "yes"),
-        (False, "no"),
-        ("True", "yes"),
-        ("false", "no"),
-        ("  Left-Side ", "left side"),
-        ("there", "there"),
-        (None, ""),
-    ],
-)
-def test_normalize_answer(value: Any, expected: str) -> None:
-    assert normalize_answer(value) == expected
+def test_the_local_engine_runs_the_work_it_is_given_chunk_by_chunk() -> None:
+    a, b, c = (Item(k, "gqa", "Q?", {"IMAGE": f"{k}.png"}) for k in "abc")
+    out = list(local_chunks([[a, b], [c]], _echo, "P", "I", samples=3))
+    assert out == [
+        [{"id": k, "chunk": 2, "planner": "P", "interpreter": "I", "samples": 3} for k in "ab"],
+        [{"id": "c", "chunk": 1, "planner": "P", "interpreter": "I", "samples": 3}],
+    ]
 
 
-def test_is_correct() -> None:
-    assert is_correct(True, "True") and is_correct("no", False) and is_correct("2", "two")
-    assert is_correct("grey", ["gray", "grey"])
-    assert not is_correct("yes", "False") and not is_correct("cat", "cats")
+def test_the_evaluation_modules_depend_on_each_other_one_way_and_at_the_top() -> None:
+    """No import cycle inside visprog.evaluation, and none hidden in a function: the engines are given the work."""
+    folder = Path(runner.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[path.stem] = {
+            node.module.rpartition(".")[2]
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("visprog.evaluation.")
+        }
+        nested = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            and node not in tree.body
+            and any(name.startswith("visprog") for name in _imported(node))
+        ]
+        assert not nested, f"{path.name}: visprog imported inside a function on line(s) {nested}"
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert "runner" not in graph["engines"] and order.index("engines") < order.index("runner")
 
 
-def test_numbers_compare_by_value_and_single_letters_are_not_yes_or_no() -> None:
-    assert is_correct("2.50", 2.5) and is_correct(2.5, "2.50") and is_correct("1.0", 1) and is_correct(1, "1.0")
-    assert is_correct("1,000", 1000) and is_correct(1000.0, "1,000") and is_correct("one", "1.0")
-    assert not is_correct("2.5", 2) and not is_correct("1.01", 1)
-    assert not is_correct("y", "yes") and not is_correct("n", "no") and not is_correct("y", True)
-    # a list of expected answers: alternatives, any one of them counts (not the list as a whole)
-    assert is_correct("two", ["2", "pair"]) and not is_correct("2 pair", ["2", "pair"])
+def _imported(node: ast.Import | ast.ImportFrom) -> list[str]:
+    if isinstance(node, ast.ImportFrom):
+        return [node.module or ""]
+    return [alias.name for alias in node.names]

@@ -38,15 +38,18 @@ from visprog.modules.vqa import clean_answer
 
 from tests.llm_server import ScriptedServer, serve_scripted
 from tests.modules.test_detection import build_owl, owl_reference
-from tests.modules.test_vqa import _build_blip, blip_reference
+from tests.modules.test_vqa import blip_reference, build_blip
 from tests.servers import clean_llm_env
-from visprog.evaluation.runner import Item, Summary, evaluate, load_items, normalize_answer
-from visprog.llm.clients import backend_from_options
+from visprog.evaluation.datasets import Item, load_items
+from visprog.evaluation.runner import evaluate
+from visprog.evaluation.summary import Summary
+from visprog.language.values import normalize_answer
+from visprog.llm import client_from_options
 from visprog.planner.core import Planner
 from visprog.running.interpreter import Interpreter
 from visprog.running.plugins import default_registry
 from visprog.running.runtime import Runtime
-from visprog.running.trace import Trace
+from visprog.running.tracing import Trace
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -362,7 +365,7 @@ def _one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     blip, owl = tmp_path_factory.mktemp("tiny-blip-vqa"), tmp_path_factory.mktemp("tiny-owlv2")
-    _build_blip(blip)
+    build_blip(blip)
     build_owl(owl, tmp_path_factory.mktemp("clip-vocab"))
     return {"blip": blip, "owl": owl}
 
@@ -448,7 +451,7 @@ class RecordingInterpreter(Interpreter):
 
 
 def _planner(server: ScriptedServer) -> Planner:
-    backend = backend_from_options(base_url=server.url, model="tiny", max_retries=0, timeout=5)
+    backend = client_from_options(base_url=server.url, model="tiny", max_retries=0, timeout=5)
     return Planner(backend, registry=default_registry(), cache=False, repair_rounds=0)
 
 

@@ -23,8 +23,10 @@ from PIL import Image as PILImage
 from tests import fakes
 from tests.servers import clean_llm_env, serve_keyed
 from visprog.errors import ConfigError, ServiceError
+from visprog.evaluation.datasets import Item, load_items
 from visprog.evaluation.engines import WorkerSettings
-from visprog.evaluation.runner import Item, Summary, evaluate, load_items
+from visprog.evaluation.runner import evaluate, process_chunk
+from visprog.evaluation.summary import Summary
 from visprog.language.signatures import module
 from visprog.language.values import Image
 
@@ -100,7 +102,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[Any]:
-    root = str(Path(__file__).resolve().parents[2])  # the actors import tests.visprog.test_engines
+    root = str(Path(__file__).resolve().parents[3])  # the actors import tests.visprog.evaluation.test_engines
     ray.init(
         num_cpus=2,
         include_dashboard=False,
@@ -140,7 +142,9 @@ def _data(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def _settings(url: str) -> WorkerSettings:
     planner = {"base_url": url, "model": "tiny", "max_retries": 0, "timeout": 5, "repair_rounds": 0, "cache": False}
-    return WorkerSettings(planner=planner, device="cpu", registry="tests.visprog.test_engines:registry", max_batch=4)
+    return WorkerSettings(
+        planner=planner, device="cpu", registry="tests.visprog.evaluation.test_engines:registry", max_batch=4
+    )
 
 
 def _comparable(path: Path) -> list[dict[str, Any]]:
@@ -342,7 +346,7 @@ def test_cpu_device_on_a_gpu_cluster_starts_cpu_actors() -> None:
     chunks = [[Item("a", "gqa", "Q?", {"IMAGE": "a.png"})]] * 4
     for device, expected in (("cpu", {"num_cpus": 1.0}), (None, {"num_gpus": 1, "num_cpus": 1.0})):
         with pytest.raises(_Stop):
-            next(_run_on_actors(FakeRay(), chunks, WorkerSettings(device=device), None, {}))
+            next(_run_on_actors(FakeRay(), chunks, process_chunk, WorkerSettings(device=device), None, {}))
         assert seen.pop() == expected
 
 
@@ -372,7 +376,9 @@ def test_a_dying_worker_is_a_clear_error_and_the_records_so_far_are_kept(tmp_pat
     crash = Item("c0", "gqa", "C0 crash?", {"IMAGE": str(images / "coffee.png")}, "x")
     out = tmp_path / "crash.jsonl"
     with _keyed_server() as (url, _):
-        settings = dataclasses.replace(_settings(url), registry="tests.visprog.test_engines:crashing_registry")
+        settings = dataclasses.replace(
+            _settings(url), registry="tests.visprog.evaluation.test_engines:crashing_registry"
+        )
         with pytest.raises(ServiceError, match="a Ray worker failed while running items") as info:
             evaluate(
                 [items[0], crash, items[1]],
@@ -399,9 +405,9 @@ def test_ray_engine_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no function nope"):
         load_factory("tests.fakes:nope")
     with pytest.raises(ConfigError, match="expected 'module:function'"):
-        next(ray_chunks([[]], WorkerSettings(registry="tests.fakes")))
+        next(ray_chunks([[]], process_chunk, WorkerSettings(registry="tests.fakes")))
     with pytest.raises(ConfigError, match=r"cannot connect to the Ray cluster at 127\.0\.0\.1:1"):
-        next(ray_chunks([[]], WorkerSettings(), address="127.0.0.1:1"))
+        next(ray_chunks([[]], process_chunk, WorkerSettings(), address="127.0.0.1:1"))
 
 
 # Items answered by a tiny random BLIP: the expected answers are what the model itself answers when
@@ -416,13 +422,13 @@ REPLIES.update(dict(_TINY))
 
 
 def test_ray_engine_matches_local_with_a_tiny_model(tmp_path: Path, local_ray: Any) -> None:
-    from tests.modules.test_vqa import _build_blip
+    from tests.modules.test_vqa import build_blip
     from visprog.running.interpreter import Interpreter
     from visprog.running.plugins import default_registry
     from visprog.running.runtime import Runtime
 
     blip = tmp_path / "tiny-blip"
-    _build_blip(blip)
+    build_blip(blip)
     images, _, _ = _data(tmp_path)
     names = ["astronaut.png", "coffee.png", "chelsea.png", "astronaut.png"]
     reference = Interpreter(default_registry(), Runtime(device_request="cpu", modules={"Vqa": {"model": str(blip)}}))
