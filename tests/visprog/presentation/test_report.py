@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import re
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
@@ -19,18 +21,19 @@ from tests import fakes
 from visprog.errors import StepError
 from visprog.language.signatures import module
 from visprog.language.values import Detection, Image, Objects
-from visprog.presentation.html import (
+from visprog.presentation.report import (
     JPEG_QUALITY,
     MAX_SIDE,
     THUMB_SIDE,
     draw_objects,
     highlight_program,
+    save_html,
     trace_fragment,
     trace_html,
 )
 from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Context, Runtime
-from visprog.running.trace import Trace
+from visprog.running.tracing import Trace
 
 GQA = """\
 # What colour is the wolf, if there is one?
@@ -204,7 +207,7 @@ def gqa(interpreter: Interpreter, astronaut: Image) -> tuple[Trace, Node, str]:
         trace = interpreter.run(GQA, {"IMAGE": astronaut})
     finally:
         fakes.reset()
-    page = trace.to_html(title="GQA", text="What color is the wolf?")
+    page = trace_html(trace, title="GQA", text="What color is the wolf?")
     return trace, parse_html(page), page
 
 
@@ -263,7 +266,7 @@ def test_every_image_is_embedded_at_its_stated_size(gqa: tuple[Trace, Node, str]
 def test_loc_output_is_the_input_image_with_labelled_boxes(gqa: tuple[Trace, Node, str], astronaut: Image) -> None:
     trace, doc, _ = gqa
     # Drawn exactly in the lossless page...
-    loc = section(parse_html(trace.to_html(image_format="png")), "BOX0")
+    loc = section(parse_html(trace_html(trace, image_format="png")), "BOX0")
     drawn = pixels(decode_png(loc.find("img", cls="output")))
     plain = np.asarray(astronaut).astype(int)
     assert drawn.shape == plain.shape  # 512x512: drawn at full size
@@ -390,7 +393,7 @@ def test_face_emoji_edit_shows_faces_and_the_edited_image(interpreter: Interpret
 
 def test_masks_are_drawn_as_tinted_overlays(interpreter: Interpreter, astronaut: Image) -> None:
     trace = interpreter.run(COLORPOP, {"IMAGE": astronaut})
-    doc = parse_html(trace.to_html())
+    doc = parse_html(trace_html(trace))
     seg = pixels(decode_image(section(doc, "OBJ0").find("img", cls="output")))
     plain = np.asarray(astronaut).astype(int)
     # The fake Seg gives three vertical bands: each pixel moves towards its band's colour (blue, orange, green).
@@ -412,7 +415,7 @@ def test_masks_are_drawn_as_tinted_overlays(interpreter: Interpreter, astronaut:
 def test_large_images_are_downscaled(interpreter: Interpreter) -> None:
     big = PILImage.fromarray(np.tile(data.astronaut(), (2, 3, 1)))  # 1536x1024
     trace = interpreter.run("BOX0=Loc(image=IMAGE, object='dog')\nRESULT=BOX0", {"IMAGE": big})
-    doc = parse_html(trace.to_html())
+    doc = parse_html(trace_html(trace))
     sizes = {decode_image(img).size for img in doc.find_all("img")}
     assert (512, 341) in sizes and (THUMB_SIDE, 160) in sizes
     assert all(max(s) <= MAX_SIDE for s in sizes)
@@ -438,7 +441,7 @@ def _input_img(doc: Node) -> Node:
 
 def test_a_photograph_is_embedded_as_jpeg(astronaut: Image) -> None:
     trace = _shown(astronaut)
-    page = trace.to_html()
+    page = trace_html(trace)
     doc = parse_html(page)
     result = _result_img(doc)
     shown = decode_image(result, "jpeg")
@@ -447,7 +450,7 @@ def test_a_photograph_is_embedded_as_jpeg(astronaut: Image) -> None:
     assert "downscaled" not in result.attrs["alt"] and "title" not in result.attrs  # shown at its own size
     assert decode_image(_input_img(doc), "jpeg").size == (THUMB_SIDE, THUMB_SIDE)
     # Many times smaller than the lossless page, which is what image_format="png" still gives.
-    lossless = trace.to_html(image_format="png")
+    lossless = trace_html(trace, image_format="png")
     assert image_format(_result_img(parse_html(lossless))) == "png"
     assert len(page) * 4 < len(lossless)
 
@@ -519,18 +522,18 @@ def test_image_format_can_be_chosen(astronaut: Image) -> None:
         (rgba, "jpeg", "png"),  # JPEG cannot keep transparency
         (PILImage.fromarray(data.astronaut()).quantize(64), "jpeg", "jpeg"),
     ]:
-        doc = parse_html(_shown(image).to_html(image_format=fmt))  # type: ignore[arg-type]
+        doc = parse_html(trace_html(_shown(image), image_format=fmt))  # type: ignore[arg-type]
         assert {image_format(img) for img in doc.find_all("img")} == {want}, (image.mode, fmt)
     with pytest.raises(ValueError, match="image_format"):
-        _shown(astronaut).to_html(image_format="webp")  # type: ignore[arg-type]
+        trace_html(_shown(astronaut), image_format="webp")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_image_side"):
-        _shown(astronaut).to_html(max_image_side=0)
+        trace_html(_shown(astronaut), max_image_side=0)
 
 
 def test_large_pictures_are_capped_and_say_their_original_size() -> None:
     big = PILImage.fromarray(np.tile(data.astronaut(), (3, 4, 1)))  # 2048x1536
     trace = _shown(big)
-    doc = parse_html(trace.to_html())
+    doc = parse_html(trace_html(trace))
     result = _result_img(doc)
     assert decode_image(result, "jpeg").size == (MAX_SIDE, 384)
     assert result.attrs["alt"] == "image 2048x1536, shown downscaled to 512x384"
@@ -558,10 +561,10 @@ DEMO_PAGE_BOUND = 600_000
 
 
 def test_the_demo_page_is_small(interpreter: Interpreter, astronaut: Image) -> None:
-    from visprog.apps.cli import DEMO_PROGRAM
+    from visprog.apps.commands import DEMO_PROGRAM
 
     trace = interpreter.run(DEMO_PROGRAM, {"IMAGE": astronaut})
-    page = trace.to_html(text="Hide the astronaut's face with an emoji.")
+    page = trace_html(trace, text="Hide the astronaut's face with an emoji.")
     size = len(page.encode("utf-8"))
     assert size < DEMO_PAGE_BOUND, size
     doc = parse_html(page)
@@ -569,7 +572,7 @@ def test_the_demo_page_is_small(interpreter: Interpreter, astronaut: Image) -> N
     # Every picture is still there, at the size it had.
     assert decode_image(_result_img(doc)).size == (512, 512)
     assert decode_image(section(doc, "OBJ0").find("img", cls="output")).size == (512, 512)
-    assert len(trace.to_html(image_format="png").encode("utf-8")) > 4 * size
+    assert len(trace_html(trace, image_format="png").encode("utf-8")) > 4 * size
 
 
 # --- NLVR: two images -------------------------------------------------------------------------
@@ -578,7 +581,7 @@ def test_the_demo_page_is_small(interpreter: Interpreter, astronaut: Image) -> N
 def test_left_and_right_images_are_both_shown(interpreter: Interpreter, astronaut: Image, cat: Image) -> None:
     fakes.VQA_ANSWERS["Is there an astronaut?"] = "yes"
     trace = interpreter.run(NLVR, {"LEFT": astronaut, "RIGHT": cat})
-    doc = parse_html(trace.to_html(text="Exactly one image shows an astronaut."))
+    doc = parse_html(trace_html(trace, text="Exactly one image shows an astronaut."))
     inputs = doc.find("div", cls="program-inputs")
     assert [n.text() for n in inputs.find_all("div", cls="input-name")] == ["LEFT", "RIGHT"]
     assert [decode_image(i).size for i in inputs.find_all("img")] == [(240, 240), (240, 160)]
@@ -603,7 +606,7 @@ def test_failed_eval_is_red_with_its_error_and_the_steps_before_it_intact(
     with pytest.raises(StepError) as info:
         interpreter.run(DIVIDE_BY_ZERO, {"IMAGE": astronaut})
     assert info.value.trace is not None
-    doc = parse_html(info.value.trace.to_html())
+    doc = parse_html(trace_html(info.value.trace))
     got = [(s.attrs["data-target"], s.attrs["data-status"]) for s in sections(doc)]
     assert got == [("BOX0", "ok"), ("ANSWER0", "ok"), ("ANSWER1", "failed")]
     failed = section(doc, "ANSWER1")
@@ -661,7 +664,7 @@ def test_a_failed_batch_shows_each_steps_own_outcome(astronaut: Image) -> None:
     with pytest.raises(StepError) as info:
         Interpreter(registry).run(program, {"IMAGE": astronaut})
     assert info.value.trace is not None
-    doc = parse_html(info.value.trace.to_html())
+    doc = parse_html(trace_html(info.value.trace))
     # the batch of two failed, so each step ran alone: A failed, B ran, RESULT never did
     assert [s.attrs["data-status"] for s in sections(doc)] == ["failed", "ok"]
     assert "out of memory" in section(doc, "A").find("div", cls="error").text()
@@ -679,7 +682,7 @@ def test_program_text_and_answers_cannot_inject_markup(interpreter: Interpreter,
     fakes.VQA_ANSWERS[ATTACK] = ATTACK + '" onload="x'
     program = f"# {ATTACK}\nANSWER0=Vqa(image=IMAGE, question='{ATTACK}')\nRESULT=Result(var=ANSWER0)"
     trace = interpreter.run(program, {"IMAGE": astronaut})
-    page = trace.to_html(title=ATTACK, text=ATTACK)
+    page = trace_html(trace, title=ATTACK, text=ATTACK)
     assert "<script" not in page.lower()
     assert not re.findall(r"<(?![a-zA-Z/!])", page)  # every '<' opens a tag: all text is escaped
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -707,12 +710,10 @@ def test_page_is_self_contained(gqa: tuple[Trace, Node, str]) -> None:
     assert "url(" not in "".join(s.text() for s in doc.find_all("style"))
 
 
-def test_notebook_repr_is_the_page_body(gqa: tuple[Trace, Node, str]) -> None:
+def test_the_fragment_is_the_page_body(gqa: tuple[Trace, Node, str]) -> None:
     trace, _, _ = gqa
-    fragment = trace._repr_html_()
+    fragment = trace_fragment(trace)
     assert fragment.startswith('<div class="visprog-trace"')
-    assert fragment == trace_fragment(trace)
-    assert fragment in trace.to_html()
     assert fragment in trace_html(trace)
     # Its CSS is scoped to the trace, so it does not restyle the notebook around it.
     css = parse_html(fragment).find("style").text()
@@ -722,10 +723,63 @@ def test_notebook_repr_is_the_page_body(gqa: tuple[Trace, Node, str]) -> None:
 
 def test_save_html_writes_the_page(gqa: tuple[Trace, Node, str], tmp_path: Path) -> None:
     trace, _, _ = gqa
-    path = trace.save_html(tmp_path / "runs" / "trace.html", text="What color is the wolf?")
+    path = save_html(trace, tmp_path / "runs" / "trace.html", text="What color is the wolf?")
     assert path == tmp_path / "runs" / "trace.html"
-    assert path.read_text(encoding="utf-8") == trace.to_html(text="What color is the wolf?")
-    assert trace.save_html(str(tmp_path / "t.html")).is_file()
+    assert path.read_text(encoding="utf-8") == trace_html(trace, text="What color is the wolf?")
+    assert save_html(trace, str(tmp_path / "t.html")).is_file()
+
+
+def test_the_page_is_drawn_from_the_trace_data(interpreter: Interpreter, astronaut: Image) -> None:
+    fakes.VQA_ANSWERS["What color is the wolf?"] = "grey"
+    trace = interpreter.run(GQA, {"IMAGE": astronaut})
+    data_ = trace.to_dict()
+    page = trace_html(trace, text="What color is the wolf?", image_format="png")
+    # The data, or the trace read back from its JSON, gives the same page to the byte.
+    assert trace_html(data_, text="What color is the wolf?", image_format="png") == page
+    assert trace_html(Trace.from_json(trace.to_json()), text="What color is the wolf?", image_format="png") == page
+    assert trace_fragment(data_) == trace_fragment(trace)
+
+
+NOTEBOOK = """
+from IPython.core.interactiveshell import InteractiveShell
+
+shell = InteractiveShell.instance()  # as in a notebook: IPython runs before visprog is imported
+import sys
+import visprog
+from visprog.running.tracing import Trace
+
+assert not [m for m in sys.modules if m.startswith("visprog.presentation")], "drawing loaded before any display"
+trace = Trace("X=Eval(expr='1 + 1')", result=2, result_var="X")
+data, _ = shell.display_formatter.format(trace)
+from visprog.presentation.report import trace_fragment
+
+assert data["text/html"] == trace_fragment(trace), data
+print("ok")
+"""
+
+
+def test_a_notebook_shows_a_trace_as_its_page_fragment() -> None:
+    """``import visprog`` in IPython registers a trace's HTML view by name: nothing is drawn before one is shown."""
+    pytest.importorskip("IPython")
+    done = subprocess.run(
+        [sys.executable, "-c", NOTEBOOK], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[3]
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_trace_module_does_not_import_the_page() -> None:
+    """Layers: the trace (running) knows nothing of its HTML page (presentation)."""
+    import ast
+
+    import visprog.running.encoding
+    import visprog.running.tracing
+
+    for mod in (visprog.running.tracing, visprog.running.encoding):
+        tree = ast.parse(Path(mod.__file__ or "").read_text(encoding="utf-8"))
+        names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [n for n in names if n.startswith("visprog.presentation")], mod.__name__
+    assert not hasattr(Trace, "to_html") and not hasattr(Trace, "_repr_html_")
 
 
 def test_draw_objects_skips_masks_of_another_size(astronaut: Image) -> None:

@@ -20,9 +20,10 @@ from skimage import data
 
 from tests import fakes
 from visprog.errors import StepError
+from visprog.presentation.report import save_html
 from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Runtime
-from visprog.running.trace import Trace
+from visprog.running.tracing import Trace
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -109,7 +110,7 @@ def _rgb(css: str) -> tuple[int, ...]:
 
 def test_failed_trace_in_chromium(browser: Any, interpreter: Interpreter, artifacts: Path) -> None:
     trace = _failing_trace(interpreter)
-    path = trace.save_html(artifacts / "failed_trace.html", text="How many legs per extra wolf?")
+    path = save_html(trace, artifacts / "failed_trace.html", text="How many legs per extra wolf?")
     page = _open(browser, path, 1200)
     try:
         steps = page.eval_on_selector_all(
@@ -159,7 +160,7 @@ def test_failed_trace_in_chromium(browser: Any, interpreter: Interpreter, artifa
 
 def test_edit_trace_in_chromium_wide_and_narrow(browser: Any, interpreter: Interpreter, artifacts: Path) -> None:
     trace = interpreter.run(EDIT, {"IMAGE": PILImage.fromarray(data.astronaut())})
-    path = trace.save_html(artifacts / "edit_trace.html", text="Hide her face with a cool emoji")
+    path = save_html(trace, artifacts / "edit_trace.html", text="Hide her face with a cool emoji")
     for width in (1200, 420):
         page = _open(browser, path, width)
         try:
