@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import subprocess
 import sys
@@ -18,23 +19,23 @@ from PIL import Image as PILImage
 
 from tests import fakes
 from tests.llm_server import ScriptedServer, serve_scripted
-from visprog.apps.webapp import (
+from visprog.apps import webapp_actions
+from visprog.apps.webapp import CSS, build_app, launch_options, serve
+from visprog.apps.webapp_actions import (
     Outcome,
     Refused,
-    build_app,
     infer_task,
-    launch_options,
     load_uploads,
     plan_and_run,
     run_program,
-    serve,
+    task_choices,
     trace_view,
 )
 from visprog.errors import ConfigError, ModelUnavailableError, VisprogError
-from visprog.llm.clients import backend_from_options
+from visprog.llm import client_from_options
 from visprog.planner.core import Planner
 from visprog.running.runtime import Runtime
-from visprog.running.trace import Trace
+from visprog.running.tracing import Trace
 
 EMOJI_PROGRAM = (
     "OBJ0=FaceDet(image=IMAGE)\n"
@@ -64,7 +65,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
 
 @pytest.fixture
 def planner(server: ScriptedServer) -> Planner:
-    backend = backend_from_options(base_url=server.url, model="tiny", max_retries=0, timeout=5)
+    backend = client_from_options(base_url=server.url, model="tiny", max_retries=0, timeout=5)
     return Planner(backend, registry=fakes.registry(), cache=False)
 
 
@@ -172,6 +173,34 @@ def test_text_answer(server: ScriptedServer, planner: Planner, runtime: Runtime,
     assert out.answer == "2"
     assert out.image is None
     assert "Question: How many people are there?" in _user_text(server)
+
+
+def test_samples_are_voted_on_and_the_status_says_how_planning_went(
+    server: ScriptedServer, planner: Planner, runtime: Runtime, astronaut: Path
+) -> None:
+    ask = "ANSWER0=Vqa(image=IMAGE, question='{q}')\nFINAL_RESULT=Result(var=ANSWER0)"
+    fakes.reset()
+    fakes.VQA_ANSWERS.update({"a": "yes", "b": "no", "c": "Yes."})
+    bad = ask.format(q="a").replace("Vqa(", "Vqaa(")
+    server.script([ask.format(q="a"), ask.format(q="b"), bad, ask.format(q="c")])
+    out = plan_and_run("Is it?", "gqa", str(astronaut), planner=planner, runtime=runtime, samples=3)
+    fakes.reset()
+    assert out.ok, out.message
+    assert out.answer == "yes" and out.program == ask.format(q="a")
+    assert out.message.endswith("; 4 LLM requests (1 repair round); 67% of 3 runs agree")
+    assert [r.body.get("temperature") for r in server.requests] == [0.7] * 4  # sampled, not greedy
+    refused = plan_and_run("Is it?", "gqa", str(astronaut), planner=planner, samples=0)
+    assert (refused.ok, refused.title) == (False, "Samples")
+
+
+def test_the_task_choices_come_from_the_task_files() -> None:
+    assert task_choices() == [
+        ("auto", "auto"),
+        ("Edit one image", "edit"),
+        ("Ask about one image", "gqa"),
+        ("Verify a statement about two images", "nlvr"),
+        ("Tag things in one image", "tag"),
+    ]
 
 
 def test_the_planner_is_created_on_first_request(
@@ -366,7 +395,7 @@ def test_step_failure_of_a_planned_program(
 def test_unreachable_llm(runtime: Runtime, astronaut: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     with socket_on_a_closed_port() as url:
-        backend = backend_from_options(base_url=url, model="tiny", max_retries=0, timeout=5)
+        backend = client_from_options(base_url=url, model="tiny", max_retries=0, timeout=5)
         planner = Planner(backend, registry=fakes.registry(), cache=False)
         out = plan_and_run(INSTRUCTION, "edit", str(astronaut), planner=planner, runtime=runtime)
     assert not out.ok
@@ -404,51 +433,37 @@ def test_unexpected_errors_become_messages(astronaut: Path) -> None:
 # --- the trace view and the app ---------------------------------------------------------------
 
 
-def test_trace_view_falls_back_to_escaped_text() -> None:
+def test_trace_view_falls_back_to_escaped_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(trace: Trace, *, text: str | None = None) -> str:
+        raise ValueError("renderer bug")
+
+    monkeypatch.setattr(webapp_actions, "trace_page", broken)  # drawing the page fails: the text is shown
     trace = Trace("X=Eval(expr='<b>')", result="<b>")
-    trace.to_html = None  # type: ignore[attr-defined]  # no rich view: the text one
     view = trace_view(trace)
     assert view.startswith('<pre class="vp-trace-text"')
     assert "&lt;b&gt;" in view and "<b>" not in view.replace('<pre class="vp-trace-text"', "")
     assert trace_view(None) == ""
 
 
-def test_trace_view_frames_the_rich_view() -> None:
-    class Rich(Trace):
-        def to_html(self) -> str:
-            return '<!doctype html><html><body><h1 class="t">FaceDet & "Emoji"</h1></body></html>'
-
-    view = trace_view(Rich("X=1"))
+def test_trace_view_frames_the_page() -> None:
+    view = trace_view(Trace("X=Eval(expr='\"FaceDet\" & <b>')", result='"FaceDet" & <b>'))
     assert view.startswith('<iframe class="vp-trace-frame"')
-    assert 'srcdoc="&lt;!doctype html&gt;' in view
-    assert "FaceDet &amp; &quot;Emoji&quot;" in view
+    assert 'srcdoc="&lt;!DOCTYPE html&gt;' in view and "visprog-trace" in view
+    # escaped once for the page and once more for the attribute
+    assert "&amp;quot;FaceDet&amp;quot; &amp;amp; &amp;lt;b&amp;gt;" in view and "<b>" not in view
 
 
-def test_trace_view_passes_the_text_to_the_rich_view() -> None:
-    class Rich(Trace):
-        def to_html(self, *, title: str | None = None, text: str | None = None) -> str:
-            return f"<p>{text}</p>"
-
-    assert "&lt;p&gt;Hide the face&lt;/p&gt;" in trace_view(Rich("X=1"), "Hide the face")
+def test_trace_view_passes_the_text_to_the_page() -> None:
+    assert "Hide the face" in trace_view(Trace("X=1"), "Hide the face")
 
 
 def test_the_trace_view_names_the_instruction(
     server: ScriptedServer, planner: Planner, runtime: Runtime, astronaut: Path
 ) -> None:
-    if not hasattr(Trace, "to_html"):
-        pytest.skip("no rich trace view (visprog.presentation.html) in this tree")
     server.script([EMOJI_PROGRAM])
     out = plan_and_run(INSTRUCTION, "edit", str(astronaut), planner=planner, runtime=runtime)
     assert out.trace_html.startswith('<iframe class="vp-trace-frame"')
     assert INSTRUCTION in out.trace_html
-
-
-def test_trace_view_survives_a_broken_rich_view() -> None:
-    class Broken(Trace):
-        def to_html(self) -> str:
-            raise ValueError("renderer bug")
-
-    assert trace_view(Broken("X=1")).startswith('<pre class="vp-trace-text"')
 
 
 def test_status_html_escapes() -> None:
@@ -463,7 +478,7 @@ def test_build_app_wires_the_components() -> None:
     assert isinstance(app, gr.Blocks)
     ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
     assert {"vp-image", "vp-left", "vp-right", "vp-text", "vp-task", "vp-plan", "vp-run", "vp-program"} <= ids
-    assert {"vp-result", "vp-answer", "vp-trace", "vp-status"} <= ids
+    assert {"vp-result", "vp-answer", "vp-trace", "vp-status", "vp-samples"} <= ids
     with pytest.raises(ValueError, match="max_upload_bytes"):
         build_app(max_upload_bytes=0)
 
@@ -483,6 +498,11 @@ def test_serve_launches_with_the_upload_limit(monkeypatch: pytest.MonkeyPatch) -
     assert launched["max_file_size"] == 1234
     assert launched["share"] is False
     assert launch_options(99)["max_file_size"] == 99
+
+
+def test_the_style_sheet_is_package_data() -> None:
+    sheet = importlib.resources.files("visprog.apps").joinpath("webapp.css").read_text(encoding="utf-8")
+    assert CSS == sheet and "#vp-status" in sheet and ".vp-header" in sheet
 
 
 def test_without_gradio_the_app_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:

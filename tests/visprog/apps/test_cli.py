@@ -754,3 +754,30 @@ def test_edit_output_into_a_folder_and_a_result_that_is_no_image(
     assert code == 0, err
     assert f"the result is not an image (no edit), so nothing was written to {tmp_path / 'edited.png'}" in out
     assert not (tmp_path / "edited.png").exists()
+
+
+def test_task_commands_come_from_the_task_files_and_samples_show_progress_from_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.llm_server import serve_scripted
+    from visprog.planner.tasks import tasks
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = " ".join(capsys.readouterr().out.split())
+    for task in tasks().values():
+        assert f"{task.command} {task.description} ({task.name})" in listed
+    photo = tmp_path / "astronaut.png"
+    PILImage.fromarray(data.astronaut()).save(photo)
+    yes = "OBJ0=FaceDet(image=IMAGE)\nANSWER0=Count(box=OBJ0)\nFINAL_RESULT=Result(var=ANSWER0)"
+    no = "OBJ0=FaceDet(image=IMAGE)\nANSWER0=Eval(expr='0')\nFINAL_RESULT=Result(var=ANSWER0)"
+    with serve_scripted() as server:
+        server.script([yes, no, yes])
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("VISPROG_LLM_MODEL", "tiny")
+        code, out, err = cli("ask", photo, "How many faces?", "--samples", "3", "--no-cache", *CASCADE)
+    assert code == 0, err
+    assert "result: 1" in out and "agreement: 67% of 3 valid sample(s) out of 3" in out
+    progress = capsys.readouterr().err
+    assert "samples [" in progress and "3/3" in progress
+    assert "runs    [" in progress

@@ -20,8 +20,8 @@ from PIL import Image as PILImage
 
 from tests import fakes
 from tests.llm_server import ScriptedServer
-from tests.visprog.test_webapp import EMOJI_PROGRAM, INSTRUCTION, scripted_llm
-from visprog.llm.clients import backend_from_options
+from tests.visprog.apps.test_webapp import EMOJI_PROGRAM, INSTRUCTION, scripted_llm
+from visprog.llm import client_from_options
 from visprog.planner.core import Planner
 from visprog.running.runtime import Runtime
 
@@ -83,7 +83,7 @@ def served(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             mp.setenv(name, "127.0.0.1,localhost")
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
             mp.delenv(name, raising=False)
-        backend = backend_from_options(base_url=llm.url, model="tiny", max_retries=0, timeout=5)
+        backend = client_from_options(base_url=llm.url, model="tiny", max_retries=0, timeout=5)
         planner = Planner(backend, registry=fakes.registry(), cache=False)
         runtime = Runtime(modules={"FaceDet": {"backend": "cascade"}})
         app = build_app(planner_factory=lambda: planner, registry=fakes.registry(), runtime=runtime)

@@ -1,0 +1,456 @@
+"""The web app's work in plain values: plan and run, re-run an edited program, and say how it went.
+
+:func:`plan_and_run` and :func:`run_program` take the request's text and
+uploaded files and return an :class:`Outcome` (the status line, the program,
+the trace view, the result); :mod:`visprog.apps.webapp` only turns it into
+Gradio component updates, so everything here is tested without a browser or
+Gradio.
+
+The tasks on offer are the tasks' TOML files (:mod:`visprog.planner.tasks`):
+one that reads one image uses the "One image" upload, one that reads two the
+"Two images" uploads, in order. "Plan and run" goes through
+:func:`visprog.solve.solve`, the path every surface shares, and its status
+line is made from the events it reports.
+
+Every error a user can cause (no image, a file over the upload limit, an
+image over the pixel limit, a program that does not check, a planner that
+finds no valid program, a step that fails, an LLM server that cannot be
+reached) comes back as an :class:`Outcome` with ``ok=False`` and a message,
+never as a stack trace.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from visprog.errors import ConfigError, ImageError, ProgramError, ServiceError, StepError, VisprogError
+from visprog.language.signatures import Registry
+from visprog.language.values import Image, describe_value
+from visprog.planner.events import CacheHit, Planned, RepairRound, RequestSent, Voted
+from visprog.planner.tasks import Task, guess_task, input_names, tasks
+from visprog.presentation.report import trace_html as trace_page
+from visprog.running.events import Event
+from visprog.running.runtime import Runtime
+from visprog.running.tracing import Trace
+
+if TYPE_CHECKING:
+    from visprog.planner.core import Planner
+
+__all__ = [
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "ImagePath",
+    "Outcome",
+    "Refused",
+    "auto_help",
+    "infer_task",
+    "load_uploads",
+    "plan_and_run",
+    "run_program",
+    "task_choices",
+    "trace_view",
+]
+
+log = logging.getLogger(__name__)
+
+#: Largest uploaded file accepted, in bytes.
+DEFAULT_MAX_UPLOAD_BYTES = 20_000_000
+
+#: The uploads of a task that reads one image, and of one that reads two.
+_ONE_IMAGE = ("IMAGE",)
+_TWO_IMAGES = ("LEFT", "RIGHT")
+
+ImagePath = str | os.PathLike[str] | None
+
+
+# --- the task -------------------------------------------------------------------------------
+
+
+def _offered() -> dict[str, Task]:
+    """The tasks the app offers: those that read one image or two."""
+    return {name: t for name, t in tasks().items() if len(t.inputs) in (1, 2)}
+
+
+def task_choices() -> list[tuple[str, str]]:
+    """(label, value) of each task choice: ``auto`` first (see :func:`infer_task`), then every task's web label."""
+    return [("auto", "auto"), *((t.label, t.name) for t in _offered().values())]
+
+
+def auto_help() -> str:
+    """What ``auto`` chooses, told from the tasks' files."""
+    offered = _offered()
+    parts = []
+    if any(len(t.inputs) == 2 for t in offered.values()):
+        parts.append(f"two images → {offered[guess_task(None, 2)].command}")
+    for t in offered.values():
+        if t.first_words and len(t.inputs) == 1:
+            words = ", ".join(t.first_words[:3]) + (", ..." if len(t.first_words) > 3 else "")
+            parts.append(f"a text starting with {words} → {t.command}")
+    parts.append(f"otherwise {offered[guess_task(None, 1)].command}")
+    return "auto: " + "; ".join(parts)
+
+
+def infer_task(text: str | None, n_images: int) -> str:
+    """The task (``gqa``, ``nlvr``, ``edit``, ``tag`` or a task of its own file) for ``text`` on ``n_images`` images.
+
+    Two images or more: a task that reads two (``nlvr``, a statement about LEFT
+    and RIGHT). Otherwise a text whose first word is one of a task's
+    ``first_words`` is that task (hide, replace, blur, ... an ``edit``; tag,
+    label, identify a ``tag``); anything else is a question (``gqa``). Case and
+    leading punctuation are ignored. See :func:`visprog.planner.tasks.guess_task`.
+    """
+    return guess_task(text, min(max(n_images, 1), 2))
+
+
+# --- outcomes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one request produced, in plain values.
+
+    ``program`` is ``None`` when the program box should be left as it is.
+    ``image`` is set when the result is an image, ``answer`` when it is
+    anything else. ``title`` and ``message`` say what happened (or what went
+    wrong, with ``ok=False``); ``message`` may span lines (diagnostics).
+    """
+
+    ok: bool
+    title: str
+    message: str = ""
+    task: str | None = None
+    program: str | None = None
+    trace_html: str = ""
+    image: Image | None = None
+    answer: str | None = None
+
+    def status_html(self) -> str:
+        """The title and message as a small HTML panel (green for success, red for an error)."""
+        if self.ok:
+            colours = "border-left:4px solid #16a34a;background:#f0fdf4;color:#14532d"
+        else:
+            colours = "border-left:4px solid #dc2626;background:#fef2f2;color:#7f1d1d"
+        body = ""
+        if "\n" in self.message:  # diagnostics: keep the carets under their columns
+            body = (
+                '<pre style="margin:6px 0 0;white-space:pre;overflow-x:auto;font-size:13px;line-height:1.4;'
+                f'background:none;color:inherit;border:0;padding:0">{html.escape(self.message)}</pre>'
+            )
+        elif self.message:
+            body = f'<div style="margin-top:4px">{html.escape(self.message)}</div>'
+        role = "status" if self.ok else "alert"
+        return (
+            f'<div class="vp-status vp-{"ok" if self.ok else "error"}" role="{role}" '
+            f'style="{colours};padding:10px 14px;border-radius:6px;font-size:14px">'
+            f"<strong>{html.escape(self.title)}</strong>{body}</div>"
+        )
+
+
+class Refused(VisprogError):
+    """A request the app will not run (no image, a file too large, ...): the title and message the user sees."""
+
+    def __init__(self, title: str, message: str = "") -> None:
+        super().__init__(f"{title}: {message}" if message else title)
+        self.title = title
+        self.message = message
+
+
+def _failure(title: str, message: str = "", **fields: Any) -> Outcome:
+    return Outcome(False, title, message, **fields)
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1_000_000:.1f} MB"
+
+
+def load_uploads(
+    images: Mapping[str, ImagePath],
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int | None = None,
+) -> dict[str, Image]:
+    """Load the uploaded files (``{"IMAGE": path}``; ``None`` for none) as RGB images.
+
+    Raises :class:`Refused` for a file over ``max_upload_bytes`` or an image that
+    cannot be read or is over ``max_pixels``.
+    """
+    from visprog.running.images import load_image
+
+    loaded: dict[str, Image] = {}
+    for name, path in images.items():
+        if path is None or path == "":
+            continue
+        try:
+            size = os.path.getsize(path)
+        except OSError as e:
+            raise Refused(f"{name}: the uploaded file cannot be read", e.strerror or str(e)) from e
+        if size > max_upload_bytes:
+            raise Refused(
+                f"{name}: the file is too large",
+                f"The file is {_megabytes(size)}; the limit is {_megabytes(max_upload_bytes)} per image.",
+            )
+        try:
+            loaded[name] = load_image(path, max_pixels=max_pixels, name=name)
+        except ImageError as e:
+            if "pixels" in str(e) and "limit" in str(e):
+                raise Refused(f"{name}: the image has too many pixels", str(e)) from e
+            raise Refused(f"{name}: the image cannot be used", str(e)) from e
+    return loaded
+
+
+def _images_for(task: Task, loaded: Mapping[str, Image]) -> dict[str, Image]:
+    """The task's inputs from the uploads: one image from "One image", two from "Two images", in order."""
+    slots = _ONE_IMAGE if len(task.inputs) == 1 else _TWO_IMAGES
+    missing = [slot for slot in slots if slot not in loaded]
+    if missing and slots == _ONE_IMAGE:
+        raise Refused(
+            "No image",
+            f"Upload an image under 'One image' first: {task.name} works on one image ({task.inputs[0]}).",
+        )
+    if missing:
+        raise Refused(
+            "Two images needed",
+            f"{task.name} compares two images: upload {' and '.join(missing)} under 'Two images'.",
+        )
+    return {name: loaded[slot] for name, slot in zip(task.inputs, slots, strict=True)}
+
+
+# --- the trace ------------------------------------------------------------------------------
+
+
+def trace_view(trace: Trace | None, text: str | None = None) -> str:
+    """HTML showing ``trace``: its page (:func:`visprog.presentation.report.trace_html`) in a frame.
+
+    ``text`` (the question or instruction) heads the page. If drawing the page fails, the trace's text.
+    """
+    if trace is None:
+        return ""
+    try:
+        document = trace_page(trace, text=text)
+    except Exception:  # the rich view is a nicety: fall back to the text
+        log.exception("drawing the trace page failed; showing the text trace")
+    else:
+        # A frame keeps the trace's own styles apart from the app's; it grows to fit its content.
+        return (
+            '<iframe class="vp-trace-frame" title="Trace" sandbox="allow-same-origin" '
+            'style="width:100%;min-height:320px;border:0" '
+            "onload=\"this.style.height=(this.contentDocument.documentElement.scrollHeight+24)+'px'\" "
+            f'srcdoc="{html.escape(document, quote=True)}"></iframe>'
+        )
+    return (
+        '<pre class="vp-trace-text" style="white-space:pre-wrap;font-size:13px;line-height:1.45;'
+        f'margin:0">{html.escape(trace.to_text())}</pre>'
+    )
+
+
+def _result_fields(trace: Trace) -> dict[str, Any]:
+    result = trace.result
+    if isinstance(result, Image):
+        return {"image": result}
+    if isinstance(result, str):
+        return {"answer": result}
+    if isinstance(result, (bool, int, float)):
+        return {"answer": str(result)}
+    return {"answer": describe_value(result)}
+
+
+def _ran(trace: Trace, title: str, text: str | None = None, planning: str = "", **fields: Any) -> Outcome:
+    steps = len(trace.records)
+    message = f"{steps} step{'s' if steps != 1 else ''} in {trace.seconds:.2f} s{planning}"
+    return Outcome(True, title, message, trace_html=trace_view(trace, text), **_result_fields(trace), **fields)
+
+
+class _Log:
+    """The planner's events of one request, told back as the status line's second half."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.repairs = 0
+        self.cached = 0
+        self.program: str | None = None  # the last program that checked
+        self.vote: Voted | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RequestSent):
+            self.requests += 1
+        elif isinstance(event, RepairRound):
+            self.repairs += 1
+        elif isinstance(event, CacheHit):
+            self.cached += 1
+        elif isinstance(event, Planned):
+            self.program = event.program
+        elif isinstance(event, Voted):
+            self.vote = event
+
+    def summary(self) -> str:
+        parts = []
+        if self.requests:
+            repairs = f" ({self.repairs} repair round{'s' if self.repairs != 1 else ''})" if self.repairs else ""
+            parts.append(f"{self.requests} LLM request{'s' if self.requests != 1 else ''}{repairs}")
+        if self.cached:
+            parts.append(f"{self.cached} program{'s' if self.cached != 1 else ''} from the plan cache")
+        if self.vote is not None and self.vote.samples > 1:
+            runs = len(self.vote.answers)
+            parts.append(f"{self.vote.agreement:.0%} of {runs} run{'s' if runs != 1 else ''} agree")
+        return "".join(f"; {p}" for p in parts)
+
+
+def _step_failed(e: StepError, text: str | None = None, **fields: Any) -> Outcome:
+    detail = f"line {e.line}, {e.module} (step {e.target}): {e.reason}\n  {e.source_line.strip()}"
+    detail += "\nThe steps before it are shown in the trace."
+    return _failure(f"Step {e.target} failed", detail, trace_html=trace_view(e.trace, text), **fields)
+
+
+def _program_error(e: ProgramError, **fields: Any) -> Outcome:
+    count = len(e.diagnostics)
+    return _failure(f"The program has {count} {e.kind}{'s' if count > 1 else ''}", e.render(), **fields)
+
+
+def _unexpected(e: Exception, **fields: Any) -> Outcome:
+    log.exception("unexpected error in the web app")
+    return _failure("Something went wrong", f"{type(e).__name__}: {e}", **fields)
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+def plan_and_run(
+    text: str | None,
+    task: str = "auto",
+    image: ImagePath = None,
+    left: ImagePath = None,
+    right: ImagePath = None,
+    *,
+    planner: Planner | Callable[[], Planner],
+    runtime: Runtime | None = None,
+    samples: int = 1,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int | None = None,
+) -> Outcome:
+    """Plan a program for ``text`` and run it on the uploaded images (:func:`visprog.solve.solve`).
+
+    ``task`` is ``auto`` (see :func:`infer_task`) or a task's name (``gqa``,
+    ``nlvr``, ``edit``, ``tag``, ...); the images are file paths (``None``
+    where nothing was uploaded). ``samples`` > 1 draws that many programs,
+    runs them and votes on their answers. ``planner`` is a
+    :class:`~visprog.planner.core.Planner` or a function that returns one
+    (called here, so that a planner that cannot be created is reported like
+    any other error).
+    """
+    from visprog.planner.core import PlanningError
+    from visprog.solve import solve
+
+    text = (text or "").strip()
+    try:
+        loaded = load_uploads(
+            {"IMAGE": image, "LEFT": left, "RIGHT": right}, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels
+        )
+        if not text:
+            raise Refused("Nothing to do", "Type a question, a statement or an instruction first.")
+        offered = _offered()
+        inferred = task in ("", "auto")
+        if inferred:
+            task = infer_task(text, 2 if "LEFT" in loaded and "RIGHT" in loaded else len(loaded))
+        elif task not in offered:
+            raise Refused("Unknown task", f"choose one of auto, {', '.join(offered)}, not {task!r}")
+        if samples < 1:
+            raise Refused("Samples", f"draw at least one program, not {samples}")
+        chosen = offered[task]
+        images = _images_for(chosen, loaded)
+    except Refused as e:
+        return _failure(e.title, e.message)
+    how = f"{task}{', inferred from the text' if inferred else ''}"
+    log = _Log()
+    try:
+        active = cast("Planner", planner) if hasattr(planner, "plan") else cast("Callable[[], Planner]", planner)()
+        solution = solve(chosen, text, images, planner=active, runtime=runtime, samples=samples, on_event=log)
+    except PlanningError as e:
+        last = next((a.program for a in reversed(e.attempts) if a.program.strip()), None)
+        return _failure(
+            "The planner found no valid program",
+            f"{e}\n\nThe last attempt is in the program box: fix it and press 'Run edited program'.",
+            task=task,
+            program=last.strip() if last else None,
+        )
+    except ServiceError as e:
+        return _failure(
+            "The planner's LLM could not be reached",
+            f"{e}\n\nStart the OpenAI-compatible server (or set OPENAI_BASE_URL / OPENAI_API_KEY) and try again; "
+            "a program in the program box can still be run with 'Run edited program'.",
+            task=task,
+        )
+    except ConfigError as e:
+        return _failure("The planner is not configured", str(e), task=task)
+    except StepError as e:
+        return _step_failed(e, text, task=task, program=_program(log))
+    except VisprogError as e:  # a local LLM whose weights are missing, an input that cannot run, ...
+        title = "The planner failed" if log.program is None else "The program could not run"
+        return _failure(title, str(e), task=task, program=_program(log))
+    except Exception as e:
+        return _unexpected(e, task=task, program=_program(log))
+    program = solution.program.strip()
+    return _ran(solution.trace, f"Done ({how})", text, log.summary(), task=task, program=program)
+
+
+def _program(log: _Log) -> str | None:
+    return log.program.strip() if log.program is not None else None
+
+
+def run_program(
+    program: str | None,
+    image: ImagePath = None,
+    left: ImagePath = None,
+    right: ImagePath = None,
+    *,
+    registry: Registry | None = None,
+    runtime: Runtime | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int | None = None,
+) -> Outcome:
+    """Check and run ``program`` as written (no planner) on the uploaded images.
+
+    A program that does not parse or check comes back with the checker's
+    diagnostics (line, column, the line with a caret) as its message.
+    """
+    from visprog.running.interpreter import Interpreter
+    from visprog.solve import check
+
+    source = program or ""
+    if not source.strip():
+        return _failure("No program", "Plan one with 'Plan and run', or write one in the program box.")
+    try:
+        checked = check(source, registry=registry)
+    except ProgramError as e:
+        return _program_error(e)
+    try:
+        loaded = load_uploads(
+            {"IMAGE": image, "LEFT": left, "RIGHT": right}, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels
+        )
+        missing = [name for name in checked.used_inputs if name not in loaded]
+        if missing:
+            where = " under 'Two images'" if set(missing) <= {"LEFT", "RIGHT"} else ""
+            raise Refused(
+                "No image" if missing == ["IMAGE"] else "Images missing",
+                f"The program reads {', '.join(missing)}: upload {'it' if len(missing) == 1 else 'them'}{where} first.",
+            )
+    except Refused as e:
+        return _failure(e.title, e.message)
+    images = {name: loaded[name] for name in checked.used_inputs}
+    try:
+        trace = Interpreter(registry, runtime, known_inputs=input_names()).run(checked, images)
+    except StepError as e:
+        return _step_failed(e)
+    except ProgramError as e:
+        return _program_error(e)
+    except VisprogError as e:
+        return _failure("The program could not run", str(e))
+    except Exception as e:
+        return _unexpected(e)
+    return _ran(trace, "Done (edited program)")
