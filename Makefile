@@ -25,6 +25,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check visprog modules tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/python -m pytest -q

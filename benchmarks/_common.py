@@ -61,10 +61,10 @@ def met(ok: bool) -> str:
 
 def tiny_blip_dir() -> str:
     """A tiny random BLIP VQA model built from a config, exactly as tests/modules/test_vqa.py builds it."""
-    from tests.modules.test_vqa import _build_blip
+    from tests.modules.test_vqa import build_blip
 
     folder = Path(tempfile.mkdtemp(prefix="visprog-bench-blip-"))
-    _build_blip(folder)
+    build_blip(folder)
     return str(folder)
 
 

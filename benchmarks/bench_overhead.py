@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _common
+from visprog.language.checker import check
 from visprog.language.signatures import Registry, module
 from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Runtime
@@ -42,7 +43,7 @@ def measure(steps: int, repeats: int) -> list[_common.Row]:
     registry = Registry()
     registry.register(Noop)
     interpreter = Interpreter(registry, Runtime(device_request="cpu"))
-    checked = interpreter.check(chain(steps), {})
+    checked = check(chain(steps), {}, registry=registry)
     fn = Noop.fn if hasattr(Noop, "fn") else Noop
 
     def direct() -> None:
@@ -54,7 +55,7 @@ def measure(steps: int, repeats: int) -> list[_common.Row]:
         interpreter.run(checked, {})
 
     # Each run on a program checked anew: the run plan is built too (as for every item of an evaluation).
-    fresh_programs = [interpreter.check(chain(steps), {}) for _ in range(repeats + 1)]
+    fresh_programs = [check(chain(steps), {}, registry=registry) for _ in range(repeats + 1)]
     fresh = iter(fresh_programs)
 
     def interpreted_fresh() -> None:

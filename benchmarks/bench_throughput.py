@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _common
+from visprog.language.checker import check
 
 QUESTIONS = ["What is the person wearing?", "Is there a cat?", "What color is the flag?", "How many mugs are there?"]
 BATCHES = (1, 4, 16)
@@ -39,7 +40,7 @@ def measure(n: int, repeats: int, model_dir: str | None = None) -> list[_common.
     answers: dict[int, list[Any]] = {}
     for max_batch in BATCHES:
         interpreter = _common.blip_interpreter(model_dir, max_batch)
-        checked = [(interpreter.check(p, inputs), inputs) for p, inputs in jobs]
+        checked = [(check(p, list(inputs), registry=interpreter.registry), inputs) for p, inputs in jobs]
         results = interpreter.run_many(checked)  # also the warm-up
         answers[max_batch] = [getattr(r, "result", r) for r in results]
         seconds = _common.median_seconds(functools.partial(interpreter.run_many, checked), repeats, warm_up=False)

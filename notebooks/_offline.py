@@ -29,7 +29,7 @@ __all__ = ["ScriptedLLM", "scripted_planner", "show"]
 class ScriptedLLM:
     """A stand-in for a language model: replies with the given programs, in order, without any network.
 
-    It follows the planner's ``LLMBackend`` protocol (``identity`` and
+    It follows the ``visprog.llm.LLMClient`` protocol (``identity`` and
     ``complete``). Every request it receives is kept in ``requests`` (the chat
     messages, exactly as a real model would get them), so a notebook can show
     what the planner sent.

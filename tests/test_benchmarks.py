@@ -25,9 +25,9 @@ def _restore_threads() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("bench-blip")
-    from tests.modules.test_vqa import _build_blip
+    from tests.modules.test_vqa import build_blip
 
-    _build_blip(Path(folder))
+    build_blip(Path(folder))
     return str(folder)
 
 

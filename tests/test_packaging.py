@@ -82,9 +82,11 @@ def test_wheel_contents(wheel: Path) -> None:
         "visprog/__init__.py",
         "visprog/__main__.py",
         "visprog/apps/cli.py",
+        "visprog/apps/webapp.css",
         "visprog/language/grammar.lark",
         "visprog/language/expr.lark",
         "visprog/presentation/fonts/DejaVuSans.ttf",
+        "visprog/presentation/trace.css",
         "visprog/py.typed",
         "visprog/modules/image_ops.py",
         # the planner's prompt sets ship as package data (importlib.resources.files("visprog.prompts"))
