@@ -10,9 +10,10 @@ its HTML page (:func:`visprog.presentation.report.trace_fragment`).
 
 from __future__ import annotations
 
+import importlib
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visprog.errors import (
     Diagnostic,
@@ -28,13 +29,59 @@ from visprog.errors import (
     TraceFormatError,
     VisprogError,
 )
-from visprog.language.parser import parse
-from visprog.language.signatures import ModuleSpec, Option, Registry, module
-from visprog.language.values import Detection, Image, Objects, Template, Type
-from visprog.planner.tasks import Task, get_task, tasks
-from visprog.running.plugins import default_registry, load_plugins
-from visprog.running.runtime import Context, Runtime
-from visprog.solve import Solution, ask, check, create_planner, edit, run, solve, tag, verify
+
+#: The rest of the public API, imported on first use (PEP 562): ``visprog check`` loads no planner.
+_LAZY = {
+    "parse": "visprog.language.parser",
+    "ModuleSpec": "visprog.language.signatures",
+    "Option": "visprog.language.signatures",
+    "Registry": "visprog.language.signatures",
+    "module": "visprog.language.signatures",
+    "Detection": "visprog.language.values",
+    "Image": "visprog.language.values",
+    "Objects": "visprog.language.values",
+    "Template": "visprog.language.values",
+    "Type": "visprog.language.values",
+    "Task": "visprog.planner.tasks",
+    "get_task": "visprog.planner.tasks",
+    "tasks": "visprog.planner.tasks",
+    "default_registry": "visprog.running.plugins",
+    "load_plugins": "visprog.running.plugins",
+    "Context": "visprog.running.runtime",
+    "Runtime": "visprog.running.runtime",
+    "Solution": "visprog.solve",
+    "ask": "visprog.solve",
+    "check": "visprog.solve",
+    "create_planner": "visprog.solve",
+    "edit": "visprog.solve",
+    "run": "visprog.solve",
+    "solve": "visprog.solve",
+    "tag": "visprog.solve",
+    "verify": "visprog.solve",
+}
+
+if TYPE_CHECKING:
+    from visprog.language.parser import parse
+    from visprog.language.signatures import ModuleSpec, Option, Registry, module
+    from visprog.language.values import Detection, Image, Objects, Template, Type
+    from visprog.planner.tasks import Task, get_task, tasks
+    from visprog.running.plugins import default_registry, load_plugins
+    from visprog.running.runtime import Context, Runtime
+    from visprog.solve import Solution, ask, check, create_planner, edit, run, solve, tag, verify
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'visprog' has no attribute '{name}'")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 try:
     __version__ = version("visprog")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -35,7 +35,6 @@ from visprog.apps.commands import (
     models_command,
     modules_command,
 )
-from visprog.apps.task_commands import eval_command, serve_command, task_command
 from visprog.errors import ConfigError, ProgramCheckError, ProgramError, VisprogError
 from visprog.planner.tasks import Task, tasks
 from visprog.running.plugins import PLUGINS_ENV, default_registry
@@ -102,6 +101,22 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", metavar="FILE", help="write the step-by-step trace as a self-contained HTML page")
 
 
+def _planning(name: str) -> Callable[[argparse.Namespace, TextIO], int]:
+    """The command ``name`` of :mod:`visprog.apps.task_commands`, imported when it runs.
+
+    Those commands bring in the planner and its LLM clients, which ``visprog check`` never needs.
+    """
+
+    def command(args: argparse.Namespace, out: TextIO) -> int:
+        from visprog.apps import task_commands
+
+        result: int = getattr(task_commands, name)(args, out)
+        return result
+
+    command.__name__ = name
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the fixed commands, and one command per task (:func:`visprog.planner.tasks.tasks`).
 
@@ -115,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         what = task.description or f"the {task.name} task"
         p = sub.add_parser(task.command, help=f"{what} ({task.name})", description=f"Plan and run: {what}.")
         _add_task_options(p, task)
-        p.set_defaults(func=task_command, task=task.name)
+        p.set_defaults(func=_planning("task_command"), task=task.name)
 
     p = sub.add_parser("eval", help="evaluate on a data set: accuracy, failure kinds, latency, time per module")
     p.add_argument("data", help="our JSONL, GQA question JSON or NLVR2 JSONL")
@@ -146,14 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_planner_options(p)
-    p.set_defaults(func=eval_command)
+    p.set_defaults(func=_planning("eval_command"))
 
     p = sub.add_parser("serve", help="the web app: upload images, ask, see the program and its trace")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MB (default 20)")
     _add_planner_options(p)
-    p.set_defaults(func=serve_command, quiet=False)
+    p.set_defaults(func=_planning("serve_command"), quiet=False)
 
     p = sub.add_parser("exec", help="run a program on images")
     p.add_argument("program", help="program file, '-' for stdin, or the program text")

@@ -12,18 +12,19 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from visprog.errors import StepError, VisprogError
+from visprog.language.checker import CheckedProgram, check
 from visprog.language.signatures import OptionError, Registry
 from visprog.language.values import Image, describe_value
 from visprog.planner.tasks import input_names
 from visprog.running import hub
-from visprog.running.interpreter import Interpreter
 from visprog.running.plugins import PLUGINS_ENV, default_registry, plugins_enabled
 from visprog.running.runtime import Runtime
-from visprog.running.tracing import Trace
-from visprog.solve import check
+
+if TYPE_CHECKING:
+    from visprog.running.tracing import Trace
 
 __all__ = [
     "DEMO_PROGRAM",
@@ -121,9 +122,14 @@ def _hint(registry: Registry, name: str) -> str:
     return f" (did you mean '{hint}'?)" if hint else ""
 
 
+def _check(text: str, inputs: Sequence[str] | None) -> CheckedProgram:
+    """The one check, with the tasks' input names and the installed modules (as visprog.check)."""
+    return check(text, inputs, registry=default_registry(), known_inputs=input_names())
+
+
 def check_command(args: argparse.Namespace, out: TextIO) -> int:
     text, name = _read_program(args.program)
-    checked = check(text, args.input or None)
+    checked = _check(text, args.input or None)
     result = checked.steps[checked.result]
     print(
         f"{name}: ok, {len(checked.steps)} steps, inputs {', '.join(checked.used_inputs) or 'none'}, "
@@ -135,7 +141,7 @@ def check_command(args: argparse.Namespace, out: TextIO) -> int:
 
 def graph_command(args: argparse.Namespace, out: TextIO) -> int:
     text, _ = _read_program(args.program)
-    graph = check(text, args.input or None).graph
+    graph = _check(text, args.input or None).graph
     out.write(graph.to_dot() if args.dot else graph.to_mermaid())
     return 0
 
@@ -250,6 +256,8 @@ def _write_images(trace: Trace, outdir: Path, out: TextIO) -> None:
 
 
 def _execute(text: str, images: dict[str, Any], args: argparse.Namespace, out: TextIO, label: str | None = None) -> int:
+    from visprog.running.interpreter import Interpreter  # loaded by the commands that run programs
+
     interpreter = Interpreter(runtime=build_runtime(args), known_inputs=input_names())
     try:
         trace = interpreter.run(text, images)

@@ -18,12 +18,16 @@ and :data:`ERROR`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import os
 import re
 from collections.abc import Collection, Iterator
 from importlib.resources import files
+from pathlib import Path
 from typing import NamedTuple
 
+import lark
 from lark import Lark
 from lark.lexer import PatternStr, TerminalDef
 
@@ -60,10 +64,32 @@ def _read(name: str) -> str:
     return (files("visprog.language") / name).read_text(encoding="utf-8")
 
 
+def _cache_file(name: str, text: str) -> str | bool:
+    """Where lark keeps the built LALR tables of a grammar, so a new process does not rebuild them.
+
+    ``$VISPROG_CACHE_DIR``, else ``~/.cache/visprog`` (the plan cache's folder), created private to
+    the user: never a shared temporary folder, since lark reads the file back with pickle. The name
+    holds a digest of the grammar and lark's version, and lark checks that digest again inside the
+    file (a stale or damaged file is rebuilt). False (no cache) when the folder cannot be made.
+    """
+    folder = os.environ.get("VISPROG_CACHE_DIR")
+    base = Path(folder).expanduser() if folder else Path.home() / ".cache" / "visprog"
+    try:
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return False
+    if not os.access(base, os.W_OK):
+        return False
+    digest = hashlib.sha256(f"{lark.__version__}\0{text}".encode()).hexdigest()[:16]
+    return str(base / f"{name}-{digest}.lark-cache")
+
+
 @functools.cache
 def grammar() -> Lark:
     """The program grammar (``grammar.lark``) as an LALR parser with the starts ``program`` and ``line``."""
-    return Lark(_read("grammar.lark"), parser="lalr", start=["program", "line"], maybe_placeholders=False)
+    text = _read("grammar.lark")
+    cache = _cache_file("grammar", text)
+    return Lark(text, parser="lalr", start=["program", "line"], maybe_placeholders=False, cache=cache)
 
 
 @functools.cache
@@ -73,7 +99,8 @@ def expr_grammar() -> Lark:
     It lexes with the basic lexer: a keyword is always a keyword, never a bare
     name where a value is expected.
     """
-    return Lark(_read("expr.lark"), parser="lalr", lexer="basic", start="start")
+    text = _read("expr.lark")
+    return Lark(text, parser="lalr", lexer="basic", start="start", cache=_cache_file("expr", text))
 
 
 class Lexer:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,18 @@ def test_placeholder_is_the_eval_grammars_terminal() -> None:
 def test_is_name_is_one_name_token() -> None:
     assert all(is_name(t) for t in ["IMAGE", "_x", "BOX0", "a_b_2"])
     assert not any(is_name(t) for t in ["", "0BOX", "A B", " A", "A=", "A-B", "'A'", "Ä"])
+
+
+def test_built_grammars_are_cached_in_a_private_folder_and_rebuilt_when_damaged(tmp_path: Path) -> None:
+    """A new process loads the LALR tables instead of rebuilding them; never from a shared temporary folder."""
+    folder = tmp_path / "cache"
+    env = {**os.environ, "VISPROG_CACHE_DIR": str(folder)}
+    code = "from visprog.language.parser import parse; print(len(parse('A=Count(box=B)\\nR=Result(var=A)').steps))"
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and first.stdout.strip() == "2", first.stderr
+    (cached,) = folder.glob("grammar-*.lark-cache")
+    assert folder.stat().st_mode & 0o077 == 0  # private to the user: lark reads the file back with pickle
+    cached.write_bytes(b"not a cache\n")
+    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.strip() == "2", again.stderr
+    assert cached.read_bytes() != b"not a cache\n"  # rebuilt and stored again
