@@ -1,4 +1,4 @@
-"""Run the four benchmarks and print one combined markdown table (the one README.md shows).
+"""Run the five benchmarks and print one combined markdown table (the one README.md shows).
 
 ``python benchmarks/run_all.py`` (add ``--quick`` for a fast smoke run with tiny sizes).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import _common, bench_batching, bench_overhead, bench_startup, bench_throughput
+from benchmarks import _common, bench_batching, bench_overhead, bench_replies, bench_startup, bench_throughput
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -32,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> str:
             ("batching", bench_batching.measure(1 if quick else 7, model_dir)),
             ("throughput", bench_throughput.measure(*((8, 1) if quick else (64, 3)), model_dir)),
             ("startup", bench_startup.measure(1 if quick else 5)),
+            ("replies", bench_replies.measure(1 if quick else 15)),
         ]
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import _common, bench_batching, bench_overhead, bench_startup, bench_throughput
+from benchmarks import _common, bench_batching, bench_overhead, bench_replies, bench_startup, bench_throughput
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -72,6 +72,20 @@ def test_startup() -> None:
     table = rows(bench_startup.main(["--quick"]))
     assert table[0][0].startswith("`visprog check FILE` wall time")
     assert table[1] == ["torch / transformers imported by `visprog check`", "neither", "neither", "yes"]
+
+
+def test_replies() -> None:
+    table = rows(bench_replies.main(["--quick"]))
+    assert [r[0] for r in table[:3]] == [
+        "replies in the corpus",
+        "checking without a repair round, before (fixed reference, 100 replies)",
+        "checking without a repair round, now",
+    ]
+    assert int(table[0][1]) >= 80 and table[0][3] == "yes"
+    assert table[1][1] == "31%"
+    assert table[2][2] == "> before" and table[2][3] == "yes"
+    assert table[-1][0] == "extraction + parsing vs. parsing alone" and table[-1][1].endswith("x")
+    assert table[-1][2] == "≤ 1.5x"
 
 
 def test_table_format() -> None:

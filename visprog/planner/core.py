@@ -20,12 +20,13 @@ from typing import Any
 
 from visprog.errors import ProgramError, ServiceError, VisprogError
 from visprog.language.checker import CheckedProgram, check
+from visprog.language.format import format_program
 from visprog.language.signatures import Registry
 from visprog.language.values import answer_key
 from visprog.llm import LLMClient
 from visprog.planner.cache import PlanCache
 from visprog.planner.events import CacheHit, PlanFailed, Planned, RepairRound, ReplyReceived, RequestSent
-from visprog.planner.extract import extract_program
+from visprog.planner.extract import read_reply
 from visprog.planner.prompts import build_messages, repair_messages
 from visprog.planner.tasks import Task, get_task, input_names
 from visprog.running.events import Listener, emit
@@ -53,6 +54,21 @@ class Plan:
     checked: CheckedProgram
     attempts: tuple[Attempt, ...] = ()
     cached: bool = False
+
+    @property
+    def canonical(self) -> str:
+        """The program that runs, in canonical form (:func:`visprog.language.format.format_program`)."""
+        return format_program(self.checked)
+
+
+#: The temperature of several samples when none is given: different programs, still sensible ones.
+SAMPLE_TEMPERATURE = 0.7
+
+
+def sampling_temperature(samples: int, temperature: float | None) -> float | None:
+    """The temperature ``samples`` programs are drawn at: the one given, else :data:`SAMPLE_TEMPERATURE` for more
+    than one (one sample keeps the model's default)."""
+    return SAMPLE_TEMPERATURE if samples > 1 and temperature is None else temperature
 
 
 class PlanningError(VisprogError):
@@ -147,12 +163,15 @@ class Planner:
             emit(on_event, RequestSent(spec.name, text, sample, attempt, len(messages)))
             started = time.perf_counter()
             reply = self.backend.complete(messages, n=1, temperature=temperature)[0]
-            program = extract_program(reply)
+            reading = read_reply(
+                reply, lambda p: check(p, spec.inputs, registry=self.registry, known_inputs=input_names())
+            )
+            program = reading.program
             emit(on_event, ReplyReceived(spec.name, sample, attempt, reply, program, time.perf_counter() - started))
             try:
                 if not program.strip():
                     raise _NoProgram()
-                checked = check(program, spec.inputs, registry=self.registry, known_inputs=input_names())
+                checked = reading.result()
             except _NoProgram:
                 diagnostics = "The reply contains no program. Answer with the program only, one step per line."
             except ProgramError as e:
@@ -182,15 +201,14 @@ class Planner:
     ) -> list[Plan | PlanningError | ServiceError]:
         """``samples`` plans for ``text``, each a :class:`Plan` or the :class:`PlanningError` of that sample.
 
-        With more than one sample and no ``temperature``, they are drawn at 0.7.
+        With more than one sample and no ``temperature``, they are drawn at :data:`SAMPLE_TEMPERATURE`.
         An LLM service that refuses this request (a ``per_request``
         :class:`~visprog.errors.ServiceError`) ends the list with that error, as
         every other sample would get the same; any other service error is raised.
         """
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
-        if samples > 1 and temperature is None:
-            temperature = 0.7
+        temperature = sampling_temperature(samples, temperature)
         spec = get_task(task)
         plans: list[Plan | PlanningError | ServiceError] = []
         for k in range(samples):
