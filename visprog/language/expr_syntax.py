@@ -5,6 +5,11 @@ in ``expr.lark``, loaded by :mod:`visprog.language.tokens`) into a tree of
 frozen dataclasses. :mod:`visprog.language.expr` binds values to its
 placeholders and evaluates it. Syntax errors are :class:`EvalError` with the
 1-based column and what was expected.
+
+A bare ``NAME`` is a variable like ``{NAME}`` (marked ``bare`` so a missing one
+can be told apart from a typo'd placeholder); ``f(...)`` names one of
+:data:`FUNCTIONS` and ``x.m(...)`` one of :data:`METHODS`, both checked here,
+with their number of arguments.
 """
 
 from __future__ import annotations
@@ -13,31 +18,60 @@ from dataclasses import dataclass
 from typing import Any
 
 from lark import Token, Transformer, v_args
-from lark.exceptions import (
-    LarkError,
-    UnexpectedCharacters,
-    UnexpectedEOF,
-    UnexpectedInput,
-    UnexpectedToken,
-)
+from lark.exceptions import UnexpectedInput, VisitError
 
 from visprog.errors import EvalError
+from visprog.language.expr_errors import syntax_error
 from visprog.language.tokens import expr_grammar, placeholder
 
 __all__ = [
+    "FUNCTIONS",
+    "METHODS",
     "BinaryOp",
     "BoolOp",
+    "Call",
     "Compare",
     "Comparison",
     "Const",
     "IfElse",
+    "Index",
+    "ListExpr",
+    "Method",
     "Node",
     "Not",
     "Sign",
+    "Slice",
     "Text",
     "Var",
     "parse_tree",
 ]
+
+#: Eval's functions and how many arguments each takes (least, most; None: any number).
+FUNCTIONS: dict[str, tuple[int, int | None]] = {
+    "int": (1, 1),
+    "float": (1, 1),
+    "str": (1, 1),
+    "bool": (1, 1),
+    "len": (1, 1),
+    "abs": (1, 1),
+    "min": (1, None),
+    "max": (1, None),
+    "round": (1, 2),
+    "sum": (1, 2),
+    "any": (1, 1),
+    "all": (1, 1),
+}
+#: The methods of text and how many arguments each takes.
+METHODS: dict[str, tuple[int, int | None]] = {
+    "lower": (0, 0),
+    "upper": (0, 0),
+    "strip": (0, 1),
+    "title": (0, 0),
+    "startswith": (1, 1),
+    "endswith": (1, 1),
+    "replace": (2, 3),
+    "split": (0, 2),
+}
 
 
 # --------------------------------------------------------------------------- tree
@@ -58,10 +92,11 @@ class Const(Node):
 
 @dataclass(frozen=True)
 class Var(Node):
-    """A ``{NAME}`` placeholder."""
+    """A ``{NAME}`` placeholder, or a bare ``NAME`` (``bare``) that means the same."""
 
     name: str
     column: int
+    bare: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +170,53 @@ class IfElse(Node):
     column: int
 
 
+@dataclass(frozen=True)
+class ListExpr(Node):
+    """``[a, b, ...]`` or a tuple ``(a, b, ...)``: both make a list."""
+
+    items: tuple[Node, ...]
+    column: int
+
+
+@dataclass(frozen=True)
+class Index(Node):
+    """``target[index]``."""
+
+    target: Node
+    index: Node
+    column: int
+
+
+@dataclass(frozen=True)
+class Slice(Node):
+    """``target[lower:upper:step]``, each part optional."""
+
+    target: Node
+    lower: Node | None
+    upper: Node | None
+    step: Node | None
+    column: int
+
+
+@dataclass(frozen=True)
+class Call(Node):
+    """``name(args)``, ``name`` one of :data:`FUNCTIONS`."""
+
+    name: str
+    args: tuple[Node, ...]
+    column: int
+
+
+@dataclass(frozen=True)
+class Method(Node):
+    """``target.name(args)``, ``name`` one of :data:`METHODS`."""
+
+    target: Node
+    name: str
+    args: tuple[Node, ...]
+    column: int
+
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -159,9 +241,10 @@ class _Builder(Transformer[Token, Node]):
 
     def __init__(self) -> None:
         super().__init__()
-        #: (0-based position in the template, name) of every placeholder, inside strings too
-        self.variables: list[tuple[int, str]] = []
-        self.bare_words: list[Token] = []
+        #: (0-based position in the template, name, bare) of every variable, inside strings too
+        self.variables: list[tuple[int, str, bool]] = []
+        #: (0-based position, what is wrong) of every problem the grammar lets through
+        self.problems: list[tuple[int, str, str]] = []
 
     # literals and names
 
@@ -191,7 +274,7 @@ class _Builder(Transformer[Token, Node]):
                 parts.append("".join(chunk))
                 chunk = []
             name = found.group()[1:-1]
-            self.variables.append((offset + i, name))
+            self.variables.append((offset + i, name, False))
             parts.append(Var(name, offset + i + 1))
             i = found.end()
         if chunk:
@@ -202,7 +285,7 @@ class _Builder(Transformer[Token, Node]):
 
     def variable(self, tok: Token) -> Node:
         name = str(tok)[1:-1]
-        self.variables.append((_start(tok), name))
+        self.variables.append((_start(tok), name, False))
         return Var(name, _col(tok))
 
     def true(self, tok: Token) -> Node:
@@ -215,8 +298,57 @@ class _Builder(Transformer[Token, Node]):
         return Const(None, _col(tok))
 
     def bare_name(self, tok: Token) -> Node:
-        self.bare_words.append(tok)
-        return Const(None, _col(tok))
+        word = str(tok)
+        if word.lower() in ("true", "false", "none"):
+            self.problems.append((_start(tok), f"unknown name {word!r}", f"write {word.capitalize()}"))
+        self.variables.append((_start(tok), word, True))
+        return Var(word, _col(tok), bare=True)
+
+    def arguments(self, *items: Node) -> tuple[Node, ...]:
+        return items
+
+    def slice_part(self, item: Node | None = None) -> Node | None:
+        return item
+
+    def call(self, name: Token, args: tuple[Node, ...]) -> Node:
+        self.arity(name, args, FUNCTIONS, f"{name}()", "unknown function", "Eval's functions are")
+        return Call(str(name), args, _col(name))
+
+    def method(self, target: Node, dot: Token, name: Token, args: tuple[Node, ...]) -> Node:
+        self.arity(name, args, METHODS, f".{name}()", "unknown method", "text has the methods")
+        return Method(target, str(name), args, _col(dot))
+
+    def arity(self, name: Token, args: tuple[Node, ...], table: dict[str, tuple[int, int | None]], *words: str) -> None:
+        shown, unknown, known = words
+        if str(name) not in table:
+            names = ", ".join(f".{n}()" if table is METHODS else n for n in table)
+            self.problems.append((_start(name), f"{unknown} {shown}", f"{known} {names}"))
+            return
+        least, most = table[str(name)]
+        if least <= len(args) and (most is None or len(args) <= most):
+            return
+        if most is None:
+            wanted = f"at least {least}"
+        else:
+            wanted = f"{least}" if least == most else f"{least} {'or' if most == least + 1 else 'to'} {most}"
+        plural = "" if wanted == "1" else "s"
+        self.problems.append((_start(name), f"{shown} takes {wanted} argument{plural}, got {len(args)}", ""))
+
+    def list_(self, bracket: Token, items: tuple[Node, ...]) -> Node:
+        return ListExpr(items, _col(bracket))
+
+    def tuple_(self, first: Node, rest: tuple[Node, ...]) -> Node:
+        return ListExpr((first, *rest), _column(first))
+
+    def empty_tuple(self) -> Node:
+        return ListExpr((), 1)
+
+    def index(self, target: Node, bracket: Token, item: Node) -> Node:
+        return Index(target, item, _col(bracket))
+
+    def slice(self, target: Node, bracket: Token, *parts: Node | Token | None) -> Node:
+        lower, upper, step = [p for p in parts if not isinstance(p, Token)][:3] + [None] * (len(parts) < 5)
+        return Slice(target, lower, upper, step, _col(bracket))
 
     # operators
 
@@ -229,7 +361,8 @@ class _Builder(Transformer[Token, Node]):
     def comp_op(self, first: Token, second: Token | None = None) -> Token:
         if second is None:
             return first
-        return Token("NOT_IN", "not in", start_pos=first.start_pos, column=first.column)
+        text = "is not" if first.type == "IS" else "not in"
+        return Token(text.upper().replace(" ", "_"), text, start_pos=first.start_pos, column=first.column)
 
     def compare(self, first: Node, *rest: Node | Token) -> Node:
         links = tuple(
@@ -237,6 +370,12 @@ class _Builder(Transformer[Token, Node]):
             for op, right in zip(rest[::2], rest[1::2], strict=True)
             if isinstance(op, Token) and isinstance(right, Node)
         )
+        left = first
+        for link in links:
+            if link.op in ("is", "is not") and not (_singleton(left) or _singleton(link.right)):
+                hint = "use '==' or '!=' for other values"
+                self.problems.append((link.column - 1, f"'{link.op}' compares with True, False or None", hint))
+            left = link.right
         return Compare(first, links, links[0].column)
 
     def not_(self, op: Token, operand: Node) -> Node:
@@ -249,7 +388,7 @@ class _Builder(Transformer[Token, Node]):
         return BoolOp("or", left, right, _col(op))
 
     def xor(self, left: Node, op: Token, right: Node) -> Node:
-        return BoolOp("xor", left, right, _col(op))
+        return BoolOp("^" if op.type == "CARET" else "xor", left, right, _col(op))
 
     def if_else(self, body: Node, if_: Token, test: Node, else_: Token, orelse: Node) -> Node:
         return IfElse(body, test, orelse, _col(if_))
@@ -263,115 +402,41 @@ def _col(tok: Token) -> int:
     return _start(tok) + 1
 
 
-# What the parser may expect next, in words.
-_VALUE_STARTS = frozenset({"NUMBER", "STRING", "PLACEHOLDER", "TRUE", "FALSE", "NONE", "_LPAR"})
-_OPERATORS = frozenset(
-    {"EQ", "NE", "LT", "LE", "GT", "GE", "PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "PERCENT"}
-    | {"AND", "OR", "XOR", "NOT", "IF"}
-)
-_HINTS = {
-    "=": "use '==' to compare",
-    "&": "use 'and'",
-    "|": "use 'or'",
-    "^": "use 'xor'",
-    "!": "use 'not' or '!='",
-}
+def _column(node: Node) -> int:
+    column = getattr(node, "column", 1)
+    return column if isinstance(column, int) else 1
 
 
-def _expected(names: set[str] | frozenset[str]) -> str:
-    wanted: list[str] = []
-    if names & _VALUE_STARTS:
-        wanted.append("a value (a number, a 'string', a {VARIABLE}, True/False/None or '(')")
-    if names & _OPERATORS and not names & _VALUE_STARTS:
-        wanted.append("an operator")
-    if "IN" in names and not names & _OPERATORS:
-        wanted.append("'in'")
-    if "ELSE" in names:
-        wanted.append("'else'")
-    if "_RPAR" in names:
-        wanted.append("')'")
-    if "$END" in names:
-        wanted.append("the end of the expression")
-    return " or ".join(wanted) if wanted else "something else"
+def _singleton(node: Node) -> bool:
+    return isinstance(node, Const) and (node.value is None or node.value is True or node.value is False)
 
 
-def _acceptable(err: UnexpectedToken | UnexpectedCharacters) -> set[str]:
-    """The terminals that could come next: exact, unlike LALR's merged lookahead sets."""
-    fallback = err.expected if isinstance(err, UnexpectedToken) else err.allowed
-    interactive = getattr(err, "interactive_parser", None)
-    if interactive is None:
-        return set(fallback or ())
-    try:
-        return set(interactive.accepts())
-    except (LarkError, AttributeError):
-        return set(fallback or ())
-
-
-def _syntax_error(text: str, err: UnexpectedInput) -> EvalError:
-    pos = err.pos_in_stream if isinstance(err.pos_in_stream, int) else len(text)
-    if isinstance(err, UnexpectedToken):
-        tok = err.token
-        if tok.type == "$END":
-            pos = len(text)
-            what = "unexpected end of expression"
-        else:
-            pos = _start(tok)
-            what = f"unexpected {str(tok)!r}"
-        detail = f"{what}, expected {_expected(_acceptable(err))}"
-    elif isinstance(err, UnexpectedCharacters):
-        char = text[pos] if pos < len(text) else ""
-        if char in ("'", '"'):
-            detail = f"unterminated string: no closing {char} on this line"
-        elif char == "{":
-            detail = "bad placeholder: write a variable as {NAME} (letters, digits and _)"
-        elif char == "}":
-            detail = "unexpected '}' without a matching '{NAME'"
-        else:
-            detail = f"unexpected character {char!r}"
-            if char in _HINTS:
-                detail += f"; {_HINTS[char]}"
-            else:
-                detail += f", expected {_expected(_acceptable(err))}"
-    elif isinstance(err, UnexpectedEOF):
-        pos = len(text)
-        detail = f"unexpected end of expression, expected {_expected(set(err.expected))}"
-    else:  # pragma: no cover - lark has no other UnexpectedInput
-        detail = "invalid syntax"
-    return EvalError(f"syntax error at column {pos + 1}: {detail}", text, column=pos + 1, detail=detail)
-
-
-def _bare_word_error(text: str, tok: Token) -> EvalError:
-    word, column = str(tok), _col(tok)
-    if word.lower() in ("true", "false", "none"):
-        hint = f"write {word.capitalize()}"
-    else:
-        hint = f"write text in quotes ('{word}') and variables in braces ({{{word}}})"
-    return EvalError(
-        f"unknown name {word!r} at column {column}: {hint}",
-        text,
-        column=column,
-        detail=f"unknown name {word!r}: {hint}",
-    )
-
-
-def parse_tree(text: str) -> tuple[Node, dict[str, int]]:
-    """Parse an Eval template: its tree, and the 1-based column of each variable's first
-    appearance, in order of first appearance (inside string literals too).
+def parse_tree(text: str) -> tuple[Node, dict[str, int], frozenset[str]]:
+    """Parse an Eval template: its tree, the 1-based column of each variable's first
+    appearance, in order of first appearance (inside string literals too), and the
+    variables only ever written as a bare ``NAME``.
 
     Raises :class:`EvalError` with the 1-based column and what was expected.
     """
     try:
         tree = expr_grammar().parse(text)
     except UnexpectedInput as err:
-        raise _syntax_error(text, err) from None
+        raise syntax_error(text, err) from None
     builder = _Builder()
     try:
         root = builder.transform(tree)
-    except RecursionError:
+    except (RecursionError, VisitError) as err:
+        if isinstance(err, VisitError) and not isinstance(err.orig_exc, RecursionError):
+            raise
         raise EvalError("expression is nested too deeply", text, column=1) from None
-    if builder.bare_words:
-        raise _bare_word_error(text, min(builder.bare_words, key=_start))
+    if builder.problems:
+        start, what, hint = min(builder.problems)
+        detail, hint = (f"{what}: {hint}", f": {hint}") if hint else (what, "")
+        raise EvalError(f"{what} at column {start + 1}{hint}", text, column=start + 1, detail=detail)
     columns: dict[str, int] = {}
-    for start, name in sorted(builder.variables):
+    braced: set[str] = set()
+    for start, name, bare in sorted(builder.variables):
         columns.setdefault(name, start + 1)
-    return root, columns
+        if not bare:
+            braced.add(name)
+    return root, columns, frozenset(columns) - braced
