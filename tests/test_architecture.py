@@ -67,6 +67,38 @@ def test_no_private_name_of_another_module_is_imported(path: Path) -> None:
     assert not bad, "private names imported across modules:\n" + "\n".join(bad)
 
 
+MODULES = {_module_name(p) for p in SOURCES}
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_private_attribute_of_another_module_is_used(path: Path) -> None:
+    """``hub._offline`` is as private as ``from hub import _offline``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    here = _module_name(path)
+    aliases: dict[str, str] = {}  # local name -> the visprog module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in MODULES and alias.asname:
+                    aliases[alias.asname] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                if full in MODULES:
+                    aliases[alias.asname or alias.name] = full
+    bad = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {aliases[node.value.id]}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in aliases
+        and aliases[node.value.id] != here
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+    ]
+    assert not bad, "private attributes of other modules used:\n" + "\n".join(bad)
+
+
 @pytest.mark.parametrize("path", [p for p in SOURCES if "modules" not in p.relative_to(ROOT).parts[:1]])
 def test_visprog_never_imports_the_builtin_modules(path: Path) -> None:
     """Built-ins load through the entry-point group, like any plugin."""

@@ -15,14 +15,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from visprog.errors import ServiceError, StepError, VisprogError
+from visprog.errors import ConfigError, ServiceError, StepError, VisprogError
 from visprog.language.checker import CheckedProgram
 from visprog.language.checker import check as _check
 from visprog.language.signatures import Registry
 from visprog.language.values import Type, describe_value
-from visprog.planner.core import Plan, Planner, PlanningError, vote
+from visprog.planner.core import Plan, Planner, PlanningError, sampling_temperature, vote
 from visprog.planner.events import Voted
-from visprog.planner.tasks import Task, get_task, input_names
+from visprog.planner.tasks import Task, get_task, input_names, tasks
 from visprog.running.events import Listener, emit
 from visprog.running.plugins import default_registry
 from visprog.running.runtime import Runtime
@@ -37,6 +37,7 @@ __all__ = [
     "load_inputs",
     "run",
     "solve",
+    "solve_by_verb",
     "tag",
     "verify",
     "vote_runs",
@@ -215,12 +216,17 @@ def solve(
                 f"An earlier program failed while running:\n{plan.program}\n"
                 f"line {result.line}, {result.module}: {result.reason}\nWrite a program that avoids this."
             )
-            try:
+            try:  # the new plan is drawn like the sample it replaces
                 again = planner.plan(
-                    spec, text, sample=k, temperature=temperature, feedback=feedback, on_event=on_event
+                    spec,
+                    text,
+                    sample=k,
+                    temperature=sampling_temperature(samples, temperature),
+                    feedback=feedback,
+                    on_event=on_event,
                 )
                 outcomes[k] = (again, interpreter.run(again.checked, loaded, on_event=on_event))
-            except (PlanningError, StepError) as e:
+            except VisprogError as e:  # that sample failed again; the others' runs still count
                 outcomes[k] = (plan, e)
     good = [(p, t) for p, t in outcomes if isinstance(p, Plan) and isinstance(t, Trace)]
     if not good:
@@ -264,21 +270,39 @@ def _shown(value: Any) -> str:
     return str(value) if isinstance(value, (str, int, float, bool)) else describe_value(value)
 
 
+def solve_by_verb(verb: str, images: Sequence[Any], text: str, **options: Any) -> Solution:
+    """:func:`solve` for the task whose command is ``verb``, its inputs given in the task's order.
+
+    ``ask``, ``verify``, ``edit`` and ``tag`` are this for the packaged tasks' verbs; which task
+    and inputs they mean comes from the tasks' TOML files, so a task file that redefines one is used.
+    """
+    by_verb = {t.command: t for t in tasks().values()}
+    task = by_verb.get(verb)
+    if task is None:
+        raise ConfigError(f"no task has the verb '{verb}' (the tasks' verbs: {', '.join(sorted(by_verb))})")
+    if len(images) != len(task.inputs):
+        raise ConfigError(
+            f"task {task.name} ('{verb}') reads {len(task.inputs)} image(s) ({', '.join(task.inputs)}), "
+            f"got {len(images)}"
+        )
+    return solve(task, text, dict(zip(task.inputs, images, strict=True)), **options)
+
+
 def ask(image: Any, question: str, **options: Any) -> Solution:
-    """Answer a question about one image (GQA style)."""
-    return solve("gqa", question, {"IMAGE": image}, **options)
+    """Answer a question about one image (the task whose verb is ``ask``: GQA style)."""
+    return solve_by_verb("ask", [image], question, **options)
 
 
 def verify(left: Any, right: Any, statement: str, **options: Any) -> Solution:
-    """Decide whether a statement about two images holds (NLVR style); ``.result`` is True or False."""
-    return solve("nlvr", statement, {"LEFT": left, "RIGHT": right}, **options)
+    """Decide whether a statement about two images holds (verb ``verify``: NLVR style); ``.result`` is a bool."""
+    return solve_by_verb("verify", [left, right], statement, **options)
 
 
 def edit(image: Any, instruction: str, **options: Any) -> Solution:
-    """Edit an image by instruction; ``.result`` is the edited image."""
-    return solve("edit", instruction, {"IMAGE": image}, **options)
+    """Edit an image by instruction (verb ``edit``); ``.result`` is the edited image."""
+    return solve_by_verb("edit", [image], instruction, **options)
 
 
 def tag(image: Any, instruction: str, **options: Any) -> Solution:
-    """Tag objects in an image with knowledge ("Tag the main characters of ..."); ``.result`` is an image."""
-    return solve("tag", instruction, {"IMAGE": image}, **options)
+    """Tag objects in an image with knowledge (verb ``tag``); ``.result`` is an image."""
+    return solve_by_verb("tag", [image], instruction, **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from visprog.planner.core import Planner, PlanningError, vote
 from visprog.planner.events import CacheHit, PlanFailed, Planned, RepairRound, ReplyReceived, RequestSent, Voted
 from visprog.running.events import Event, RunFinished, RunStarted, StepFinished, StepStarted, stream
 from visprog.running.runtime import Runtime
-from visprog.solve import solve, vote_runs
+from visprog.solve import solve, solve_by_verb, vote_runs
 
 COUNT = "BOX0=Loc(image=IMAGE, object='dog')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"
 UNKNOWN = COUNT.replace("=Loc(", "=Lco(")
@@ -189,3 +190,51 @@ def test_vote_runs_picks_the_first_run_of_the_majority_answer() -> None:
     assert events == [Voted(("no", "True", "yes"), "True", pytest.approx(2 / 3), 5)]
     with pytest.raises(ValueError):
         vote_runs([])
+
+
+def test_ask_and_verify_use_the_tasks_with_those_verbs_and_their_inputs(
+    llm_server: ScriptedServer, images: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The convenience functions read the task files: a file that redefines 'ask' with another input is used."""
+    import visprog
+
+    (tmp_path / "mine.toml").write_text(
+        'task = "mine"\nverb = "ask"\ninputs = ["PHOTO"]\ninput_label = "Q"\ninstructions = "x"\n'
+        '[[examples]]\ninput = "x"\nprogram = "A=Vqa(image=PHOTO, question=\'q\')\\nR=Result(var=A)"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("VISPROG_TASKS", str(tmp_path))
+    (tmp_path / "gqa.toml").write_text(
+        (resources.files("visprog.prompts") / "gqa.toml")
+        .read_text(encoding="utf-8")
+        .replace('verb = "ask"', 'verb = "question"'),
+        encoding="utf-8",
+    )
+    program = ASK.format(q="What is it?").replace("IMAGE", "PHOTO")
+    llm_server.script([program])
+    solution = visprog.ask(images["IMAGE"], "What is it?", planner=planner_for(llm_server), runtime=RUNTIME)
+    assert solution.program == program
+    assert llm_server.requests[0].body["messages"][-1]["content"] == "Q: What is it?"
+    with pytest.raises(VisprogError, match=r"task nlvr \('verify'\) reads 2 image"):
+        solve_by_verb("verify", [images["IMAGE"]], "only one", planner=planner_for(llm_server))
+    with pytest.raises(VisprogError, match="no task has the verb 'paint'"):
+        solve_by_verb("paint", [images["IMAGE"]], "x")
+
+
+def test_a_sample_whose_second_plan_fails_keeps_the_other_samples_answer(
+    llm_server: ScriptedServer, images: dict[str, Any]
+) -> None:
+    """--feed-errors: the new plan is drawn at the samples' temperature, and an LLM error there loses nothing."""
+    from tests.llm_server import Reply
+    from visprog.errors import ServiceError
+
+    failing = COUNT.replace(
+        "FINAL_RESULT=Result(var=ANSWER0)", "ANSWER1=Eval(expr='{ANSWER0} / 0')\nFINAL_RESULT=Result(var=ANSWER1)"
+    )
+    llm_server.script([COUNT, failing, Reply.server_error()])
+    solution = solve(
+        "gqa", "How many dogs?", images, planner=planner_for(llm_server), samples=2, feed_errors=True, runtime=RUNTIME
+    )
+    assert solution.program == COUNT and solution.result == 1
+    assert isinstance(solution.samples[1][1], ServiceError)
+    assert [r.body.get("temperature") for r in llm_server.requests] == [0.7, 0.7, 0.7]

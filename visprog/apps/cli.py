@@ -2,6 +2,7 @@
 
     visprog exec PROGRAM --image IMAGE=photo.jpg [-o OUTDIR]
     visprog check PROGRAM
+    visprog fmt PROGRAM [--check]
     visprog graph PROGRAM [--dot]
     visprog modules
     visprog models list | pull [MODULE ...]
@@ -31,7 +32,9 @@ from visprog.apps.commands import (
     check_command,
     demo_command,
     exec_command,
+    fmt_command,
     graph_command,
+    input_dest,
     models_command,
     modules_command,
 )
@@ -44,7 +47,7 @@ __all__ = ["main"]
 
 def _add_task_options(p: argparse.ArgumentParser, task: Task) -> None:
     for name in task.inputs:
-        p.add_argument(name.lower(), metavar=name, help=f"the {name} image file")
+        p.add_argument(input_dest(name), metavar=name, help=f"the {name} image file")
     p.add_argument("text", help=f"the {task.input_label.lower()}")
     p.add_argument("--plan-only", action="store_true", help="print the program and stop")
     p.add_argument("--samples", type=int, default=1, help="draw K programs, run the valid ones, vote (default 1)")
@@ -117,7 +120,11 @@ def _planning(name: str) -> Callable[[argparse.Namespace, TextIO], int]:
     return command
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The commands of visprog itself; a task's verb may not take one of these names.
+BUILTIN_COMMANDS = frozenset({"eval", "serve", "exec", "check", "graph", "fmt", "modules", "models", "demo"})
+
+
+def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     """The command line: the fixed commands, and one command per task (:func:`visprog.planner.tasks.tasks`).
 
     Raises :class:`~visprog.errors.ConfigError` for a task file that is malformed.
@@ -127,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     known = tasks()
     for task in known.values():  # one command per task, from its TOML file
+        if task.command in BUILTIN_COMMANDS:
+            print(
+                f"warning: task '{task.name}' ({task.source}): its command '{task.command}' is one of visprog's own "
+                "commands; the task is not offered on the command line (give it another verb)",
+                file=err or sys.stderr,
+            )
+            continue
         what = task.description or f"the {task.name} task"
         p = sub.add_parser(task.command, help=f"{what} ({task.name})", description=f"Plan and run: {what}.")
         _add_task_options(p, task)
@@ -185,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=check_command)
 
+    p = sub.add_parser("fmt", help="print a program in canonical form")
+    p.add_argument("program", help="program file, '-' for stdin, or the program text")
+    p.add_argument("--check", action="store_true", help="exit 1 and show what would change if not canonical")
+    p.set_defaults(func=fmt_command)
+
     p = sub.add_parser("graph", help="print a program's dependency graph (Mermaid, or DOT)")
     p.add_argument("program", help="program file, '-' for stdin, or the program text")
     p.add_argument("--dot", action="store_true", help="Graphviz DOT instead of Mermaid")
@@ -230,7 +249,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        parser = build_parser()
+        parser = build_parser(err)
     except ConfigError as e:  # a task file the user added is malformed
         print(f"error: {e}", file=err)
         return 2
@@ -242,6 +261,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         name = "<argument>" if program else "program"
     else:
         name = program
+    args.stderr = err  # where a command writes its warnings
     try:
         _warn_about_plugins(err)
         return int(args.func(args, out))

@@ -1,4 +1,4 @@
-"""The commands that need no LLM: check, graph, exec, demo, modules, models; and what every command shares.
+"""The commands that need no LLM: check, fmt, graph, exec, demo, modules, models; and what every command shares.
 
 Each ``*_command(args, out)`` reads the parsed command line (:func:`visprog.apps.cli.build_parser`), writes
 its answer to ``out`` and returns the exit status; a command-line mistake raises :class:`UsageError`.
@@ -7,6 +7,7 @@ its answer to ``out`` and returns the exit status; a command-line mistake raises
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from visprog.errors import StepError, VisprogError
 from visprog.language.checker import CheckedProgram, check
+from visprog.language.format import format_program
 from visprog.language.signatures import OptionError, Registry
 from visprog.language.values import Image, describe_value
 from visprog.planner.tasks import input_names
@@ -33,6 +35,7 @@ __all__ = [
     "check_command",
     "demo_command",
     "exec_command",
+    "fmt_command",
     "graph_command",
     "models_command",
     "modules_command",
@@ -92,6 +95,10 @@ def build_runtime(args: argparse.Namespace) -> Runtime:
         device_request=getattr(args, "device", None),
         half=False if getattr(args, "fp32", False) else None,
     )
+    if runtime.llm:
+        from visprog.llm.clients import check_settings
+
+        check_settings(runtime.llm, f"config file {getattr(args, 'config', None) or os.environ.get('VISPROG_CONFIG')}")
     if getattr(args, "quiet", False):
         _silence_progress()
         runtime.progress = False
@@ -122,6 +129,11 @@ def _hint(registry: Registry, name: str) -> str:
     return f" (did you mean '{hint}'?)" if hint else ""
 
 
+def input_dest(name: str) -> str:
+    """Where the argument parser keeps a task input's file: never one of the options' names."""
+    return f"input_{name}"
+
+
 def _check(text: str, inputs: Sequence[str] | None) -> CheckedProgram:
     """The one check, with the tasks' input names and the installed modules (as visprog.check)."""
     return check(text, inputs, registry=default_registry(), known_inputs=input_names())
@@ -131,12 +143,35 @@ def check_command(args: argparse.Namespace, out: TextIO) -> int:
     text, name = _read_program(args.program)
     checked = _check(text, args.input or None)
     result = checked.steps[checked.result]
+    err = getattr(args, "stderr", None) or sys.stderr
+    for warning in checked.warnings:
+        print(f"{name}: warning: {warning}", file=err)
     print(
         f"{name}: ok, {len(checked.steps)} steps, inputs {', '.join(checked.used_inputs) or 'none'}, "
         f"result {result.step.target} ({result.type})",
         file=out,
     )
     return 0
+
+
+def fmt_command(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the program in canonical form; with ``--check``, say whether it already is (exit 1 when not,
+    with a diff of what would change)."""
+    text, name = _read_program(args.program)
+    canonical = format_program(text, default_registry())
+    if not args.check:
+        out.write(canonical)
+        return 0
+    if canonical == text:
+        print(f"{name}: already canonical", file=out)
+        return 0
+    diff = difflib.unified_diff(
+        text.splitlines(keepends=True), canonical.splitlines(keepends=True), name, f"{name} (canonical)"
+    )
+    for line in diff:
+        out.write(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    print(f"{name}: would be reformatted (visprog fmt prints the canonical form)", file=out)
+    return 1
 
 
 def graph_command(args: argparse.Namespace, out: TextIO) -> int:

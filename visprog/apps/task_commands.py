@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from visprog.apps.commands import build_runtime, save_trace
+from visprog.apps.commands import build_runtime, input_dest, save_trace
 from visprog.errors import ConfigError, StepError
 from visprog.language.values import Image, describe_value
 from visprog.planner.events import PlanFailed, Planned
@@ -35,7 +35,7 @@ def task_command(args: argparse.Namespace, out: TextIO) -> int:
         plan = planner.plan(task, args.text)
         print(plan.program.strip(), file=out)
         return 0
-    images = {name: load_image(getattr(args, name.lower()), max_pixels=args.max_pixels) for name in task.inputs}
+    images = {name: load_image(getattr(args, input_dest(name)), max_pixels=args.max_pixels) for name in task.inputs}
     try:
         solution = solve(
             task,
@@ -162,6 +162,8 @@ def _progress(total: int) -> Listener:
     counts = {"planned": 0, "ran": 0}
 
     def bar(what: str, done: int, of: int) -> None:
+        if done > of:  # a sample planned and run again (--feed-errors): the bar is full already
+            return
         filled = "#" * (20 * done // of)
         print(f"\r{what} [{filled:<20}] {done}/{of}", end="\n" if done == of else "", file=sys.stderr)
 

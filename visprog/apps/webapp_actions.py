@@ -24,7 +24,7 @@ from __future__ import annotations
 import html
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -220,6 +220,27 @@ def _images_for(task: Task, loaded: Mapping[str, Image]) -> dict[str, Image]:
             f"{task.name} compares two images: upload {' and '.join(missing)} under 'Two images'.",
         )
     return {name: loaded[slot] for name, slot in zip(task.inputs, slots, strict=True)}
+
+
+def _images_for_program(used: Sequence[str], loaded: Mapping[str, Image]) -> dict[str, Image]:
+    """The uploads a program as written reads.
+
+    A program that reads a task's inputs gets them as that task would (one image from "One image",
+    two from "Two images", in the task's order), whatever the inputs are called; any other program
+    gets the uploads of the same names.
+    """
+    missing = [name for name in used if name not in loaded]
+    if missing and not set(used) <= {*_ONE_IMAGE, *_TWO_IMAGES}:  # inputs named otherwise: a task's, by position
+        for task in _offered().values():
+            if set(task.inputs) == set(used):
+                return _images_for(task, loaded)
+    if missing:
+        where = " under 'Two images'" if set(missing) <= set(_TWO_IMAGES) else ""
+        raise Refused(
+            "No image" if list(missing) == list(_ONE_IMAGE) else "Images missing",
+            f"The program reads {', '.join(missing)}: upload {'it' if len(missing) == 1 else 'them'}{where} first.",
+        )
+    return {name: loaded[name] for name in used}
 
 
 # --- the trace ------------------------------------------------------------------------------
@@ -433,16 +454,9 @@ def run_program(
         loaded = load_uploads(
             {"IMAGE": image, "LEFT": left, "RIGHT": right}, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels
         )
-        missing = [name for name in checked.used_inputs if name not in loaded]
-        if missing:
-            where = " under 'Two images'" if set(missing) <= {"LEFT", "RIGHT"} else ""
-            raise Refused(
-                "No image" if missing == ["IMAGE"] else "Images missing",
-                f"The program reads {', '.join(missing)}: upload {'it' if len(missing) == 1 else 'them'}{where} first.",
-            )
+        images = _images_for_program(checked.used_inputs, loaded)
     except Refused as e:
         return _failure(e.title, e.message)
-    images = {name: loaded[name] for name in checked.used_inputs}
     try:
         trace = Interpreter(registry, runtime, known_inputs=input_names()).run(checked, images)
     except StepError as e:

@@ -124,12 +124,22 @@ def _looks_like_gqa(whole: Mapping[str, Any]) -> bool:
 
 
 def _describe_images(names: Iterable[str]) -> str:
-    given = set(names)
-    if given == {"IMAGE"}:
-        return "one image"
-    if given == {"LEFT", "RIGHT"}:
-        return "left and right images"
-    return "the images " + ", ".join(sorted(given)) if given else "no image"
+    given = list(names)
+    if len(given) == 1:
+        return f"one image ({given[0]})"
+    if len(given) == 2:
+        return f"two images ({given[0]} and {given[1]})"
+    return "the images " + ", ".join(given) if given else "no image"
+
+
+def _inputs_by_position(task: Task, paths: Sequence[str], fallback: Sequence[str]) -> dict[str, str]:
+    """A data set's images in its own order, named as ``task`` names its inputs when the counts agree.
+
+    (GQA items have one image, NLVR2 items two; a task with as many inputs reads them in order.
+    With another count, ``fallback`` names them, and the item is refused as not fitting the task.)
+    """
+    names = task.inputs if len(task.inputs) == len(paths) else fallback
+    return dict(zip(names, paths, strict=True))
 
 
 def _describe_keys(names: Sequence[str]) -> str:
@@ -170,21 +180,23 @@ def _gqa_item(source: Path, qid: str, q: Any, task: Task, root: Path) -> Item:
             f"{source}: looks like a GQA question file (question id → entry), "
             f"but entry '{qid}' lacks {' and '.join(repr(k) for k in missing)}"
         )
-    return Item(qid, task.name, str(q["question"]), {"IMAGE": str(root / f"{q['imageId']}.jpg")}, q.get("answer"))
+    images = _inputs_by_position(task, [str(root / f"{q['imageId']}.jpg")], ["IMAGE"])
+    return Item(qid, task.name, str(q["question"]), images, q.get("answer"))
 
 
 def _nlvr2_item(row: Mapping[str, Any], task: Task, root: Path) -> Item:
     identifier = str(row["identifier"])
     stem = identifier.rsplit("-", 1)[0]
-    paths: dict[str, str] = {}
-    for name, k, url in (("LEFT", 0, "left_url"), ("RIGHT", 1, "right_url")):
+    paths: list[str] = []
+    for k, url in ((0, "left_url"), (1, "right_url")):
         file = f"{stem}-img{k}.png"
         candidates = [root / file]
         if row.get("directory") is not None:
             candidates.append(root / str(row["directory"]) / file)
         found = next((c for c in candidates if c.is_file()), None)
-        paths[name] = str(found if found is not None else row.get(url) or candidates[0])
-    return Item(identifier, task.name, str(row["sentence"]), paths, row.get("label"))
+        paths.append(str(found if found is not None else row.get(url) or candidates[0]))
+    images = _inputs_by_position(task, paths, ["LEFT", "RIGHT"])
+    return Item(identifier, task.name, str(row["sentence"]), images, row.get("label"))
 
 
 def _our_item(row: Mapping[str, Any], task: Task, root: Path) -> Item:

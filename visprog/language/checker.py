@@ -1,28 +1,33 @@
 """Type-check a parsed program against the registered modules.
 
 Every problem is reported in one pass, before any module runs: unknown
-module, unknown, missing or repeated argument, a value of the wrong type, an
-undefined variable, an Eval expression that does not parse, no result. Each
-diagnostic has a line, a column and, where one is close, a suggestion.
+module, unknown, missing or repeated argument, too many positional
+arguments or one after a named argument, a value of the wrong type, an
+undefined variable, an Eval expression that does not parse, no step at all.
+Each diagnostic has a line, a column and, where one is close, a suggestion.
+
+Positional arguments are bound to the module's parameters in declaration
+order (:func:`bind`), so everything after the checker sees named arguments.
+A program without a result step returns its last step's value, with a
+warning (``CheckedProgram.warnings``), as VisProg's interpreter did.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from visprog.errors import Diagnostic, EvalError, ProgramCheckError
 from visprog.language import syntax
 from visprog.language.expr import Expression, parse_template
+from visprog.language.expr_check import static_check
 from visprog.language.graph import Edge, Graph, Node, build
 from visprog.language.parser import parse
 from visprog.language.signatures import ModuleSpec, Registry
 from visprog.language.values import Type, assignable
 
-__all__ = ["CheckedProgram", "CheckedStep", "check"]
-
-#: The inputs a program may use when the caller names none.
+__all__ = ["CheckedProgram", "CheckedStep", "bind", "check"]
 
 
 @dataclass(frozen=True)
@@ -48,13 +53,20 @@ class CheckedStep:
 
 @dataclass(frozen=True)
 class CheckedProgram:
-    """A program that passed the checker: safe to hand to the interpreter."""
+    """A program that passed the checker: safe to hand to the interpreter.
+
+    ``program`` is the program as checked: every argument named (positional ones bound to their
+    parameters). ``result`` is the index of the result step: the last step that marks the result,
+    else the last step (with a warning).
+    """
 
     program: syntax.Program
     steps: tuple[CheckedStep, ...]
     inputs: Mapping[str, Type]
     result: int
     graph: Graph
+    #: what the checker accepted but the writer should know (a program without a result step)
+    warnings: tuple[Diagnostic, ...] = ()
 
     @property
     def source(self) -> str:
@@ -168,7 +180,7 @@ class _Checker:
 
     def check_call(
         self, call: syntax.Call, sources: dict[str, int | str]
-    ) -> tuple[ModuleSpec | None, Type, dict[str, Expression]]:
+    ) -> tuple[ModuleSpec | None, Type, dict[str, Expression], syntax.Call]:
         spec = self.registry.get(call.module)
         templates: dict[str, Expression] = {}
         if spec is None:
@@ -176,17 +188,13 @@ class _Checker:
             self.error(call.line, call.column, f"unknown module '{call.module}'{_did_you_mean(hint)}")
             for arg in call.args:
                 self.value_type(arg.value, sources)
-            return None, Type.ANY, templates
-        seen: dict[str, syntax.Arg] = {}
-        for arg in call.args:
-            if arg.name in seen:
-                self.error(
-                    arg.line,
-                    arg.column,
-                    f"argument '{arg.name}' of {spec.name} is given twice (first at col {seen[arg.name].column})",
-                )
-                continue
-            seen[arg.name] = arg
+            return None, Type.ANY, templates, call
+        bound, problems = bind(call, spec)
+        for arg, message in problems:
+            self.error(arg.line, arg.column, message)
+            self.value_type(arg.value, sources)
+        seen = {arg.name for arg in bound.args}
+        for arg in bound.args:
             param = spec.param(arg.name)
             if param is None:
                 names = [p.name for p in spec.params]
@@ -214,14 +222,15 @@ class _Checker:
                     f"argument '{arg.name}' of {spec.name} expects {param.type}, "
                     f"got {self.describe(arg.value, actual)}",
                 )
+        unbound = any(arg.positional for arg, _ in problems)  # the missing argument is likely that one
         for param in spec.params:
-            if param.required and param.name not in seen:
+            if param.required and param.name not in seen and not unbound:
                 self.error(
                     call.line,
                     call.column,
                     f"{spec.name} is missing argument '{param.name}' ({param.type}: {param.description})",
                 )
-        return spec, spec.returns, templates
+        return spec, spec.returns, templates, bound
 
     def check_template(self, spec: ModuleSpec, arg: syntax.Arg, sources: dict[str, int | str]) -> Expression | None:
         value = arg.value
@@ -249,15 +258,24 @@ class _Checker:
             self.error(value.line, column, f"bad expression for '{arg.name}' of {spec.name}: {e.detail}")
             return None
         ok = True
+        types: dict[str, Type] = {}
         for name in expression.variables:
             column = column_of(expression.variable_columns.get(name, 1))
             if name in self.defined:
                 sources[name] = self.defined[name][0]
+                types[name] = self.defined[name][1]
             elif name in self.inputs:
                 sources[name] = name
+                types[name] = self.inputs[name]
+            elif name in expression.bare_names and name not in self.assigned_at and name not in self.known_inputs:
+                ok = False  # a bare word that is no variable: static_check says to quote it
             else:
                 self.undefined(name, value.line, column, where=" in the expression")
                 ok = False
+        for problem in static_check(expression, types, elsewhere={*self.assigned_at, *self.known_inputs}):
+            column = column_of(problem.column or 1)
+            self.error(value.line, column, f"bad expression for '{arg.name}' of {spec.name}: {problem.detail}")
+            ok = False
         return expression if ok else None
 
     def run(self) -> CheckedProgram:
@@ -267,17 +285,30 @@ class _Checker:
             templates: dict[str, Expression] = {}
             spec: ModuleSpec | None = None
             if isinstance(step.expr, syntax.Call):
-                spec, out, templates = self.check_call(step.expr, sources)
+                spec, out, templates, bound = self.check_call(step.expr, sources)
+                if bound is not step.expr:
+                    step = replace(step, expr=bound)
             else:
                 out = self.value_type(step.expr, sources) or Type.ANY
             steps.append(CheckedStep(index, step, spec, out, sources, templates))
             self.defined[step.target] = (index, out)
         results = [s.index for s in steps if s.step.is_result]
-        if not results:
-            last = self.program.steps[-1] if self.program.steps else None
-            example = f"FINAL_RESULT=Result(var={last.target if last else 'ANSWER0'})"
-            line = last.line if last else 1
-            self.error(line, 1, f"the program has no result: end it with a line such as {example}")
+        warnings: list[Diagnostic] = []
+        if not steps:
+            example = "FINAL_RESULT=Result(var=ANSWER0)"
+            self.error(1, 1, f"the program has no result: end it with a line such as {example}")
+        elif not results:  # as in VisProg: the last step's value is the result
+            last = steps[-1].step
+            warnings.append(
+                Diagnostic(
+                    last.line,
+                    last.column,
+                    f"the program has no result step: the result is the last step's value, {last.target} "
+                    f"(end the program with FINAL_RESULT=Result(var={last.target}) to say so)",
+                    self.program.source_line(last.line),
+                )
+            )
+            results = [steps[-1].index]
         if self.diagnostics:
             self.diagnostics.sort(key=lambda d: (d.line, d.column))
             raise ProgramCheckError(self.diagnostics, sorted(self.missing_inputs))
@@ -285,7 +316,71 @@ class _Checker:
         edges = [Edge(src, s.index, name) for s in steps for name, src in s.sources.items()]
         used = {e.src for e in edges if isinstance(e.src, str)}
         inputs = {k: v for k, v in self.inputs.items() if k in used}
-        return CheckedProgram(self.program, tuple(steps), inputs, results[-1], build(nodes, edges))
+        program = syntax.Program(self.program.source, tuple(s.step for s in steps))
+        return CheckedProgram(program, tuple(steps), inputs, results[-1], build(nodes, edges), tuple(warnings))
+
+
+def _takes(spec: ModuleSpec) -> str:
+    return ", ".join(p.name for p in spec.params) or "none"
+
+
+def bind(call: syntax.Call, spec: ModuleSpec) -> tuple[syntax.Call, list[tuple[syntax.Arg, str]]]:
+    """``call`` with its positional arguments bound to ``spec``'s parameters in declaration order,
+    as Python binds them, and the arguments that could not be bound, each with what is wrong.
+
+    Positional arguments come first; one after a named argument, one more than the module has
+    parameters, and a parameter given twice (by position and by name, or twice by name) are
+    problems, left out of the bound call. The bound call keeps the arguments' order as written.
+    """
+    problems: list[tuple[syntax.Arg, str]] = []
+    args: list[syntax.Arg] = []
+    seen: dict[str, syntax.Arg] = {}
+    named_before = False
+    too_many = False
+    for index, arg in enumerate(call.args):
+        if arg.positional:
+            if named_before:
+                free = [p.name for p in spec.params if p.name not in seen]
+                fix = f"name it, e.g. {free[0]}={syntax.written(arg.value)}" if free else "name it"
+                problems.append(
+                    (
+                        arg,
+                        f"a positional argument after a named one: put it first or {fix}; "
+                        f"{spec.name} takes: {_takes(spec)}",
+                    )
+                )
+                continue
+            if index >= len(spec.params):
+                if not too_many:  # said once, at the first argument too many
+                    count = sum(1 for a in call.args if a.positional)
+                    problems.append(
+                        (
+                            arg,
+                            f"too many arguments for {spec.name}: it takes {len(spec.params)} "
+                            f"({_takes(spec)}), got {count}",
+                        )
+                    )
+                too_many = True
+                continue
+            arg = replace(arg, name=spec.params[index].name)
+        else:
+            named_before = True
+        first = seen.get(arg.name)
+        if first is not None:
+            how = "by position " if first.positional else ""
+            problems.append(
+                (
+                    arg,
+                    f"argument '{arg.name}' of {spec.name} is given twice (first {how}at col {first.column}); "
+                    f"it takes: {_takes(spec)}",
+                )
+            )
+            continue
+        seen[arg.name] = arg
+        args.append(arg)
+    if len(args) == len(call.args) and all(a is b for a, b in zip(args, call.args, strict=True)):
+        return call, problems
+    return replace(call, args=tuple(args)), problems
 
 
 def _string_column(source_line: str, quote_column: int, index: int) -> int:

@@ -9,17 +9,16 @@ declarations, and the module reads a value with ``ctx.option(name)``.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from visprog.errors import ConfigError, RegistrationError
+from visprog.language.tokens import is_name
 from visprog.language.values import parse_bool
 
 __all__ = ["Option", "OptionError", "check_options", "standard_options"]
 
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 #: what :func:`_convert` returns for a value that is not of the type
 _MISSING: Any = object()
 
@@ -180,7 +179,7 @@ def check_options(where: str, options: Sequence[Option], backends: Mapping[str, 
         if not isinstance(o, Option):
             raise RegistrationError(f"{where}: options= takes Option(name, type, default, help), got {o!r}")
         what = f"{where}: option '{o.name}'"
-        if not isinstance(o.name, str) or not _NAME_RE.match(o.name):
+        if not isinstance(o.name, str) or not (is_name(o.name) and o.name[0].isalpha()):
             raise RegistrationError(f"{where}: option name {o.name!r} must be letters, digits and underscores")
         if o.name in seen:
             raise RegistrationError(f"{what} is declared twice")

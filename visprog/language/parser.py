@@ -65,8 +65,11 @@ class _ToAst(Transformer[Token, Any]):
         values = tuple(i for i in items if i is not None)
         return syntax.ListValue(values, self._line(bracket), bracket.column or 1)
 
-    def arg(self, name: Token, value: syntax.Value) -> syntax.Arg:
+    def named_arg(self, name: Token, value: syntax.Value) -> syntax.Arg:
         return syntax.Arg(str(name), value, self._line(name), name.column or 1)
+
+    def positional_arg(self, value: syntax.Value) -> syntax.Arg:
+        return syntax.Arg("", value, value.line, value.column, positional=True)
 
     def call(self, name: Token, *args: syntax.Arg | None) -> syntax.Call:
         return syntax.Call(str(name), tuple(a for a in args if a is not None), self._line(name), name.column or 1)
@@ -108,6 +111,19 @@ def _describe(token: Token) -> str:
     return f"'{token}'"
 
 
+#: The tokens a value starts with.
+_VALUE_STARTS = frozenset({"NAME", "STRING", "NUMBER", "LSQB"})
+
+
+def _variable_before(text: str, line: int, col: int) -> bool:
+    """Whether the name just before ``col`` is written like a variable (``IMAGE``, ``BOX0``), not
+    like an argument's name (``max``)."""
+    lines = syntax.split_lines(text)
+    before = lines[line - 1][: col - 1] if 0 < line <= len(lines) else ""
+    written = [t for t in lexer().line(before) if t.kind not in ("WS", "COMMENT")]
+    return bool(written) and written[-1].kind == "NAME" and written[-1].text.isupper()
+
+
 def _expected(names: set[str]) -> str:
     words = sorted({_TERMINALS.get(n, n) for n in names})
     if not words:
@@ -144,19 +160,14 @@ def _message(err: UnexpectedInput, text: str) -> tuple[int, int, str]:
         if expected == {"EQUAL"}:
             if tok.type == "LPAR":
                 return line, col, "a step must assign its result: write NAME=Module(...)"
-            lines = syntax.split_lines(text)
-            before = lines[line - 1][: col - 1] if 0 < line <= len(lines) else ""
-            written = [t for t in lexer().line(before) if t.kind != "WS"]
-            if tok.type in ("COMMA", "RPAR") and any(t.kind == "LPAR" for t in written):
-                value = written[-1].text if written[-1].kind == "NAME" else "value"
-                return line, col, f"arguments must be named: write name={value}"
             return line, col, f"expected '=' after the name, got {_describe(tok)}"
-        if "NAME" in expected and "RPAR" in expected and tok.type in ("STRING", "NUMBER", "LSQB"):
-            return line, col, f"arguments must be named: write name={tok}"
         if tok.type == "NAME" and expected & {"_NL", "$END"}:
             return line, col, f"one step per line: put '{tok}' on a new line"
-        if tok.type == "NAME" and "COMMA" in expected:
-            return line, col, f"missing ',' before '{tok}'"
+        if tok.type in _VALUE_STARTS and {"COMMA", "EQUAL"} <= expected and not _variable_before(text, line, col):
+            # `max 6` after an argument's name: most likely `max=6`
+            return line, col, f"expected '=' after the name, got {_describe(tok)}"
+        if tok.type in _VALUE_STARTS and "COMMA" in expected:
+            return line, col, f"missing ',' before {_describe(tok)}"
         if tok.type in ("$END", "_NL"):
             return line, col, f"unexpected end of the line, expected {_expected(expected)}"
         if tok.type == "EQUAL" and "RPAR" in expected:

@@ -48,6 +48,7 @@ from typing import Any
 
 from visprog.errors import RegistrationError
 from visprog.language.options import Option, OptionError, check_options, standard_options
+from visprog.language.tokens import is_name
 from visprog.language.values import Type, type_of_annotation
 
 __all__ = [
@@ -66,7 +67,6 @@ __all__ = [
 CONTEXT_MARKER = "__visprog_context__"
 
 _MISSING: Any = inspect.Parameter.empty
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 def normalize(name: str) -> str:
@@ -220,7 +220,7 @@ def _build_spec(
 ) -> ModuleSpec:
     mod_name = name or fn.__name__
     where = f"module '{mod_name}' ({getattr(fn, '__module__', '?')}.{fn.__qualname__})"
-    if not _NAME_RE.match(mod_name):
+    if not (is_name(mod_name) and mod_name[0].isalpha()):
         raise RegistrationError(f"{where}: name must be letters, digits and underscores")
     try:
         hints = typing.get_type_hints(fn)

@@ -20,6 +20,7 @@ __all__ = [
     "Step",
     "Value",
     "split_lines",
+    "written",
 ]
 
 #: Targets that mark the program's output when assigned directly (``RESULT=X``).
@@ -33,6 +34,40 @@ def split_lines(text: str) -> list[str]:
     """The program's lines as the grammar counts them: split at ``\n``, a ``\r`` before it dropped
     (the grammar's ``_NL``; :func:`visprog.language.tokens.tokenize` ends lines the same way)."""
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
+def _quoted(text: str) -> str:
+    """A string in single quotes, or in double quotes when it holds a single quote and no double one."""
+    quote = '"' if "'" in text and '"' not in text else "'"
+    out = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    out = out.replace("\0", "\\0").replace(quote, "\\" + quote)
+    return quote + out + quote
+
+
+def _number(value: int | float) -> str:
+    if isinstance(value, float) and value != value:  # NaN: no literal reads as it
+        raise ValueError("NaN has no literal")
+    if value in (float("inf"), float("-inf")):  # a literal too large for a float reads as infinity
+        return "1e999" if value > 0 else "-1e999"
+    return repr(value)
+
+
+def written(value: Value) -> str:
+    """``value`` as the canonical program text writes it: strings in single quotes (double quotes
+    when they hold a single quote), numbers as Python writes them, lists as ``[a, b]``.
+
+    Parsing the text gives back the same value (positions aside).
+    """
+    if isinstance(value, Ref):
+        return value.name
+    if isinstance(value, ListValue):
+        return "[" + ", ".join(written(item) for item in value.items) + "]"
+    v = value.value
+    if v is None or isinstance(v, bool):
+        return str(v)
+    if isinstance(v, str):
+        return _quoted(v)
+    return _number(v)
 
 
 @dataclass(frozen=True)
@@ -67,12 +102,18 @@ Value = Literal | Ref | ListValue
 
 @dataclass(frozen=True)
 class Arg:
-    """``name=value`` inside a call."""
+    """``name=value`` inside a call, or a positional ``value``.
+
+    ``positional`` says how the argument was written. The parser leaves the name of a positional
+    argument empty; the checker binds it to the module's parameter in declaration order, so every
+    argument of a checked program has its name (and keeps ``positional`` as written).
+    """
 
     name: str
     value: Value
     line: int
     column: int
+    positional: bool = False
 
 
 @dataclass(frozen=True)

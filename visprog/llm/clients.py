@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -10,12 +12,26 @@ from visprog.llm.base import PLANNER, LLMClient
 from visprog.llm.local import TransformersClient
 from visprog.llm.server import STYLES, LLMConfig, OpenAIClient
 
-__all__ = ["LOCAL_OPTIONS", "SERVER_OPTIONS", "client_from_options"]
+__all__ = ["LOCAL_OPTIONS", "SERVER_OPTIONS", "SETTINGS", "check_settings", "client_from_options"]
 
 #: Options of an OpenAI-compatible server besides model, base_url, api_key and style.
 SERVER_OPTIONS = frozenset({f.name for f in fields(LLMConfig)} - {"model", "base_url", "api_key", "style"})
 #: Options of a local model.
 LOCAL_OPTIONS = frozenset({"device", "dtype", "max_new_tokens", "max_tokens", "temperature", "stop"})
+
+
+#: Every key an ``[llm]`` table of a config file may hold.
+SETTINGS = frozenset({"model", "base_url", "api_key", "style", "local"} | SERVER_OPTIONS | LOCAL_OPTIONS)
+
+
+def check_settings(settings: Mapping[str, Any], source: str) -> None:
+    """Refuse an unknown key of an ``[llm]`` table with a suggestion, naming ``source`` (the config file)."""
+    for key in settings:
+        if key not in SETTINGS:
+            match = difflib.get_close_matches(key, sorted(SETTINGS), n=1, cutoff=0.6)
+            hint = f" (did you mean '{match[0]}'?)" if match else ""
+            known = ", ".join(sorted(SETTINGS))
+            raise ConfigError(f"{source}: [llm] has no setting '{key}'{hint}; its settings: {known}")
 
 
 def client_from_options(

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from visprog.errors import ConfigError
+from visprog.language.tokens import is_name
 
 __all__ = [
     "ANSWERS",
@@ -77,7 +78,6 @@ _KEYS = (
     "examples",
 )
 _EXAMPLE_KEYS = ("input", "program")
-_INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VERB = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
@@ -314,7 +314,7 @@ def _inputs(data: Mapping[str, Any], source: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{source}: key 'inputs' must be a non-empty list of names, got {_type_name(value)}")
     for name in value:
-        if not isinstance(name, str) or not _INPUT_NAME.match(name):
+        if not isinstance(name, str) or not is_name(name):
             raise ConfigError(f"{source}: key 'inputs': {name!r} is not a variable name such as IMAGE")
     if len(set(value)) != len(value):
         raise ConfigError(f"{source}: key 'inputs' names an input twice")

@@ -9,6 +9,7 @@ deep inside torch).
 
 from __future__ import annotations
 
+import difflib
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -234,6 +235,8 @@ class Runtime:
         """
         spec = self.module_registry().resolve(module, source)
         if value is None:
+            if spec.option(key) is None:
+                spec.validate_option(key, value, source)  # an unknown option: the error with its suggestion
             self.modules.get(spec.name, {}).pop(key, None)
             return
         self.modules.setdefault(spec.name, {})[key] = spec.validate_option(key, value, source)
@@ -261,6 +264,17 @@ class Runtime:
         """
         import tomllib
 
+        unexpected = sorted(set(overrides) - {"device_request", "half"})
+        if unexpected:
+            said = ", ".join(
+                f"'{k}'"
+                + "".join(
+                    f" (did you mean '{h}'?)"
+                    for h in difflib.get_close_matches(k, ["device_request", "half"], n=1, cutoff=0.5)
+                )
+                for k in unexpected
+            )
+            raise ConfigError(f"Runtime.from_config: unknown override(s) {said}; it takes device_request and half")
         if path is None:
             path = os.environ.get("VISPROG_CONFIG") or None
             default = Path.home() / ".config" / "visprog" / "config.toml"

@@ -189,6 +189,56 @@ def test_check_missing_program_file_is_a_usage_error(tmp_path: Path) -> None:
     assert f"no such program file: {tmp_path / 'nope.vp'}" in err
 
 
+def test_check_warns_about_a_missing_result_step(tmp_path: Path) -> None:
+    path = tmp_path / "count.vp"
+    path.write_text("OBJ0=FaceDet(IMAGE)\nN=Count(OBJ0)\n", encoding="utf-8")
+    code, out, err = cli("check", path)
+    assert code == 0, err
+    assert out == f"{path}: ok, 2 steps, inputs IMAGE, result N (int)\n"
+    assert err == (
+        f"{path}: warning: line 2, col 1: the program has no result step: the result is the last step's value, N "
+        "(end the program with FINAL_RESULT=Result(var=N) to say so)\n"
+        "  N=Count(OBJ0)\n"
+        "  ^\n"
+    )
+
+
+# --- fmt --------------------------------------------------------------------------------------
+
+NOT_CANONICAL = "# faces\nOBJ0 = FACEDET(IMAGE)   # find them\nN=count(box=OBJ0)\nFINAL_RESULT=Result(N)\n"
+CANONICAL = "# faces\nOBJ0=FaceDet(image=IMAGE)  # find them\nN=Count(box=OBJ0)\nFINAL_RESULT=Result(var=N)\n"
+
+
+def test_fmt_prints_the_canonical_form(tmp_path: Path) -> None:
+    path = tmp_path / "faces.vp"
+    path.write_text(NOT_CANONICAL, encoding="utf-8")
+    assert cli("fmt", path) == (0, CANONICAL, "")
+    assert path.read_text(encoding="utf-8") == NOT_CANONICAL  # printed, not written
+
+
+def test_fmt_check_says_what_would_change(tmp_path: Path) -> None:
+    path = tmp_path / "faces.vp"
+    path.write_text(NOT_CANONICAL, encoding="utf-8")
+    code, out, err = cli("fmt", "--check", path)
+    assert code == 1, err
+    removed = [line for line in out.splitlines() if line.startswith("-") and not line.startswith("---")]
+    added = [line for line in out.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    assert removed == ["-OBJ0 = FACEDET(IMAGE)   # find them", "-N=count(box=OBJ0)", "-FINAL_RESULT=Result(N)"]
+    assert added == ["+OBJ0=FaceDet(image=IMAGE)  # find them", "+N=Count(box=OBJ0)", "+FINAL_RESULT=Result(var=N)"]
+    assert " # faces\n" in out  # context
+    assert out.endswith(f"{path}: would be reformatted (visprog fmt prints the canonical form)\n")
+    path.write_text(CANONICAL, encoding="utf-8")
+    assert cli("fmt", "--check", path) == (0, f"{path}: already canonical\n", "")
+
+
+def test_fmt_of_a_program_that_does_not_parse_prints_the_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.vp"
+    path.write_text("X=Count(box=OBJ0\n", encoding="utf-8")
+    code, out, err = cli("fmt", path)
+    assert code == 1 and out == ""
+    assert err.startswith(f"{path}: 1 syntax error:\nline 1, col 17: missing ')'")
+
+
 def test_argparse_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main([], out=io.StringIO(), err=io.StringIO())
@@ -691,7 +741,8 @@ def test_eval_command_stops_clearly_on_wrong_data_and_on_an_llm_outage(
         argv = ["eval", dataset, "-o", results, "--base-url", server.url, "--model", "tiny", "--no-cache", "-q"]
         # a GQA-style file with --task nlvr: one clear error, nothing planned
         code, _, err = cli(*argv, "--task", "nlvr")
-        assert code == 1 and f"{dataset}:1: item 'q0' has one image but task nlvr needs left and right images" in err
+        expected = f"{dataset}:1: item 'q0' has one image (IMAGE) but task nlvr needs two images (LEFT and RIGHT)"
+        assert code == 1 and expected in err
         # the images are not next to the data file: the error says to pass --images
         code, _, err = cli(*argv, "--task", "gqa")
         assert code == 1 and "none of the 3 items' images were found" in err and "pass --images DIR" in err

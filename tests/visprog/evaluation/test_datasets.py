@@ -59,7 +59,8 @@ def test_the_items_must_have_the_images_the_task_reads(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_items(gqa_rows, "nlvr")
     assert str(info.value).startswith(
-        f"{gqa_rows}:1: item 'q1' has one image but task nlvr needs left and right images (keys 'left' and 'right')"
+        f"{gqa_rows}:1: item 'q1' has one image (IMAGE) but task nlvr needs two images (LEFT and RIGHT) "
+        "(keys 'left' and 'right')"
     )
     nlvr_rows = tmp_path / "nlvr.jsonl"
     nlvr_rows.write_text(
@@ -69,14 +70,16 @@ def test_the_items_must_have_the_images_the_task_reads(tmp_path: Path) -> None:
         + "\n"
     )
     for task in ("gqa", "edit", "tag"):  # the first offending line is named
-        with pytest.raises(ConfigError, match=rf"nlvr\.jsonl:2: item 'n1' has left and right images but task {task} "):
+        both = rf"nlvr\.jsonl:2: item 'n1' has two images \(LEFT and RIGHT\) but task {task} "
+        with pytest.raises(ConfigError, match=both):
             load_items(nlvr_rows, task)
-    with pytest.raises(ConfigError, match=r"nlvr\.jsonl:1: item 'n0' has one image but task nlvr needs"):
+    with pytest.raises(ConfigError, match=r"nlvr\.jsonl:1: item 'n0' has one image \(IMAGE\) but task nlvr needs"):
         load_items(nlvr_rows, "nlvr")
     # the files as distributed
-    with pytest.raises(ConfigError, match=r"gqa_testdev_questions\.json: item '20968379' has one image but task nlvr"):
+    gqa_file = r"gqa_testdev_questions\.json: item '20968379' has one image \(IMAGE\) but task nlvr"
+    with pytest.raises(ConfigError, match=gqa_file):
         load_items(DATA / "gqa_testdev_questions.json", "nlvr")
-    with pytest.raises(ConfigError, match=r"nlvr2_dev\.jsonl:1: item 'dev-850-0-0' has left and right images"):
+    with pytest.raises(ConfigError, match=r"nlvr2_dev\.jsonl:1: item 'dev-850-0-0' has two images \(LEFT and RIGHT\)"):
         load_items(DATA / "nlvr2_dev.jsonl", "gqa")
 
 
@@ -143,7 +146,7 @@ def test_a_task_from_its_toml_file_alone_reads_its_images_by_its_input_names(
     with pytest.raises(ConfigError) as info:
         load_items(data, "compare")
     assert str(info.value) == (
-        f"{data}:1: item 'q0' has one image but task compare needs the images AFTER, BEFORE "
+        f"{data}:1: item 'q0' has one image (IMAGE) but task compare needs two images (BEFORE and AFTER) "
         "(keys 'before' and 'after'): is --task right for this file?"
     )
     data.write_text(json.dumps({"id": "q0", "question": "Q?"}) + "\n")
@@ -152,3 +155,23 @@ def test_a_task_from_its_toml_file_alone_reads_its_images_by_its_input_names(
     monkeypatch.delenv("VISPROG_TASKS")
     with pytest.raises(ConfigError, match="unknown task 'compare': expected one of "):
         load_items(data, "compare")
+
+
+def test_the_distributed_formats_name_their_images_as_the_task_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GQA's one image and NLVR2's two go to the task's inputs in order, whatever they are called."""
+    example = '[[examples]]\ninput = "x"\nprogram = "A=Vqa(image={0}, question=\'q\')\\nR=Result(var=A)"\n'
+    (tmp_path / "one.toml").write_text(
+        'task = "one"\ninputs = ["PHOTO"]\ninstructions = "x"\n' + example.format("PHOTO"), encoding="utf-8"
+    )
+    (tmp_path / "two.toml").write_text(
+        'task = "two"\ninputs = ["BEFORE", "AFTER"]\ninstructions = "x"\n' + example.format("BEFORE"),
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("VISPROG_TASKS", str(tmp_path))
+    gqa = load_items(DATA / "gqa_testdev_questions.json", "one")
+    assert gqa and all(set(item.images) == {"PHOTO"} for item in gqa)
+    nlvr = load_items(DATA / "nlvr2_dev.jsonl", "two")
+    assert nlvr and all(list(item.images) == ["BEFORE", "AFTER"] for item in nlvr)
+    assert all(item.images["BEFORE"] != item.images["AFTER"] for item in nlvr)

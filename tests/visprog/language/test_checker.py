@@ -64,7 +64,7 @@ def test_every_problem_is_reported_in_one_pass(registry: Registry) -> None:
     assert messages(text, registry) == [
         "line 1, col 6: unknown module 'Lok' (did you mean 'Loc'?)",
         "line 2, col 19: undefined variable 'OBJ9'",
-        "line 2, col 35: argument 'box' of Crop is given twice (first at col 25)",
+        "line 2, col 35: argument 'box' of Crop is given twice (first at col 25); it takes: image, box",
         "line 3, col 8: Crop is missing argument 'image' (Image: the image to crop.)",
         "line 3, col 8: Crop is missing argument 'box' (Objects: the objects; the first (best) one's box is used.)",
         "line 3, col 13: unknown argument 'img' for Crop (did you mean 'image'?); it takes: image, box",
@@ -72,7 +72,6 @@ def test_every_problem_is_reported_in_one_pass(registry: Registry) -> None:
         "line 6, col 35: argument 'question' of Vqa expects str, got int 1",
         "line 7, col 20: undefined variable 'ANSWR0' in the expression (did you mean 'ANSWER0'?)",
         "line 8, col 13: 'Y' is used before it is assigned (on line 9)",
-        "line 9, col 1: the program has no result: end it with a line such as FINAL_RESULT=Result(var=Y)",
     ]
 
 
@@ -182,3 +181,95 @@ def test_input_names_come_from_the_caller_not_the_language() -> None:
     assert "the program reads the input PHOTO, which was not given (given: none)" in str(info.value)
     with pytest.raises(ProgramCheckError, match="undefined variable 'IMAGE'"):
         checker.check("A=Vqa(image=IMAGE, question='q')\nRESULT=A", registry=registry)
+
+
+# --------------------------------------------------------------------------- positional arguments
+
+
+def _args(checked: checker.CheckedProgram, index: int) -> list[tuple[str, bool]]:
+    call = checked.steps[index].step.call
+    assert call is not None
+    return [(a.name, a.positional) for a in call.args]
+
+
+def test_positional_arguments_bind_in_declaration_order(registry: Registry) -> None:
+    checked = check(
+        "BOX0=Loc(IMAGE, 'dog')\n"
+        "N=Count(BOX0)\n"
+        "A=Eval('{N} > 0')\n"
+        "IMAGE0=Crop(IMAGE, box=BOX0)\n"  # positional first, then named
+        "FINAL_RESULT=Result(A)",
+        registry=registry,
+    )
+    assert _args(checked, 0) == [("image", True), ("object", True)]
+    assert _args(checked, 1) == [("box", True)]
+    assert _args(checked, 2) == [("expr", True)]
+    assert _args(checked, 3) == [("image", True), ("box", False)]
+    assert _args(checked, 4) == [("var", True)]
+    assert checked.steps[2].templates["expr"].variables == ("N",)
+    assert checked.steps[3].sources == {"IMAGE": "IMAGE", "BOX0": 0}
+    # the checked program is the bound one; the parsed program keeps what was written
+    assert checked.program.steps == tuple(s.step for s in checked.steps)
+    assert checked.steps[0].step.source == "BOX0=Loc(IMAGE, 'dog')"
+    assert checked.result_type is Type.ANY and not checked.warnings
+
+
+def test_positional_arguments_are_type_checked_under_their_parameter(registry: Registry) -> None:
+    assert messages("N=Count(IMAGE)\nRESULT=N", registry) == [
+        "line 1, col 9: argument 'box' of Count expects Objects, got Image (input IMAGE)"
+    ]
+
+
+def test_too_many_positional_arguments_list_the_parameters(registry: Registry) -> None:
+    assert messages("B=Loc(IMAGE, 'dog', 3, 4)\nRESULT=B", registry) == [
+        "line 1, col 21: too many arguments for Loc: it takes 2 (image, object), got 4"
+    ]
+    assert messages("I=FaceDet(IMAGE, IMAGE)\nRESULT=I", registry) == [
+        "line 1, col 18: too many arguments for FaceDet: it takes 1 (image), got 2"
+    ]
+
+
+def test_a_parameter_given_by_position_and_by_name(registry: Registry) -> None:
+    assert messages("B=Loc(IMAGE, 'dog', image=IMAGE)\nRESULT=B", registry) == [
+        "line 1, col 21: argument 'image' of Loc is given twice (first by position at col 7); it takes: image, object"
+    ]
+
+
+def test_positional_after_named_says_which_name_fits(registry: Registry) -> None:
+    assert messages("B=Loc(image=IMAGE, 'dog')\nRESULT=B", registry) == [
+        "line 1, col 20: a positional argument after a named one: put it first or name it, e.g. object='dog'; "
+        "Loc takes: image, object"
+    ]
+
+
+def test_positional_arguments_of_an_unknown_module_are_still_checked(registry: Registry) -> None:
+    assert messages("B=Lok(IMAGE, X)\nRESULT=B", registry) == [
+        "line 1, col 3: unknown module 'Lok' (did you mean 'Loc'?)",
+        "line 1, col 14: undefined variable 'X'",
+    ]
+
+
+# --------------------------------------------------------------------------- the result
+
+
+def test_without_a_result_step_the_last_step_is_the_result_with_a_warning(registry: Registry) -> None:
+    checked = check("BOX0=Loc(image=IMAGE, object='dog')\n\nN=Count(box=BOX0)\n# done\n", registry=registry)
+    assert checked.result == 1
+    assert checked.result_type is Type.INT
+    assert [str(w) for w in checked.warnings] == [
+        "line 3, col 1: the program has no result step: the result is the last step's value, N "
+        "(end the program with FINAL_RESULT=Result(var=N) to say so)\n"
+        "  N=Count(box=BOX0)\n"
+        "  ^"
+    ]
+
+
+def test_a_result_step_anywhere_wins_over_the_last_step(registry: Registry) -> None:
+    checked = check("N=Count(box=[])\nRESULT=N\nM=Count(box=[])", registry=registry)
+    assert checked.result == 1 and not checked.warnings
+
+
+def test_a_program_without_steps_is_still_an_error(registry: Registry) -> None:
+    assert messages("# nothing here\n", registry) == [
+        "line 1, col 1: the program has no result: end it with a line such as FINAL_RESULT=Result(var=ANSWER0)"
+    ]

@@ -54,6 +54,20 @@ def test_values() -> None:
     assert values["l"] == syntax.ListValue((), 1, values["l"].column)
 
 
+def test_positional_arguments_are_recorded_as_written() -> None:
+    """The parser keeps positional arguments unnamed; the checker binds them (test_checker.py)."""
+    text = "X=Loc(IMAGE, 'dog', object=3, [1])"
+    call = parse(text).steps[0].call
+    assert call is not None
+    assert call.args == (
+        syntax.Arg("", syntax.Ref("IMAGE", 1, 7), 1, 7, positional=True),
+        syntax.Arg("", syntax.Literal("dog", 1, 14), 1, 14, positional=True),
+        syntax.Arg("object", syntax.Literal(3, 1, 28), 1, 21),
+        syntax.Arg("", syntax.ListValue((syntax.Literal(1, 1, 32),), 1, 31), 1, 31, positional=True),
+    )
+    assert parse("R=Result(A)").steps[0].is_result
+
+
 def test_bare_result_forms() -> None:
     program = parse("A=Vqa(image=IMAGE, question='q')\nRESULT=A\n")
     assert program.steps[1].expr == syntax.Ref("A", 2, 8)
@@ -73,7 +87,8 @@ def test_empty_and_comment_only_programs_have_no_steps() -> None:
     [
         ("X=Loc(image=IMAGE", "line 1, col 18: missing ')' at the end of the step"),
         ("Loc(image=IMAGE)", "line 1, col 4: a step must assign its result: write NAME=Module(...)"),
-        ("X=Loc(image=IMAGE, 'dog')", "line 1, col 20: arguments must be named: write name='dog'"),
+        ("X=Loc(IMAGE 'dog')", "line 1, col 13: missing ',' before the string 'dog'"),
+        ("X=List(query='a', max 6)", "line 1, col 23: expected '=' after the name, got '6'"),
         ("X=Loc(image=IMAGE object='dog')", "line 1, col 19: missing ',' before 'object'"),
         ("X=Loc(object='dog)", "line 1, col 14: unterminated string: add the closing '"),
         ("X=Loc(a=1) Y=2", "line 1, col 12: one step per line: put 'Y' on a new line"),

@@ -1,6 +1,7 @@
 """Golden programs: every file under tests/programs/ is a test.
 
-``ok/NAME.vp`` parses, checks and runs on the fake modules; ``ok/NAME.json``
+``ok/NAME.vp`` parses, checks and runs on the fake modules (a program without
+a result step returns its last step's value, with a warning); ``ok/NAME.json``
 says which inputs it takes, the checker's result type and the expected result
 (``{"image": [w, h]}`` for an image, ``{"objects": n}`` for objects, else the
 JSON value itself) and optional ``vqa_answers`` for the fake Vqa.
@@ -108,7 +109,12 @@ def test_ok_program(path: Path) -> None:
     assert len(checked.graph.nodes) == len(program.steps)
     assert [n.index for n in checked.graph.nodes] == list(range(len(program.steps)))
     assert set(checked.used_inputs) <= set(meta["inputs"])
-    assert checked.steps[checked.result].step.is_result
+    if any(step.is_result for step in program.steps):
+        assert checked.steps[checked.result].step.is_result
+        assert not checked.warnings
+    else:  # the last step's value is the result, with a warning
+        assert checked.result == len(program.steps) - 1
+        assert [w.message.split(":")[0] for w in checked.warnings] == ["the program has no result step"]
 
     inputs = {name: _image(name) for name in meta["inputs"]}
     trace = Interpreter(registry, RUNTIME).run(checked, inputs)

@@ -150,3 +150,48 @@ def test_a_broken_task_file_is_a_clear_usage_error(tmp_path: Path, monkeypatch: 
     assert code == 2
     assert err.startswith(f"error: {tmp_path / 'bad.toml'}: key 'answer'")
     assert "Traceback" not in err
+
+
+def test_a_task_whose_verb_is_a_visprog_command_is_left_out_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "clash.toml").write_text(COUNTING.replace('verb = "count"', 'verb = "check"'), encoding="utf-8")
+    monkeypatch.setenv("VISPROG_TASKS", str(tmp_path))
+    program = tmp_path / "p.vp"
+    program.write_text(PROGRAM.replace("PHOTO", "IMAGE"), encoding="utf-8")
+    code, out, err = _cli("check", str(program))
+    assert code == 0, err
+    assert "ok, 3 steps" in out
+    assert "task 'counting'" in err and "'check' is one of visprog's own commands" in err
+
+
+def test_a_task_input_may_share_a_name_with_an_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llm_server: ScriptedServer
+) -> None:
+    """An input named TEXT (or TASK, OUTPUT, ...) is its own argument, not the question's."""
+    (tmp_path / "texty.toml").write_text(COUNTING.replace("PHOTO", "TEXT"), encoding="utf-8")
+    monkeypatch.setenv("VISPROG_TASKS", str(tmp_path))
+    from PIL import Image as PILImage
+
+    photo = tmp_path / "photo.png"
+    PILImage.new("RGB", (8, 8)).save(photo)
+    program = PROGRAM.replace("PHOTO", "TEXT")
+    llm_server.script([program])
+    code, out, err = _cli(
+        "count", str(photo), "the cats", "--plan-only", "--no-cache", "--base-url", llm_server.url, "--model", "tiny"
+    )
+    assert code == 0, err
+    assert out.strip() == program
+    assert llm_server.requests[0].body["messages"][-1]["content"] == "Count: the cats"
+
+
+def test_the_web_app_runs_an_edited_program_of_it_on_the_one_image_upload(counting: Path, tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    from tests import fakes
+    from visprog.apps.webapp_actions import run_program
+
+    photo = tmp_path / "photo.png"
+    PILImage.new("RGB", (16, 16)).save(photo)
+    out = run_program(PROGRAM, str(photo), registry=fakes.registry())
+    assert out.ok, out.message

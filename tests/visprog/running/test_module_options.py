@@ -238,3 +238,26 @@ def test_visprog_modules_shows_each_modules_options() -> None:
         "help": "boxes overlapping a better one by more than this IoU are dropped (1.0 keeps all)",
     }
     assert by_name["Crop"]["options"] == []
+
+
+def test_from_config_refuses_an_unknown_override() -> None:
+    with pytest.raises(ConfigError, match=r"unknown override\(s\) 'devic' \(did you mean 'device_request'\?\)"):
+        Runtime.from_config(None, devic="cuda")
+
+
+def test_unsetting_an_unknown_option_is_an_error_too() -> None:
+    runtime = Runtime(device_request="cpu")
+    with pytest.raises(OptionError, match=r"Loc has no option 'nms_iuo' \(did you mean 'nms_iou'\?\)"):
+        runtime.set_option("Loc", "nms_iuo", None)
+
+
+def test_a_misspelt_llm_setting_in_the_config_file_is_refused_by_every_command(tmp_path: Path) -> None:
+    config = tmp_path / "visprog.toml"
+    config.write_text('[llm]\nmodle = "qwen2.5:7b"\n')
+    image = tmp_path / "a.png"
+    PILImage.new("RGB", (8, 8)).save(image)
+    program = tmp_path / "p.vp"
+    program.write_text("A=Invert(image=IMAGE)\nR=Result(var=A)\n")
+    code, _, err = cli("exec", program, "--image", f"IMAGE={image}", "--config", config, "-q")
+    assert code != 0
+    assert f"config file {config}: [llm] has no setting 'modle' (did you mean 'model'?)" in err
