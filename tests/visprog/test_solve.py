@@ -238,3 +238,16 @@ def test_a_sample_whose_second_plan_fails_keeps_the_other_samples_answer(
     assert solution.program == COUNT and solution.result == 1
     assert isinstance(solution.samples[1][1], ServiceError)
     assert [r.body.get("temperature") for r in llm_server.requests] == [0.7, 0.7, 0.7]
+
+
+def test_the_program_that_runs_and_is_shown_is_the_canonical_one(
+    llm_server: ScriptedServer, images: dict[str, Any]
+) -> None:
+    """Positional arguments, aliases and double quotes as a model wrote them; the canonical program runs."""
+    written = 'BOX0=LOC(IMAGE, "dog")\nANSWER0=COUNT(BOX0)\nFINAL_RESULT=RESULT(ANSWER0)'
+    llm_server.script([written])
+    solution = solve("gqa", "How many dogs?", images, planner=planner_for(llm_server), runtime=RUNTIME)
+    assert solution.program == COUNT
+    assert solution.trace.source.rstrip("\n") == COUNT
+    assert solution.plan.attempts[-1].reply == written  # the reply as written stays with the plan
+    assert solution.result == 1

@@ -46,7 +46,7 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Plan:
-    """A program that parses and checks, with the attempts that led to it."""
+    """A program that parses and checks, in canonical form, with the attempts (the replies as written) behind it."""
 
     task: str
     text: str
@@ -57,7 +57,9 @@ class Plan:
 
     @property
     def canonical(self) -> str:
-        """The program that runs, in canonical form (:func:`visprog.language.format.format_program`)."""
+        """The program that runs, in canonical form (:func:`visprog.language.format.format_program`).
+
+        The planner hands out canonical programs: this is ``program`` with a final newline."""
         return format_program(self.checked)
 
 
@@ -153,6 +155,7 @@ class Planner:
                 except ProgramError:
                     pass  # the registry changed since: plan again
                 else:
+                    stored, checked = self._canonical(checked, spec)
                     emit(on_event, CacheHit(spec.name, sample, stored))
                     emit(on_event, Planned(spec.name, sample, stored, 0))
                     return Plan(spec.name, text, stored, checked, (), cached=True)
@@ -178,6 +181,7 @@ class Planner:
                 diagnostics = e.render()
             else:
                 attempts.append(Attempt(reply, program))
+                program, checked = self._canonical(checked, spec)
                 if self.cache is not None:
                     self.cache.put(key, program)
                 emit(on_event, Planned(spec.name, sample, program, attempt))
@@ -189,6 +193,14 @@ class Planner:
         error = PlanningError(spec.name, text, attempts)
         emit(on_event, PlanFailed(spec.name, sample, len(attempts), str(error)))
         raise error
+
+    def _canonical(self, checked: CheckedProgram, spec: Task) -> tuple[str, CheckedProgram]:
+        """The program as it runs and is shown: in canonical form (:func:`~visprog.language.format.format_program`),
+        checked again when that differs from what the model wrote (the same meaning, by construction)."""
+        program = format_program(checked, self.registry).rstrip("\n")
+        if program == checked.source.rstrip("\n"):
+            return program, checked
+        return program, check(program, spec.inputs, registry=self.registry, known_inputs=input_names())
 
     def plan_samples(
         self,
