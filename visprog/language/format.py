@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from visprog.language import syntax
 from visprog.language.checker import CheckedProgram, bind
+from visprog.language.normalize import normalize
 from visprog.language.parser import parse
 from visprog.language.signatures import ModuleSpec, Registry
 from visprog.language.tokens import lexer
@@ -55,7 +56,8 @@ def _comments(program: syntax.Program) -> tuple[list[str | int | None], dict[int
     layout: list[str | int | None] = []
     trailing: dict[int, list[str]] = {}
     current: int | None = None
-    for number, text in enumerate(syntax.split_lines(program.source), start=1):
+    source = program.source if program.source.isascii() else normalize(program.source).text  # as the parser reads it
+    for number, text in enumerate(syntax.split_lines(source), start=1):
         tokens = [t for t in lexer().line(text, number) if t.kind != "WS"]
         comments = [t.text.rstrip() for t in tokens if t.kind == "COMMENT"]
         if number in starts:

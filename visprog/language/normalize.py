@@ -265,5 +265,11 @@ def explain(
     stop = original.find("\n", start)
     source = original[start : len(original) if stop < 0 else stop].rstrip("\r")
     note = lookalike_note(original, index, replaced, whole_line=whole_line)
-    message = f"{diagnostic.message} ({note})" if note else diagnostic.message
+    message = diagnostic.message
+    if note:  # a note already there (the diagnostic was explained before, about other text) is replaced
+        message = f"{_NOTE.sub('', message)} ({note})"
     return Diagnostic(line, column, message, source)
+
+
+#: A note :func:`explain` added: the last thing in a message.
+_NOTE = re.compile(r" \((?:the character there is|col \d+ holds) (?:the invisible )?U\+[0-9A-F]{4,6} .*\)$")

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from visprog.errors import Diagnostic
+
 __all__ = [
     "CONSTANTS",
     "RESULT_NAMES",
@@ -151,10 +153,15 @@ class Step:
 
 @dataclass(frozen=True)
 class Program:
-    """A parsed program: its source text and its steps in order."""
+    """A parsed program: its source text (as written) and its steps in order.
+
+    ``warnings`` are what the parser accepted but the writer should know (an apostrophe read as part
+    of the string it ended early); the checker passes them on.
+    """
 
     source: str
     steps: tuple[Step, ...]
+    warnings: tuple[Diagnostic, ...] = ()
 
     def source_line(self, line: int) -> str:
         lines = split_lines(self.source)

@@ -71,3 +71,19 @@ def test_explain_moves_a_diagnostic_to_the_original_text() -> None:
     assert (moved.line, moved.column, moved.source_line) == (1, 6, "X=Loc\uff08image=IMAGE")
     assert moved.message == "unexpected '(' (the character there is U+FF08 FULLWIDTH LEFT PARENTHESIS, read as '(')"
     assert explain(Diagnostic(1, 1, "m"), "a\nbc", 3).render() == "line 2, col 2: m\n  bc\n   ^"
+
+
+def test_explaining_again_replaces_the_note_instead_of_adding_one() -> None:
+    """The parser names a look-alike in the program; the planner explains the same diagnostic again
+    about the reply the program came from: the note is said once, about the reply."""
+    program = "X=Loc\uff08image=IMAGE"
+    found = normalize(program)
+    first = found.explain(Diagnostic(1, 6, "unexpected '('"), program)
+    reply = "1. " + program
+    again = explain(first, reply, 8, {8})
+    assert again.message == "unexpected '(' (the character there is U+FF08 FULLWIDTH LEFT PARENTHESIS, read as '(')"
+    assert (again.line, again.column) == (1, 9)
+    line = explain(Diagnostic(1, 1, "bad (col 5 holds the invisible U+200B ZERO WIDTH SPACE)"), "X=\u200bY", 0)
+    assert line.message == "bad (col 3 holds the invisible U+200B ZERO WIDTH SPACE)"
+    kept = explain(Diagnostic(1, 1, "bad (the character there is U+200B ZERO WIDTH SPACE)"), "X=1", 0)
+    assert kept.message == "bad (the character there is U+200B ZERO WIDTH SPACE)"  # no new note: kept as it was
