@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image as PILImage
 
-from visprog.language.signatures import Option, module
+from visprog.language.signatures import Option, module, not_empty
 from visprog.language.values import Detection, Image, Objects
 from visprog.running.hub import Placement, load_model
 from visprog.running.runtime import Context
@@ -327,7 +327,14 @@ def _scored(det: Detection, score: float, label: str) -> Detection:
     return Detection(det.box, min(max(score, 0.0), 1.0), label, det.mask)
 
 
-@module(aliases=["SELECT"], batch=_select_batch, backends=BACKENDS, default_backend="clip", options=OPTIONS)
+@module(
+    aliases=["SELECT"],
+    batch=_select_batch,
+    backends=BACKENDS,
+    default_backend="clip",
+    options=OPTIONS,
+    validate={"query": not_empty("a query (several may be separated by commas)")},
+)
 def Select(image: Image, object: Objects, query: str, category: str | None = None, *, ctx: Context) -> Objects:
     """Pick, for each query, the one object that best matches it (CLIP on each object's masked crop).
 
@@ -388,7 +395,14 @@ def _classify_batch(calls: Sequence[Mapping[str, Any]], ctx: Context) -> list[Ob
     return outputs
 
 
-@module(aliases=["CLASSIFY"], batch=_classify_batch, backends=BACKENDS, default_backend="clip", options=OPTIONS)
+@module(
+    aliases=["CLASSIFY"],
+    batch=_classify_batch,
+    backends=BACKENDS,
+    default_backend="clip",
+    options=OPTIONS,
+    validate={"categories": not_empty("at least one category")},
+)
 def Classify(image: Image, object: Objects, categories: list[str], *, ctx: Context) -> Objects:
     """Label every object with the category that best describes it (CLIP on each object's masked crop).
 

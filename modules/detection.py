@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from visprog.language.signatures import Option, module
+from visprog.language.signatures import Option, module, not_empty
 from visprog.language.values import Detection, Image, Objects
 from visprog.running.hub import Placement, load_model
 from visprog.running.runtime import Context
@@ -240,6 +240,7 @@ def _loc_batch(calls: Sequence[dict[str, Any]], ctx: Context) -> list[Objects]:
     backends={"grounding-dino": "IDEA-Research/grounding-dino-tiny", "owlv2": "google/owlv2-base-patch16-ensemble"},
     default_backend="grounding-dino",
     options=OPTIONS,
+    validate={"object": not_empty("an object to find")},
 )
 def Loc(image: Image, object: str, ctx: Context) -> Objects:
     """Find every instance of a named object in the image, as boxes, best match first.

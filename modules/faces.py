@@ -175,6 +175,7 @@ OPTIONS = [
 
 @module(
     aliases=["FACEDET", "FaceDetect", "Faces"],
+    suggest_for=["FACE_DETECTION", "DETECT_FACE", "DETECT_FACES", "FIND_FACES"],
     backends={"yunet": YUNET_REPO, "cascade": None},
     default_backend="yunet",
     options=OPTIONS,

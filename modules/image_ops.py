@@ -48,7 +48,8 @@ def _crop(image: Image, x0: float, y0: float, x1: float, y1: float) -> Image:
         "CROP_INFRONTOF",
         "CROP_BEHIND",
         "CROP_AHEAD",
-    ]
+    ],
+    suggest_for=["CROP_NEXTTO", "CROP_NEAR", "CROP_BESIDE", "CROP_AROUND"],
 )
 def Crop(image: Image, box: Objects) -> Image:
     """Crop the image to the first object's box, enlarged 1.5x around its centre.
@@ -68,7 +69,7 @@ def Crop(image: Image, box: Objects) -> Image:
     return _crop(image, cx - half_w, cy - half_h, cx + half_w, cy + half_h)
 
 
-@module(aliases=["CROP_LEFTOF"])
+@module(aliases=["CROP_LEFTOF"], suggest_for=["CROP_LEFT"])
 def CropLeftOf(image: Image, box: Objects) -> Image:
     """Crop the image to the part left of the first object's centre, full height.
 
@@ -83,7 +84,7 @@ def CropLeftOf(image: Image, box: Objects) -> Image:
     return _crop(image, 0, 0, cx, h)
 
 
-@module(aliases=["CROP_RIGHTOF"])
+@module(aliases=["CROP_RIGHTOF"], suggest_for=["CROP_RIGHT"])
 def CropRightOf(image: Image, box: Objects) -> Image:
     """Crop the image to the part right of the first object's centre, full height.
 
@@ -98,7 +99,7 @@ def CropRightOf(image: Image, box: Objects) -> Image:
     return _crop(image, cx, 0, w, h)
 
 
-@module(aliases=["CROP_ABOVE"])
+@module(aliases=["CROP_ABOVE"], suggest_for=["CROP_TOPOF", "CROP_TOP", "CROP_UP"])
 def CropAbove(image: Image, box: Objects) -> Image:
     """Crop the image to the part above the first object's centre, full width.
 
@@ -113,7 +114,7 @@ def CropAbove(image: Image, box: Objects) -> Image:
     return _crop(image, 0, 0, w, cy)
 
 
-@module(aliases=["CROP_BELOW"])
+@module(aliases=["CROP_BELOW"], suggest_for=["CROP_BOTTOM", "CROP_BOTTOMOF", "CROP_UNDER", "CROP_BENEATH"])
 def CropBelow(image: Image, box: Objects) -> Image:
     """Crop the image to the part below the first object's centre, full width.
 
@@ -203,22 +204,62 @@ def _emoji_names() -> Mapping[str, str]:
     return names
 
 
-def _emoji_char(name: str) -> str:
-    """The emoji character for a CLDR name (any spelling) or the character itself.
+#: Emoticons and shortcodes models write for an emoji, and the CLDR name suggested for each
+#: (they are not accepted: the program says which emoji it means).
+EMOTICONS: Mapping[str, str] = {
+    ":p": "face_with_tongue",
+    ";p": "winking_face_with_tongue",
+    ":)": "slightly_smiling_face",
+    "(:": "slightly_smiling_face",
+    ":(": "slightly_frowning_face",
+    ":d": "grinning_face_with_big_eyes",
+    "xd": "grinning_squinting_face",
+    ";)": "winking_face",
+    ":'(": "crying_face",
+    ":o": "face_with_open_mouth",
+    ":|": "neutral_face",
+    ":/": "confused_face",
+    ":*": "kissing_face",
+    "<3": "red_heart",
+    "b)": "smiling_face_with_sunglasses",
+    "8)": "smiling_face_with_sunglasses",
+}
 
-    Raises ``ValueError`` naming up to 3 close names when the name is unknown.
-    """
-    import emoji as emoji_data
+
+def _emoji_lookup(name: str) -> str | None:
+    """The emoji character for a CLDR name (any spelling) or the character itself; None if unknown."""
+    import emoji as emoji_data  # the artwork libraries load on the first Emoji step or check only
 
     if name in emoji_data.EMOJI_DATA:
         return name
-    names = _emoji_names()
-    key = _emoji_key(name)
-    if key in names:
-        return names[key]
-    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)
+    return _emoji_names().get(_emoji_key(name))
+
+
+def check_emoji(name: str) -> str | None:
+    """Emoji's validator: None when ``name`` is an emoji with artwork, else what is wrong, with the
+    name an emoticon (``:p``) stands for or up to 3 close names."""
+    char = _emoji_lookup(name)
+    if char is not None:
+        try:
+            _emoji_svg(char)
+        except ValueError as e:
+            return str(e)
+        return None
+    emoticon = EMOTICONS.get(name.strip().replace("-", "").lower())
+    close = [emoticon] if emoticon else difflib.get_close_matches(_emoji_key(name), list(_emoji_names()), 3, 0.6)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    raise ValueError(f"unknown emoji {name!r}{hint}")
+    return f"unknown emoji {name!r}{hint}"
+
+
+def _emoji_char(name: str) -> str:
+    """The emoji character for a CLDR name (any spelling) or the character itself.
+
+    Raises ``ValueError`` with :func:`check_emoji`'s message when the name is unknown.
+    """
+    char = _emoji_lookup(name)
+    if char is None:
+        raise ValueError(check_emoji(name))
+    return char
 
 
 def _emoji_svg(char: str) -> str:
@@ -255,7 +296,7 @@ def _emoji_image(char: str, size: tuple[int, int]) -> Image:
     return art if art.size == (w, h) else art.resize((w, h), PILImage.Resampling.LANCZOS)
 
 
-@module(aliases=["EMOJI"])
+@module(aliases=["EMOJI"], validate={"emoji": check_emoji})
 def Emoji(image: Image, object: Objects, emoji: str) -> Image:
     """Cover each object's box with an emoji (Twemoji artwork).
 
@@ -263,7 +304,7 @@ def Emoji(image: Image, object: Objects, emoji: str) -> Image:
         image: the image to edit.
         object: the objects to cover; each box gets one emoji, fitted to the box.
         emoji: the emoji's CLDR name, e.g. 'face_with_tongue',
-            'smiling_face_with_sunglasses', 'grinning_face' (or the emoji itself).
+            'smiling_face_with_sunglasses', 'grinning_face' (or the emoji itself; not an emoticon such as ':p').
     """
     char = _emoji_char(emoji)
     _emoji_svg(char)  # fail on missing artwork even when there is nothing to cover

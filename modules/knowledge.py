@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from visprog.errors import ConfigError, ServiceError
-from visprog.language.signatures import Option, module
+from visprog.language.signatures import Option, at_least, module, not_empty
 from visprog.llm import LLMConfig, OpenAIClient
 from visprog.running.runtime import Context
 
@@ -162,7 +162,11 @@ OPTIONS = [
 ]
 
 
-@module(name="List", aliases=["LIST"], backends={"openai": None}, options=OPTIONS)
+#: List's checks of literal arguments, run before any model (``validate=`` of :func:`module`).
+VALIDATORS = {"query": not_empty("something to list"), "max": at_least(1)}
+
+
+@module(name="List", aliases=["LIST"], backends={"openai": None}, options=OPTIONS, validate=VALIDATORS)
 def List_(query: str, max: int = 20, *, ctx: Context) -> list[str]:
     """List things from world knowledge, asked of a language model (one short item each).
 
@@ -173,8 +177,9 @@ def List_(query: str, max: int = 20, *, ctx: Context) -> list[str]:
         query: what to list, e.g. 'main characters of the TV show Big Bang Theory'.
         max: the largest number of items to return.
     """
-    if max < 1:
-        raise ValueError(f"List: max must be at least 1, got {max}")
+    problem = VALIDATORS["max"](max)
+    if problem:
+        raise ValueError(f"List: max {problem}")
     if not query.strip():
         raise ValueError("List: the query is empty")
     return _ask(ctx, query, max)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from visprog.language import checker
-from visprog.language.signatures import Registry, module
+from visprog.language.signatures import Registry, at_least, module
 from visprog.language.values import Detection, Image, Objects
 from visprog.planner.tasks import input_names
 from visprog.running.runtime import Context
@@ -162,7 +162,7 @@ def Replace(image: Image, object: Objects, prompt: str) -> Image:
     return PILImage.fromarray(arr)
 
 
-@module(name="List", aliases=["LIST"])
+@module(name="List", aliases=["LIST"], validate={"max": at_least(1)})
 def List_(query: str, max: int) -> list[str]:
     """List things from world knowledge (fake: a canned list).
 

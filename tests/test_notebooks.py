@@ -186,7 +186,7 @@ def _check_programs_by_hand(nb: dict[str, Any]) -> None:
 
     failed = _text(_cell(nb, "error.partial_results"))
     assert "line 3, Emoji (step IMAGE0) failed" in failed
-    assert "computed before it: {'IMAGE': 'Image', 'OBJ0': 'Objects', 'N': 'int'}" in failed
+    assert "computed before it: {'IMAGE': 'Image', 'NAME': 'str', 'OBJ0': 'Objects', 'N': 'int'}" in failed
     assert "run failed at line 3 (Emoji); the steps before it are kept" in _text(_cell(nb, "error.trace.to_text()"))
 
     injection = _text(_cell(nb, "payload ="))

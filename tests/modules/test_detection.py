@@ -21,7 +21,7 @@ from PIL import Image
 from skimage import data
 from visprog.modules.detection import Loc
 
-from visprog.errors import StepError
+from visprog.errors import ProgramCheckError, StepError
 from visprog.language.signatures import Registry
 from visprog.language.values import Detection
 from visprog.running.interpreter import Interpreter
@@ -616,7 +616,11 @@ def test_missing_weights_error(backend: str, astronaut: Image.Image, monkeypatch
 
 def test_empty_object_is_an_error(dino_dir: Path, astronaut: Image.Image) -> None:
     rt = runtime(dino_dir, "grounding-dino")
-    with pytest.raises(StepError, match="needs an object"):
+    with pytest.raises(StepError, match="needs an object"):  # in a variable: known when the program runs
+        Interpreter(registry(), rt).run(
+            "OBJ=' '\nBOX0=Loc(image=IMAGE, object=OBJ)\nRESULT=BOX0\n", {"IMAGE": astronaut}
+        )
+    with pytest.raises(ProgramCheckError, match=r"col 30: argument 'object' of Loc: needs an object to find, got ' '"):
         Interpreter(registry(), rt).run("BOX0=Loc(image=IMAGE, object=' ')\nRESULT=BOX0\n", {"IMAGE": astronaut})
 
 

@@ -415,3 +415,27 @@ def test_registering_into_a_fresh_registry() -> None:
     assert registry["TAG"] is Tag
     assert registry["BGBLUR"] is BgBlur
     assert registry["COUNT"] is Count
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [(":p", "face_with_tongue"), (":-P", "face_with_tongue"), (":)", "slightly_smiling_face"), ("<3", "red_heart")],
+)
+def test_an_emoticon_is_refused_with_the_emoji_it_stands_for(written: str, meant: str) -> None:
+    assert image_ops.check_emoji(written) == f"unknown emoji {written!r} (did you mean {meant!r}?)"
+    assert image_ops.check_emoji(meant) is None
+    assert all(image_ops.check_emoji(name) is None for name in image_ops.EMOTICONS.values())
+
+
+def test_an_unknown_literal_emoji_is_a_check_error_before_anything_runs() -> None:
+    from tests.fakes import check, registry
+
+    assert image_ops.check_emoji("grinning_face") is None and image_ops.check_emoji("😀") is None
+    with pytest.raises(visprog.ProgramCheckError) as info:
+        check(
+            "OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='smiley_fase')",
+            registry=registry(),
+        )
+    [d] = info.value.diagnostics
+    assert (d.line, d.column) == (2, 46)
+    assert d.message.startswith("argument 'emoji' of Emoji: unknown emoji 'smiley_fase' (did you mean ")

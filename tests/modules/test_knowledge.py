@@ -15,6 +15,7 @@ import pytest
 from visprog.modules.knowledge import SYSTEM_PROMPT, List_, parse_items
 from visprog.modules.logic import Result
 
+import visprog
 from tests.llm_server import Reply as Scripted
 from tests.llm_server import serve_scripted
 from tests.servers import clean_llm_env, closed_port, serve
@@ -391,3 +392,17 @@ def test_the_planners_llm_settings_are_used_when_list_has_none(server: FakeServe
     ctx = Context(runtime, RunCache(), "List", List_.backends, List_.default_backend)
     assert List_(query="characters", max=5, ctx=ctx) == ["Sheldon", "Leonard"]
     assert server.requests[-1]["body"]["model"] == "from-llm-table"
+
+
+def test_literal_max_and_query_are_checked_before_anything_runs() -> None:
+    from tests.fakes import check
+
+    registry = Registry()
+    registry.register(List_)
+    check("X=List(query='colours', max=1)", registry=registry)
+    with pytest.raises(visprog.ProgramCheckError) as info:
+        check("X=List(query=' ', max=0)", registry=registry)
+    assert [(d.column, d.message) for d in info.value.diagnostics] == [
+        (14, "argument 'query' of List: needs something to list, got ' '"),
+        (23, "argument 'max' of List: must be at least 1, got 0"),
+    ]

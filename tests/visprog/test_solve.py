@@ -130,7 +130,10 @@ def test_the_events_as_an_iterator(llm_server: ScriptedServer, images: dict[str,
 
 
 def test_when_no_program_runs_the_last_error_is_raised(llm_server: ScriptedServer, images: dict[str, Any]) -> None:
-    failing = "IMAGE0=Emoji(image=IMAGE, object=[], emoji='no_such_emoji_name')\nFINAL_RESULT=Result(var=IMAGE0)"
+    # the name in a variable: the checker refuses an unknown literal emoji name before anything runs
+    failing = (
+        "NAME='no_such_emoji_name'\nIMAGE0=Emoji(image=IMAGE, object=[], emoji=NAME)\nFINAL_RESULT=Result(var=IMAGE0)"
+    )
     llm_server.script([failing])
     events: list[Event] = []
     with pytest.raises(StepError) as info:

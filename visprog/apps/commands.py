@@ -189,6 +189,7 @@ def modules_command(args: argparse.Namespace, out: TextIO) -> int:
             {
                 "name": s.name,
                 "aliases": list(s.aliases),
+                "suggest_for": list(s.suggest_for),
                 "summary": s.summary,
                 "returns": str(s.returns),
                 "batch": s.batch is not None,
@@ -218,7 +219,8 @@ def modules_command(args: argparse.Namespace, out: TextIO) -> int:
         print(s.signature(), file=out)
         print(f"    {s.summary}", file=out)
         for p in s.params:
-            print(f"    {p.name}: {p.description}", file=out)
+            checked = " (a literal value is checked before the program runs)" if p.validator is not None else ""
+            print(f"    {p.name}: {p.description}{checked}", file=out)
         if s.options:
             print(f"    options (--option {s.name}.NAME=VALUE, or [modules.{s.name}] in the config file):", file=out)
         for o in s.options:
@@ -227,6 +229,8 @@ def modules_command(args: argparse.Namespace, out: TextIO) -> int:
         extras = []
         if s.aliases:
             extras.append("aliases: " + ", ".join(s.aliases))
+        if s.suggest_for:
+            extras.append("suggested for: " + ", ".join(s.suggest_for))
         if s.batch is not None:
             extras.append("batches")
         extras.append(f"from {s.source}")

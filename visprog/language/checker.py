@@ -3,7 +3,8 @@
 Every problem is reported in one pass, before any module runs: unknown
 module, unknown, missing or repeated argument, too many positional
 arguments or one after a named argument, a value of the wrong type, an
-undefined variable, an Eval expression that does not parse, no step at all.
+undefined variable, an Eval expression that does not parse, no step at all,
+a literal argument its parameter's validator refuses (``max=0``, an unknown emoji).
 Each diagnostic has a line, a column and, where one is close, a suggestion.
 
 Positional arguments are bound to the module's parameters in declaration
@@ -24,7 +25,7 @@ from visprog.language.expr import Expression, parse_template
 from visprog.language.expr_check import static_check
 from visprog.language.graph import Edge, Graph, Node, build
 from visprog.language.parser import parse
-from visprog.language.signatures import ModuleSpec, Registry
+from visprog.language.signatures import ModuleSpec, Param, Registry
 from visprog.language.values import Type, assignable
 
 __all__ = ["CheckedProgram", "CheckedStep", "bind", "check"]
@@ -214,6 +215,7 @@ class _Checker:
                 continue
             actual = self.value_type(arg.value, sources)
             if _empty_list(arg.value) and param.type in (Type.OBJECTS, Type.LIST_STR):
+                self.validate(spec, param, arg.value)
                 continue
             if actual is not None and not assignable(actual, param.type, param.optional):
                 self.error(
@@ -222,6 +224,8 @@ class _Checker:
                     f"argument '{arg.name}' of {spec.name} expects {param.type}, "
                     f"got {self.describe(arg.value, actual)}",
                 )
+            elif actual is not None:
+                self.validate(spec, param, arg.value)
         unbound = any(arg.positional for arg, _ in problems)  # the missing argument is likely that one
         for param in spec.params:
             if param.required and param.name not in seen and not unbound:
@@ -231,6 +235,20 @@ class _Checker:
                     f"{spec.name} is missing argument '{param.name}' ({param.type}: {param.description})",
                 )
         return spec, spec.returns, templates, bound
+
+    def validate(self, spec: ModuleSpec, param: Param, value: syntax.Value) -> None:
+        """Run the parameter's validator on a literal argument (a variable's value is not known yet)."""
+        if param.validator is None:
+            return
+        literal = _literal(value)
+        if literal is _NOT_LITERAL or literal is None:
+            return
+        try:
+            problem = param.validator(literal)
+        except Exception as e:  # a plugin's validator that fails is reported, not raised
+            problem = f"its validator failed on {_short(value)}: {type(e).__name__}: {e}"
+        if problem:
+            self.error(value.line, value.column, f"argument '{param.name}' of {spec.name}: {problem}")
 
     def check_template(self, spec: ModuleSpec, arg: syntax.Arg, sources: dict[str, int | str]) -> Expression | None:
         value = arg.value
@@ -293,7 +311,7 @@ class _Checker:
             steps.append(CheckedStep(index, step, spec, out, sources, templates))
             self.defined[step.target] = (index, out)
         results = [s.index for s in steps if s.step.is_result]
-        warnings: list[Diagnostic] = []
+        warnings: list[Diagnostic] = list(self.program.warnings)  # the parser's first
         if not steps:
             example = "FINAL_RESULT=Result(var=ANSWER0)"
             self.error(1, 1, f"the program has no result: end it with a line such as {example}")
@@ -316,7 +334,7 @@ class _Checker:
         edges = [Edge(src, s.index, name) for s in steps for name, src in s.sources.items()]
         used = {e.src for e in edges if isinstance(e.src, str)}
         inputs = {k: v for k, v in self.inputs.items() if k in used}
-        program = syntax.Program(self.program.source, tuple(s.step for s in steps))
+        program = syntax.Program(self.program.source, tuple(s.step for s in steps), self.program.warnings)
         return CheckedProgram(program, tuple(steps), inputs, results[-1], build(nodes, edges), tuple(warnings))
 
 
@@ -390,6 +408,18 @@ def _string_column(source_line: str, quote_column: int, index: int) -> int:
     for _ in range(index):
         col += 2 if source_line[col : col + 1] == "\\" else 1
     return col
+
+
+_NOT_LITERAL = object()
+
+
+def _literal(value: syntax.Value) -> object:
+    """The Python value of a literal (a list of literals gives a list), else ``_NOT_LITERAL``."""
+    if isinstance(value, syntax.Literal):
+        return value.value
+    if isinstance(value, syntax.ListValue) and all(isinstance(i, syntax.Literal) for i in value.items):
+        return [i.value for i in value.items if isinstance(i, syntax.Literal)]
+    return _NOT_LITERAL
 
 
 def _empty_list(value: syntax.Value) -> bool:

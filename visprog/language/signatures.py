@@ -29,6 +29,18 @@ and ``Runtime(modules=...)`` are validated against these declarations
 and an unknown option is an error with a suggestion. A module with backends
 has the options ``backend`` and ``model`` too.
 
+A parameter may have a *validator*, declared with ``validate=``: a function of the
+argument's value that returns None when the value is fine, else what is wrong (with a
+suggestion where one helps). The checker runs it on every literal argument
+(``emoji=':p'``, ``max=0``), so a bad value is refused before any model runs::
+
+    @module(validate={"max": at_least(1)})
+
+A module may name the spellings it should be *suggested* for (``suggest_for=``):
+an unknown module name that is one of them is still refused, but the diagnostic
+says which module was meant (``CROP_TOP`` -> ``CropAbove``). Unlike an alias,
+such a spelling never resolves.
+
 Built-in modules and plugins register the same way: through the entry-point
 group ``visprog.modules``, whose entries name a Python module (every
 :class:`ModuleSpec` in it is registered, in definition order) or a single
@@ -43,7 +55,7 @@ import re
 import threading
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from visprog.errors import RegistrationError
@@ -58,8 +70,11 @@ __all__ = [
     "OptionError",
     "Param",
     "Registry",
+    "Validator",
+    "at_least",
     "module",
     "normalize",
+    "not_empty",
 ]
 
 #: A parameter whose annotation has this attribute set to True receives the run context
@@ -67,6 +82,32 @@ __all__ = [
 CONTEXT_MARKER = "__visprog_context__"
 
 _MISSING: Any = inspect.Parameter.empty
+
+
+#: A parameter's check of a literal argument: None when the value is fine, else what is wrong.
+Validator = Callable[[Any], str | None]
+
+
+def at_least(minimum: int) -> Validator:
+    """A validator for a number that must be at least ``minimum``."""
+
+    def check(value: Any) -> str | None:
+        return None if value >= minimum else f"must be at least {minimum}, got {value!r}"
+
+    check.__doc__ = f"at least {minimum}"
+    return check
+
+
+def not_empty(what: str) -> Validator:
+    """A validator for a string or list that must have something in it besides spaces and commas;
+    ``what`` says what it should hold ("an object to find")."""
+
+    def check(value: Any) -> str | None:
+        items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+        return None if any(i.strip() for i in items) else f"needs {what}, got {value!r}"
+
+    check.__doc__ = f"not empty ({what})"
+    return check
 
 
 def normalize(name: str) -> str:
@@ -83,6 +124,8 @@ class Param:
     description: str
     default: Any = _MISSING
     optional: bool = False
+    #: checks a literal argument at check time (see :data:`Validator`)
+    validator: Validator | None = field(default=None, compare=False)
 
     @property
     def required(self) -> bool:
@@ -118,6 +161,8 @@ class ModuleSpec:
     default_backend: str | None = None
     #: the options the module reads (``backend`` and ``model`` first when it has backends)
     options: tuple[Option, ...] = ()
+    #: other spellings the module is suggested for when a program uses one (never resolved, unlike aliases)
+    suggest_for: tuple[str, ...] = ()
 
     def param(self, name: str) -> Param | None:
         for p in self.params:
@@ -217,6 +262,8 @@ def _build_spec(
     backends: Mapping[str, str | None] | None = None,
     default_backend: str | None = None,
     options: Iterable[Option] = (),
+    validate: Mapping[str, Validator] | None = None,
+    suggest_for: Iterable[str] = (),
 ) -> ModuleSpec:
     mod_name = name or fn.__name__
     where = f"module '{mod_name}' ({getattr(fn, '__module__', '?')}.{fn.__qualname__})"
@@ -252,6 +299,21 @@ def _build_spec(
                 f"{where}: parameter '{p.name}' is not described in the docstring's 'Args:' section"
             )
         params.append(Param(p.name, ptype, arg_docs[p.name], p.default, optional))
+    if validate is not None and not isinstance(validate, Mapping):
+        raise RegistrationError(f"{where}: validate= takes a dict of parameter name -> validator")
+    validators = dict(validate or {})
+    for pname, check in validators.items():
+        if pname not in {p.name for p in params}:
+            raise RegistrationError(f"{where}: validate= names '{pname}', which is not one of its parameters")
+        if not callable(check):
+            raise RegistrationError(f"{where}: the validator of '{pname}' must be a function of the value")
+    params = [replace(p, validator=validators.get(p.name)) for p in params]
+    if isinstance(suggest_for, str):
+        raise RegistrationError(f"{where}: suggest_for= takes a list of names")
+    suggest_for = tuple(suggest_for)
+    for spelling in suggest_for:
+        if not (isinstance(spelling, str) and is_name(spelling)):
+            raise RegistrationError(f"{where}: suggest_for= entry {spelling!r} is not a name")
     if "return" not in hints:
         raise RegistrationError(f"{where}: the return type has no type hint")
     try:
@@ -291,6 +353,7 @@ def _build_spec(
         backends=backends,
         default_backend=default_backend,
         options=tuple(all_options),
+        suggest_for=suggest_for,
     )
 
 
@@ -307,6 +370,8 @@ def module(
     backends: Mapping[str, str | None] | None = None,
     default_backend: str | None = None,
     options: Iterable[Option] = (),
+    validate: Mapping[str, Validator] | None = None,
+    suggest_for: Iterable[str] = (),
 ) -> Callable[[Callable[..., Any]], ModuleSpec]: ...
 
 
@@ -320,6 +385,8 @@ def module(
     backends: Mapping[str, str | None] | None = None,
     default_backend: str | None = None,
     options: Iterable[Option] = (),
+    validate: Mapping[str, Validator] | None = None,
+    suggest_for: Iterable[str] = (),
 ) -> ModuleSpec | Callable[[Callable[..., Any]], ModuleSpec]:
     """Declare a module from a typed function and its docstring.
 
@@ -338,10 +405,15 @@ def module(
             the config file's ``[modules.NAME]`` table, with ``--option NAME.OPTION=VALUE`` or
             ``Runtime(modules=...)`` and read with ``ctx.option(name)``. A module with
             backends also has ``backend`` and ``model``.
+        validate: parameter name -> :data:`Validator`, run by the checker on that parameter's
+            literal arguments: it returns None for a good value, else the message (e.g.
+            ``validate={"max": at_least(1)}``).
+        suggest_for: other spellings (a VisProg name such as ``CROP_TOP``) for which the checker
+            suggests this module; a program using one is still refused.
     """
 
     def wrap(f: Callable[..., Any]) -> ModuleSpec:
-        return _build_spec(f, name, aliases, batch, backends, default_backend, options)
+        return _build_spec(f, name, aliases, batch, backends, default_backend, options, validate, suggest_for)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -352,6 +424,8 @@ class Registry:
 
     _specs: dict[str, ModuleSpec] = field(default_factory=dict)
     _index: dict[str, str] = field(default_factory=dict)
+    #: normalised ``suggest_for`` spelling -> canonical name
+    _suggested: dict[str, str] = field(default_factory=dict)
     #: the entry points already loaded into this registry (see :mod:`visprog.running.plugins`)
     loaded_plugins: set[str] = field(default_factory=set)
     #: third-party entry points that could not be loaded, each error naming its entry point and cause;
@@ -377,6 +451,8 @@ class Registry:
             self._specs[spec.name] = spec
             for n in (spec.name, *spec.aliases):
                 self._index[normalize(n)] = spec.name
+            for n in spec.suggest_for:
+                self._suggested.setdefault(normalize(n), spec.name)
         return spec
 
     def register_all(self, specs: Iterable[ModuleSpec], *, source: str | None = None) -> None:
@@ -413,15 +489,23 @@ class Registry:
         return list(self._specs)
 
     def suggest(self, name: str) -> str | None:
-        """The canonical name closest to ``name``, if any is close."""
-        keys = list(self._index)
-        match = difflib.get_close_matches(normalize(name), keys, n=1, cutoff=0.6)
-        return self._index[match[0]] if match else None
+        """The canonical name closest to ``name``, if any is close: the module that declares ``name``
+        in its ``suggest_for``, else the one with the closest name or alias, else the one with the
+        closest ``suggest_for`` spelling."""
+        key = normalize(name)
+        if key in self._suggested:
+            return self._suggested[key]
+        for names in (self._index, self._suggested):
+            match = difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
+            if match:
+                return names[match[0]]
+        return None
 
     def copy(self) -> Registry:
         new = Registry()
         new._specs = dict(self._specs)
         new._index = dict(self._index)
+        new._suggested = dict(self._suggested)
         new.loaded_plugins = set(self.loaded_plugins)
         new.plugin_errors = list(self.plugin_errors)
         return new
@@ -459,6 +543,4 @@ class Registry:
 
 
 def _replace_source(spec: ModuleSpec, source: str) -> ModuleSpec:
-    from dataclasses import replace
-
     return spec if spec.source == source else replace(spec, source=source)

@@ -55,7 +55,8 @@ FAILING = textwrap.dedent(
     """\
     OBJ0=FaceDet(image=IMAGE)
     IMAGE0=CropBelow(image=IMAGE, box=OBJ0)
-    IMAGE1=Emoji(image=IMAGE, object=OBJ0, emoji='not_a_real_emoji_name')
+    NAME='not_a_real_emoji_name'
+    IMAGE1=Emoji(image=IMAGE, object=OBJ0, emoji=NAME)
     FINAL_RESULT=Result(var=IMAGE1)
     """
 )
@@ -288,6 +289,8 @@ def test_modules_lists_builtins_with_signatures_and_descriptions() -> None:
     assert "FaceDet(image: Image) -> Objects\n" in out  # the Context parameter is not shown
     assert "Count(box: Objects) -> int\n    Count the objects.\n    box: the objects to count.\n" in out
     assert "aliases: CROP_RIGHTOF" in out
+    assert "suggested for: CROP_TOPOF, CROP_TOP" in out
+    assert "emoji: the emoji's CLDR name" in out and "(a literal value is checked before the program runs)" in out
     assert "from plugin 'image_ops' of visprog" in out
 
 
@@ -314,6 +317,7 @@ def test_modules_json() -> None:
     assert modules["FaceDet"]["returns"] == "Objects"
     assert modules["Count"]["returns"] == "int"
     assert "CROP_RIGHTOF" in modules["CropRightOf"]["aliases"]
+    assert modules["CropBelow"]["suggest_for"][0] == "CROP_BOTTOM" and modules["Count"]["suggest_for"] == []
     assert modules["Eval"]["params"][0]["type"] == "expression"
     assert modules["Crop"]["source"] == "plugin 'image_ops' of visprog"
 
@@ -415,12 +419,12 @@ def test_exec_failing_step_prints_partial_trace(tmp_path: Path, photo: Path) -> 
     # the steps before the failure, with their outputs
     assert "line  1  OBJ0 = FaceDet(image=Image 512x512)\n         -> Objects (1)" in out
     assert "line  2  IMAGE0 = CropBelow(" in out
-    assert "line  3  IMAGE1 = Emoji(" in out
+    assert "line  4  IMAGE1 = Emoji(" in out
     assert "FAILED: ValueError: unknown emoji 'not_a_real_emoji_name'" in out
     assert "FINAL_RESULT" not in out.replace(f"wrote {outdir}", "")
     # the failing line and module
-    assert "line 3, Emoji (step IMAGE1) failed: ValueError: unknown emoji 'not_a_real_emoji_name'" in err
-    assert "IMAGE1=Emoji(image=IMAGE, object=OBJ0, emoji='not_a_real_emoji_name')" in err
+    assert "line 4, Emoji (step IMAGE1) failed: ValueError: unknown emoji 'not_a_real_emoji_name'" in err
+    assert "IMAGE1=Emoji(image=IMAGE, object=OBJ0, emoji=NAME)" in err
     assert_no_traceback(err)
     # the image steps that ran are still written; there is no result
     assert (outdir / "steps" / "02_IMAGE0.png").is_file()

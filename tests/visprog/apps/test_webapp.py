@@ -42,6 +42,13 @@ EMOJI_PROGRAM = (
     "IMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='smiling_face_with_sunglasses')\n"
     "FINAL_RESULT=Result(var=IMAGE0)"
 )
+#: fails at run time: the checker refuses an unknown emoji name written in the program, not one in a variable
+FAILING_PROGRAM = (
+    "NAME='no_such_emoji_at_all'\n"
+    "OBJ0=FaceDet(image=IMAGE)\n"
+    "IMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji=NAME)\n"
+    "FINAL_RESULT=Result(var=IMAGE0)"
+)
 INSTRUCTION = "Hide the face with sunglasses emoji"
 
 
@@ -284,11 +291,10 @@ def test_program_that_reads_a_missing_image(runtime: Runtime, astronaut: Path) -
 
 
 def test_failed_step_keeps_the_partial_trace(runtime: Runtime, astronaut: Path) -> None:
-    program = EMOJI_PROGRAM.replace("smiling_face_with_sunglasses", "no_such_emoji_at_all")
-    out = run_program(program, str(astronaut), registry=fakes.registry(), runtime=runtime)
+    out = run_program(FAILING_PROGRAM, str(astronaut), registry=fakes.registry(), runtime=runtime)
     assert not out.ok
     assert out.title == "Step IMAGE0 failed"
-    assert out.message.startswith("line 2, Emoji (step IMAGE0): ")
+    assert out.message.startswith("line 3, Emoji (step IMAGE0): ")
     assert "no_such_emoji_at_all" in out.message
     assert "FaceDet" in out.trace_html  # the step before the failure is kept
     assert "Traceback" not in out.message
@@ -384,11 +390,10 @@ def test_planning_error_puts_the_last_attempt_in_the_program_box(
 def test_step_failure_of_a_planned_program(
     server: ScriptedServer, planner: Planner, runtime: Runtime, astronaut: Path
 ) -> None:
-    program = EMOJI_PROGRAM.replace("smiling_face_with_sunglasses", "no_such_emoji_at_all")
-    server.script([program])
+    server.script([FAILING_PROGRAM])
     out = plan_and_run(INSTRUCTION, "edit", str(astronaut), planner=planner, runtime=runtime)
     assert (out.ok, out.title) == (False, "Step IMAGE0 failed")
-    assert out.program == program  # shown so it can be fixed
+    assert out.program == FAILING_PROGRAM  # shown so it can be fixed
     assert "FaceDet" in out.trace_html
 
 

@@ -4,7 +4,8 @@
 a result step returns its last step's value, with a warning); ``ok/NAME.json``
 says which inputs it takes, the checker's result type and the expected result
 (``{"image": [w, h]}`` for an image, ``{"objects": n}`` for objects, else the
-JSON value itself) and optional ``vqa_answers`` for the fake Vqa.
+JSON value itself), optional ``vqa_answers`` for the fake Vqa and optional ``warnings``:
+what the parser accepted with a warning, as printed.
 
 ``bad/NAME.vp`` fails with exactly the text of ``bad/NAME.expected``; names
 starting with ``syntax_`` fail to parse (:class:`ProgramSyntaxError`), names
@@ -56,7 +57,8 @@ def _image(name: str) -> PILImage.Image:
 
 
 def _step_lines(source: str) -> int:
-    return sum(1 for line in source.splitlines() if line.strip() and not line.strip().startswith("#"))
+    lines = (line.lstrip("\ufeff").strip() for line in source.splitlines())  # a byte order mark reads as nothing
+    return sum(1 for line in lines if line and not line.startswith("#"))
 
 
 def _assert_result(actual: Any, expected: Any) -> None:
@@ -109,12 +111,16 @@ def test_ok_program(path: Path) -> None:
     assert len(checked.graph.nodes) == len(program.steps)
     assert [n.index for n in checked.graph.nodes] == list(range(len(program.steps)))
     assert set(checked.used_inputs) <= set(meta["inputs"])
+    # what the parser read with a warning (an apostrophe that ended a string early): ok/NAME.json's "warnings"
+    assert [str(w) for w in program.warnings] == meta.get("warnings", [])
+    assert checked.warnings[: len(program.warnings)] == program.warnings
+    checker_warnings = checked.warnings[len(program.warnings) :]
     if any(step.is_result for step in program.steps):
         assert checked.steps[checked.result].step.is_result
-        assert not checked.warnings
+        assert not checker_warnings
     else:  # the last step's value is the result, with a warning
         assert checked.result == len(program.steps) - 1
-        assert [w.message.split(":")[0] for w in checked.warnings] == ["the program has no result step"]
+        assert [w.message.split(":")[0] for w in checker_warnings] == ["the program has no result step"]
 
     inputs = {name: _image(name) for name in meta["inputs"]}
     trace = Interpreter(registry, RUNTIME).run(checked, inputs)

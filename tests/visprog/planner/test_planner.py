@@ -131,7 +131,10 @@ def test_vote_ties_go_to_the_first_answer() -> None:
 
 
 def test_execution_errors_can_be_fed_back(llm_server: ScriptedServer, images: dict[str, Image]) -> None:
-    failing = "IMAGE0=Emoji(image=IMAGE, object=[], emoji='no_such_emoji_name')\nFINAL_RESULT=Result(var=IMAGE0)"
+    # the name in a variable: the checker refuses an unknown literal emoji name before anything runs
+    failing = (
+        "NAME='no_such_emoji_name'\nIMAGE0=Emoji(image=IMAGE, object=[], emoji=NAME)\nFINAL_RESULT=Result(var=IMAGE0)"
+    )
     fixed = "IMAGE0=Emoji(image=IMAGE, object=[], emoji='grinning_face')\nFINAL_RESULT=Result(var=IMAGE0)"
     llm_server.script([failing, fixed])
     planner = planner_for(llm_server)

@@ -130,11 +130,12 @@ def test_a_failing_step_keeps_everything_computed_so_far(registry: Registry, ima
 def test_a_module_exception_becomes_a_step_error(registry: Registry, images: dict[str, Image]) -> None:
     with pytest.raises(StepError) as info:
         Interpreter(registry).run(
-            "OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='no_such_emoji_at_all')\n"
-            "FINAL_RESULT=Result(var=IMAGE0)",
+            # the name in a variable: the checker cannot see it
+            "NAME='no_such_emoji_at_all'\nOBJ0=FaceDet(image=IMAGE)\n"
+            "IMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji=NAME)\nFINAL_RESULT=Result(var=IMAGE0)",
             {"IMAGE": images["LEFT"]},
         )
-    assert info.value.line == 2 and info.value.module == "Emoji"
+    assert info.value.line == 3 and info.value.module == "Emoji"
     assert "unknown emoji 'no_such_emoji_at_all'" in str(info.value)
     assert len(info.value.partial_results["OBJ0"]) == 1  # the astronaut's face
 

@@ -729,3 +729,42 @@ def test_declaration_errors(source: str, expected: str) -> None:
 def test_invalid_module_name() -> None:
     with pytest.raises(RegistrationError, match="letters, digits and underscores"):
         module(name="not-a-name")(_declare("X").fn)
+
+
+VALIDATING_PLUGIN = '''\
+"""A plugin whose module checks its literal arguments and names the spellings it is meant by."""
+
+from __future__ import annotations
+
+import visprog
+from visprog import Image
+
+
+def _level(value: int) -> str | None:
+    return None if 1 <= value <= 9 else f"must be from 1 to 9, got {value}"
+
+
+@visprog.module(validate={"level": _level}, suggest_for=["SHARPEN_IMAGE", "UNBLUR"])
+def Sharpen(image: Image, level: int = 2) -> Image:
+    """Sharpen the image.
+
+    Args:
+        image: the image to sharpen.
+        level: how much, from 1 to 9.
+    """
+    return image
+'''
+
+
+def test_plugin_validators_and_suggestions_are_used_by_the_checker(on_path: Path) -> None:
+    make_distribution(on_path, "visprog_plugin_sharpen", VALIDATING_PLUGIN)
+    registry = Registry()
+    load_plugins(registry)
+    check("A=Sharpen(image=IMAGE, level=9)\nFINAL_RESULT=Result(var=A)", registry=registry)
+    with pytest.raises(visprog.ProgramCheckError) as info:
+        check("A=Sharpen(image=IMAGE, level=12)\nB=UNBLUR(image=A)\nFINAL_RESULT=Result(var=B)", registry=registry)
+    assert [(d.line, d.column, d.message) for d in info.value.diagnostics] == [
+        (1, 30, "argument 'level' of Sharpen: must be from 1 to 9, got 12"),
+        (2, 3, "unknown module 'UNBLUR' (did you mean 'Sharpen'?)"),
+    ]
+    assert registry.get("UNBLUR") is None
