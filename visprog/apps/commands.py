@@ -19,7 +19,7 @@ from visprog.errors import StepError, VisprogError
 from visprog.language.checker import CheckedProgram, check
 from visprog.language.format import format_program
 from visprog.language.signatures import OptionError, Registry
-from visprog.language.values import Image, describe_value
+from visprog.language.values import Image, describe_value, type_of_value
 from visprog.planner.tasks import input_names
 from visprog.running import hub
 from visprog.running.plugins import PLUGINS_ENV, default_registry, plugins_enabled
@@ -298,8 +298,13 @@ def _execute(text: str, images: dict[str, Any], args: argparse.Namespace, out: T
     from visprog.running.interpreter import Interpreter  # loaded by the commands that run programs
 
     interpreter = Interpreter(runtime=build_runtime(args), known_inputs=input_names())
+    types = {name: type_of_value(value) for name, value in images.items()}
+    checked = check(text, types, registry=interpreter.registry, known_inputs=input_names())
+    err = getattr(args, "stderr", None) or sys.stderr
+    for warning in checked.warnings:  # e.g. no result step: the last step's value is the result
+        print(f"warning: {warning}", file=err)
     try:
-        trace = interpreter.run(text, images)
+        trace = interpreter.run(checked, images)
     except StepError as e:
         if e.trace is not None and args.output:
             _write_images(e.trace, Path(args.output), out)

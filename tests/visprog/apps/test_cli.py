@@ -836,3 +836,12 @@ def test_task_commands_come_from_the_task_files_and_samples_show_progress_from_e
     progress = capsys.readouterr().err
     assert "samples [" in progress and "3/3" in progress
     assert "runs    [" in progress
+
+
+def test_exec_warns_about_a_missing_result_step_and_returns_the_last_value(photo: Path, tmp_path: Path) -> None:
+    path = tmp_path / "count.vp"
+    path.write_text("OBJ0=FaceDet(IMAGE)\nN=Count(OBJ0)\n", encoding="utf-8")
+    code, out, err = cli("exec", path, "--image", f"IMAGE={photo}", *CASCADE, "-q")
+    assert code == 0, err
+    assert "warning: line 2, col 1: the program has no result step" in err
+    assert out.strip().splitlines()[-1].startswith("N: ")
