@@ -7,7 +7,8 @@ unreachable service) say *where* and *what was expected*. Program errors carry
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,26 @@ __all__ = [
     "StepError",
     "TraceFormatError",
     "VisprogError",
+    "did_you_mean",
+    "suggest",
 ]
 
+
+
+def suggest(name: str, candidates: Iterable[str], *, cutoff: float = 0.6) -> str | None:
+    """The candidate closest to ``name`` (a misspelling), ignoring case if need be; None when none is close."""
+    options = list(candidates)
+    found = difflib.get_close_matches(name, options, n=1, cutoff=cutoff)
+    if not found:
+        lower = {c.lower(): c for c in options}
+        found = [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=cutoff)]
+    return found[0] if found else None
+
+
+def did_you_mean(name: str, candidates: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or nothing: the tail of every "unknown ..." message."""
+    hint = suggest(name, candidates, cutoff=cutoff)
+    return f" (did you mean '{hint}'?)" if hint else ""
 
 class VisprogError(Exception):
     """Base class of every error raised by visprog."""

@@ -15,11 +15,10 @@ warning (``CheckedProgram.warnings``), as VisProg's interpreter did.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from visprog.errors import Diagnostic, EvalError, ProgramCheckError
+from visprog.errors import Diagnostic, EvalError, ProgramCheckError, did_you_mean, suggest
 from visprog.language import syntax
 from visprog.language.expr import Expression, parse_template
 from visprog.language.expr_check import static_check
@@ -82,14 +81,6 @@ class CheckedProgram:
         return self.graph.inputs
 
 
-def _suggest(name: str, candidates: Iterable[str]) -> str | None:
-    found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    if not found:
-        lower = {c.lower(): c for c in candidates}
-        found = [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)]
-    return found[0] if found else None
-
-
 def _did_you_mean(name: str | None) -> str:
     return f" (did you mean '{name}'?)" if name else ""
 
@@ -141,7 +132,7 @@ class _Checker:
                 self.error(line, column, f"the program reads the input {name}, which was not given (given: {given})")
             return
         known = [*self.defined, *self.inputs]
-        self.error(line, column, f"undefined variable '{name}'{where}{_did_you_mean(_suggest(name, known))}")
+        self.error(line, column, f"undefined variable '{name}'{where}{did_you_mean(name, known)}")
 
     def value_type(self, value: syntax.Value, sources: dict[str, int | str]) -> Type | None:
         """The value's type; None when it is unknown because of an error already reported."""
@@ -199,7 +190,7 @@ class _Checker:
             param = spec.param(arg.name)
             if param is None:
                 names = [p.name for p in spec.params]
-                hint = _suggest(arg.name, names)
+                hint = suggest(arg.name, names)
                 accepted = ", ".join(names) or "none"
                 self.error(
                     arg.line,

@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from visprog.errors import RegistrationError
+from visprog.errors import RegistrationError, did_you_mean
 from visprog.language.options import Option, OptionError, check_options, standard_options
 from visprog.language.tokens import is_name
 from visprog.language.values import Type, type_of_annotation
@@ -184,8 +184,7 @@ class ModuleSpec:
             names = [o.name for o in self.options]
             if not names:
                 raise OptionError(f"{source}: {self.name} has no options (it was given '{name}')")
-            match = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-            hint = f" (did you mean '{match[0]}'?)" if match else ""
+            hint = did_you_mean(name, names)
             raise OptionError(f"{source}: {self.name} has no option '{name}'{hint}; its options: {', '.join(names)}")
         try:
             return declared.convert(value)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from visprog.errors import ConfigError
+from visprog.errors import ConfigError, did_you_mean
 from visprog.llm.base import PLANNER, LLMClient
 from visprog.llm.local import TransformersClient
 from visprog.llm.server import STYLES, LLMConfig, OpenAIClient
@@ -28,9 +27,8 @@ def check_settings(settings: Mapping[str, Any], source: str) -> None:
     """Refuse an unknown key of an ``[llm]`` table with a suggestion, naming ``source`` (the config file)."""
     for key in settings:
         if key not in SETTINGS:
-            match = difflib.get_close_matches(key, sorted(SETTINGS), n=1, cutoff=0.6)
-            hint = f" (did you mean '{match[0]}'?)" if match else ""
             known = ", ".join(sorted(SETTINGS))
+            hint = did_you_mean(key, sorted(SETTINGS))
             raise ConfigError(f"{source}: [llm] has no setting '{key}'{hint}; its settings: {known}")
 
 

@@ -9,7 +9,6 @@ deep inside torch).
 
 from __future__ import annotations
 
-import difflib
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from visprog.errors import ConfigError
+from visprog.errors import ConfigError, did_you_mean
 from visprog.language.signatures import ModuleSpec, Option, OptionError, Registry
 from visprog.running.plugins import default_registry
 
@@ -266,14 +265,7 @@ class Runtime:
 
         unexpected = sorted(set(overrides) - {"device_request", "half"})
         if unexpected:
-            said = ", ".join(
-                f"'{k}'"
-                + "".join(
-                    f" (did you mean '{h}'?)"
-                    for h in difflib.get_close_matches(k, ["device_request", "half"], n=1, cutoff=0.5)
-                )
-                for k in unexpected
-            )
+            said = ", ".join(f"'{k}'{did_you_mean(k, ['device_request', 'half'], cutoff=0.5)}" for k in unexpected)
             raise ConfigError(f"Runtime.from_config: unknown override(s) {said}; it takes device_request and half")
         if path is None:
             path = os.environ.get("VISPROG_CONFIG") or None
