@@ -2,7 +2,9 @@
 
 Every module is a pure function of its inputs: it returns a new image and
 never changes the one it was given. Objects are best first, so the crops use
-the first box.
+the first box. A crop returns :class:`~visprog.language.frames.Cropped`, the
+crop with its place in the image, so objects found on either can be used on
+the other.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 from PIL import Image as PILImage
 from PIL import ImageFilter
 
+from visprog.language.frames import Cropped
 from visprog.language.objects import as_objects
 from visprog.language.signatures import module
 from visprog.language.values import Image, Objects
@@ -30,14 +33,14 @@ if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the
 _CROP_FACTOR = 1.5
 
 
-def _crop(image: Image, x0: float, y0: float, x1: float, y1: float) -> Image:
-    """A new image of the region, clipped to the image and at least 1 pixel wide and high."""
+def _crop(image: Image, x0: float, y0: float, x1: float, y1: float) -> Cropped:
+    """A new image of the region, clipped to the image and at least 1 pixel wide and high, with its place."""
     w, h = image.size
     left = min(max(round(x0), 0), w - 1)
     top = min(max(round(y0), 0), h - 1)
     right = max(min(round(x1), w), left + 1)
     bottom = max(min(round(y1), h), top + 1)
-    return image.crop((left, top, right, bottom))
+    return Cropped(image.crop((left, top, right, bottom)), (left, top))
 
 
 @module(
@@ -51,7 +54,7 @@ def _crop(image: Image, x0: float, y0: float, x1: float, y1: float) -> Image:
     ],
     suggest_for=["CROP_NEXTTO", "CROP_NEAR", "CROP_BESIDE", "CROP_AROUND"],
 )
-def Crop(image: Image, box: Objects) -> Image:
+def Crop(image: Image, box: Objects) -> Cropped:
     """Crop the image to the first object's box, enlarged 1.5x around its centre.
 
     The enlarged box is clipped to the image; with no object, the whole image
@@ -62,7 +65,7 @@ def Crop(image: Image, box: Objects) -> Image:
         box: the objects; the first (best) one's box is used.
     """
     if not box:
-        return image.copy()
+        return Cropped(image.copy(), (0, 0))
     x0, y0, x1, y1 = box[0].box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     half_w, half_h = _CROP_FACTOR * (x1 - x0) / 2, _CROP_FACTOR * (y1 - y0) / 2
@@ -70,7 +73,7 @@ def Crop(image: Image, box: Objects) -> Image:
 
 
 @module(aliases=["CROP_LEFTOF"], suggest_for=["CROP_LEFT"])
-def CropLeftOf(image: Image, box: Objects) -> Image:
+def CropLeftOf(image: Image, box: Objects) -> Cropped:
     """Crop the image to the part left of the first object's centre, full height.
 
     With no object, the left half of the image.
@@ -85,7 +88,7 @@ def CropLeftOf(image: Image, box: Objects) -> Image:
 
 
 @module(aliases=["CROP_RIGHTOF"], suggest_for=["CROP_RIGHT"])
-def CropRightOf(image: Image, box: Objects) -> Image:
+def CropRightOf(image: Image, box: Objects) -> Cropped:
     """Crop the image to the part right of the first object's centre, full height.
 
     With no object, the right half of the image.
@@ -100,7 +103,7 @@ def CropRightOf(image: Image, box: Objects) -> Image:
 
 
 @module(aliases=["CROP_ABOVE"], suggest_for=["CROP_TOPOF", "CROP_TOP", "CROP_UP"])
-def CropAbove(image: Image, box: Objects) -> Image:
+def CropAbove(image: Image, box: Objects) -> Cropped:
     """Crop the image to the part above the first object's centre, full width.
 
     With no object, the top half of the image.
@@ -115,7 +118,7 @@ def CropAbove(image: Image, box: Objects) -> Image:
 
 
 @module(aliases=["CROP_BELOW"], suggest_for=["CROP_BOTTOM", "CROP_BOTTOMOF", "CROP_UNDER", "CROP_BENEATH"])
-def CropBelow(image: Image, box: Objects) -> Image:
+def CropBelow(image: Image, box: Objects) -> Cropped:
     """Crop the image to the part below the first object's centre, full width.
 
     With no object, the bottom half of the image.

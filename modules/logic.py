@@ -15,7 +15,9 @@ def Eval(expr: Template) -> Any:
     Args:
         expr: an expression over earlier variables written as {NAME}, e.g.
             "'yes' if {ANSWER0} > 0 else 'no'". Supports arithmetic, comparisons,
-            and/or/not/xor, a if c else b, strings, numbers and parentheses.
+            and/or/not/xor, a if c else b, strings, numbers, lists, x in [...],
+            indexing and slicing, len/min/max/abs/round/int/float/str/bool/sum/any/all
+            and the text methods lower/upper/strip/title/startswith/endswith/replace/split.
     """
     return expr.evaluate()
 

@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 
-
 def suggest(name: str, candidates: Iterable[str], *, cutoff: float = 0.6) -> str | None:
     """The candidate closest to ``name`` (a misspelling), ignoring case if need be; None when none is close."""
     options = list(candidates)
@@ -51,6 +50,7 @@ def did_you_mean(name: str, candidates: Iterable[str], *, cutoff: float = 0.6) -
     """`` (did you mean 'x'?)`` for the closest candidate, or nothing: the tail of every "unknown ..." message."""
     hint = suggest(name, candidates, cutoff=cutoff)
     return f" (did you mean '{hint}'?)" if hint else ""
+
 
 class VisprogError(Exception):
     """Base class of every error raised by visprog."""

@@ -26,6 +26,7 @@ from visprog.modules.image_ops import (
 )
 
 import visprog
+from visprog.language.frames import Cropped
 from visprog.language.signatures import ModuleSpec, Registry
 from visprog.language.values import Detection
 from visprog.presentation import drawing
@@ -64,9 +65,7 @@ def high_freq_energy(pixels: np.ndarray, where: np.ndarray) -> float:
     """Mean squared Laplacian of the gray image over ``where`` (away from the image border)."""
     gray = pixels.astype(float).mean(axis=2)
     lap = np.zeros_like(gray)
-    lap[1:-1, 1:-1] = (
-        gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:] - 4 * gray[1:-1, 1:-1]
-    )
+    lap[1:-1, 1:-1] = gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:] - 4 * gray[1:-1, 1:-1]
     inner = where.copy()
     inner[[0, -1], :] = False
     inner[:, [0, -1]] = False
@@ -84,30 +83,36 @@ def render_svg(char: str, size: int) -> Image.Image:
 
 def test_crop_enlarges_the_first_box_1_5x(coffee: Image.Image) -> None:
     boxes = [Detection((100, 50, 200, 130), 0.9, "cup"), Detection((0, 0, 10, 10), 0.5, "x")]
-    out = Crop(image=coffee, box=boxes)
+    cropped = Crop(image=coffee, box=boxes)
     # centre (150, 90), 150x120 -> (75, 30, 225, 150)
+    assert cropped.origin == (75, 30)
+    out = cropped.image
     assert out.size == (150, 120)
     assert np.array_equal(arr(out), arr(coffee)[30:150, 75:225])
 
 
 def test_crop_is_clipped_at_the_borders(coffee: Image.Image) -> None:
-    out = Crop(image=coffee, box=[Detection((560, 360, 600, 400))])
+    cropped = Crop(image=coffee, box=[Detection((560, 360, 600, 400))])
     # enlarged to (550, 350, 610, 410), clipped to the 600x400 image
-    assert out.size == (50, 50)
-    assert np.array_equal(arr(out), arr(coffee)[350:400, 550:600])
+    assert cropped.origin == (550, 350)
+    assert cropped.image.size == (50, 50)
+    assert np.array_equal(arr(cropped.image), arr(coffee)[350:400, 550:600])
     corner = Crop(image=coffee, box=[Detection((0, 0, 40, 20))])
-    assert corner.size == (50, 25)
+    assert (corner.origin, corner.image.size) == ((0, 0), (50, 25))
 
 
 def test_crop_without_box_is_a_copy_of_the_whole_image(coffee: Image.Image) -> None:
-    out = Crop(image=coffee, box=[])
-    assert out is not coffee
-    assert np.array_equal(arr(out), arr(coffee))
+    cropped = Crop(image=coffee, box=[])
+    assert cropped.image is not coffee
+    assert cropped.origin == (0, 0)
+    assert np.array_equal(arr(cropped.image), arr(coffee))
 
 
 def test_crop_never_returns_an_empty_image(coffee: Image.Image) -> None:
-    assert Crop(image=coffee, box=[Detection((50, 50, 50, 50))]).size == (1, 1)
-    assert Crop(image=coffee, box=[Detection((700, 500, 800, 600))]).size >= (1, 1)
+    assert Crop(image=coffee, box=[Detection((50, 50, 50, 50))]).image.size == (1, 1)
+    far = Crop(image=coffee, box=[Detection((700, 500, 800, 600))])
+    assert far.image.size >= (1, 1)
+    assert far.origin == (599, 399)  # clipped into the image, whose last pixel is (599, 399)
 
 
 BOX = Detection((200, 100, 300, 180), 0.8, "cup")  # centre (250, 140) in the 600x400 coffee
@@ -125,9 +130,11 @@ BOX = Detection((200, 100, 300, 180), 0.8, "cup")  # centre (250, 140) in the 60
 def test_directional_crops_with_a_box(
     coffee: Image.Image, spec: ModuleSpec, size: tuple[int, int], rows: slice, cols: slice
 ) -> None:
-    out = spec(image=coffee, box=[BOX, Detection((0, 0, 5, 5))])
+    cropped = spec(image=coffee, box=[BOX, Detection((0, 0, 5, 5))])
+    out = cropped.image
     assert out.size == size
     assert np.array_equal(arr(out), arr(coffee)[rows, cols])
+    assert cropped.origin == (cols.start, rows.start)
 
 
 @pytest.mark.parametrize(
@@ -142,13 +149,14 @@ def test_directional_crops_with_a_box(
 def test_directional_crops_without_a_box_give_the_matching_half(
     coffee: Image.Image, spec: ModuleSpec, rows: slice, cols: slice
 ) -> None:
-    out = spec(image=coffee, box=[])
-    assert np.array_equal(arr(out), arr(coffee)[rows, cols])
+    cropped = spec(image=coffee, box=[])
+    assert np.array_equal(arr(cropped.image), arr(coffee)[rows, cols])
+    assert cropped.origin == (cols.start, rows.start)
 
 
 def test_crop_above_and_below_without_a_box_are_top_and_bottom(chelsea: Image.Image) -> None:
     # chelsea is 451x300: halves are 451x150, split horizontally.
-    top, bottom = CropAbove(image=chelsea, box=[]), CropBelow(image=chelsea, box=[])
+    top, bottom = CropAbove(image=chelsea, box=[]).image, CropBelow(image=chelsea, box=[]).image
     assert top.size == bottom.size == (451, 150)
     assert np.array_equal(arr(top), arr(chelsea)[:150])
     assert np.array_equal(arr(bottom), arr(chelsea)[150:])
@@ -157,7 +165,7 @@ def test_crop_above_and_below_without_a_box_are_top_and_bottom(chelsea: Image.Im
 @pytest.mark.parametrize("spec", [CropLeftOf, CropRightOf, CropAbove, CropBelow])
 def test_directional_crops_are_never_empty(coffee: Image.Image, spec: ModuleSpec) -> None:
     for box in [(0, 0, 0, 0), (600, 400, 600, 400), (-50, -50, -10, -10), (700, 500, 900, 600)]:
-        out = spec(image=coffee, box=[Detection(box)])
+        out = spec(image=coffee, box=[Detection(box)]).image
         assert out.width >= 1 and out.height >= 1
 
 
@@ -380,7 +388,7 @@ def test_inputs_are_not_mutated(astronaut: Image.Image) -> None:
     ]
     assert np.array_equal(arr(image), before)
     for out in outputs:
-        assert out is not image
+        assert (out.image if isinstance(out, Cropped) else out) is not image
     assert [(o.box, o.score, o.label) for o in objects] == objects_before
     assert np.array_equal(mask, mask_before)
 

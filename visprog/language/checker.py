@@ -22,6 +22,7 @@ from visprog.errors import Diagnostic, EvalError, ProgramCheckError, did_you_mea
 from visprog.language import syntax
 from visprog.language.expr import Expression, parse_template
 from visprog.language.expr_check import static_check
+from visprog.language.frames import Frame
 from visprog.language.graph import Edge, Graph, Node, build
 from visprog.language.parser import parse
 from visprog.language.signatures import ModuleSpec, Param, Registry
@@ -41,6 +42,11 @@ class CheckedStep:
     #: variable name -> index of the step that assigned it, or the input's name
     sources: Mapping[str, int | str] = field(default_factory=dict)
     templates: Mapping[str, Expression] = field(default_factory=dict)
+    #: the frame of the image or objects the step assigns, when known (see :mod:`visprog.language.frames`)
+    frame: Frame | None = None
+    #: Objects argument -> (the frame its objects were found in, the frame of the image the step works on),
+    #: for each Objects argument the interpreter maps onto the step's image
+    remap: Mapping[str, tuple[Frame, Frame]] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -97,6 +103,8 @@ class _Checker:
         self.diagnostics: list[Diagnostic] = []
         #: name -> (index of the latest assignment, its type)
         self.defined: dict[str, tuple[int, Type]] = {}
+        #: name -> the frame of the image or objects it holds (None: not an image, or not known)
+        self.frames: dict[str, Frame | None] = {name: Frame(name) for name, t in self.inputs.items() if t is Type.IMAGE}
         self.assigned_at: dict[str, list[int]] = {}
         for s in program.steps:
             self.assigned_at.setdefault(s.target, []).append(s.line)
@@ -167,6 +175,48 @@ class _Checker:
         if t is Type.NONE:
             return "None"
         return f"{t} {_short(value)}"
+
+    # -- frames ---------------------------------------------------------
+
+    def frame_of(self, value: syntax.Value) -> Frame | None:
+        return self.frames.get(value.name) if isinstance(value, syntax.Ref) else None
+
+    def check_frames(
+        self, index: int, spec: ModuleSpec, call: syntax.Call
+    ) -> tuple[Frame | None, dict[str, tuple[Frame, Frame]]]:
+        """The frame of the step's output and the Objects arguments to map onto its image; objects
+        found on an unrelated image are an error."""
+        remap: dict[str, tuple[Frame, Frame]] = {}
+        image = next((a for a in call.args if a.name == spec.frame), None) if spec.frame else None
+        dst = self.frame_of(image.value) if image is not None else None
+        found: Frame | None = None
+        for arg in call.args:
+            param = spec.param(arg.name)
+            src = self.frame_of(arg.value)
+            if param is None or param.type is not Type.OBJECTS or src is None:
+                continue
+            found = found or src
+            if image is None or dst is None or src == dst:
+                continue
+            if src.related(dst):
+                remap[arg.name] = (src, dst)
+                continue
+            targets = dict(enumerate(s.target for s in self.program.steps))
+            given, frame = syntax.written(image.value), dst.describe(targets)
+            where = frame if frame == given or frame.startswith(given + ",") else f"{given}, in the frame of {frame}"
+            self.error(
+                arg.value.line,
+                arg.value.column,
+                f"argument '{arg.name}' of {spec.name}: the objects in {syntax.written(arg.value)} were found on "
+                f"{src.describe(targets)}, but the step's {spec.frame} is {where}; objects can be used only on the "
+                f"image they were found on, a crop of it or the image it was cropped from: find them on "
+                f"{dst.root} in a step of their own",
+            )
+        if spec.returns not in (Type.IMAGE, Type.OBJECTS):
+            return None, remap
+        if spec.crops:
+            return (dst.crop(index) if dst is not None else None), remap
+        return (dst if spec.frame is not None else found), remap
 
     # -- steps ----------------------------------------------------------
 
@@ -293,14 +343,20 @@ class _Checker:
             sources: dict[str, int | str] = {}
             templates: dict[str, Expression] = {}
             spec: ModuleSpec | None = None
+            frame: Frame | None = None
+            remap: dict[str, tuple[Frame, Frame]] = {}
             if isinstance(step.expr, syntax.Call):
                 spec, out, templates, bound = self.check_call(step.expr, sources)
                 if bound is not step.expr:
                     step = replace(step, expr=bound)
+                if spec is not None:
+                    frame, remap = self.check_frames(index, spec, bound)
             else:
                 out = self.value_type(step.expr, sources) or Type.ANY
-            steps.append(CheckedStep(index, step, spec, out, sources, templates))
+                frame = self.frame_of(step.expr)
+            steps.append(CheckedStep(index, step, spec, out, sources, templates, frame, remap))
             self.defined[step.target] = (index, out)
+            self.frames[step.target] = frame
         results = [s.index for s in steps if s.step.is_result]
         warnings: list[Diagnostic] = list(self.program.warnings)  # the parser's first
         if not steps:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import re
 import threading
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -59,6 +58,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from visprog.errors import RegistrationError, did_you_mean
+from visprog.language.docstrings import parse_docstring
+from visprog.language.frames import Cropped, frame_param
 from visprog.language.options import Option, OptionError, check_options, standard_options
 from visprog.language.tokens import is_name
 from visprog.language.values import Type, type_of_annotation
@@ -163,6 +164,11 @@ class ModuleSpec:
     options: tuple[Option, ...] = ()
     #: other spellings the module is suggested for when a program uses one (never resolved, unlike aliases)
     suggest_for: tuple[str, ...] = ()
+    #: the Image parameter whose frame the module works in: its objects are placed on that image, and
+    #: an image or objects it returns are in that frame (see :mod:`visprog.language.frames`)
+    frame: str | None = None
+    #: the module returns a crop of its ``frame`` image (its return type is ``Cropped``)
+    crops: bool = False
 
     def param(self, name: str) -> Param | None:
         for p in self.params:
@@ -204,55 +210,6 @@ class ModuleSpec:
         return self.fn(*args, **kwargs)
 
 
-def _parse_docstring(doc: str) -> tuple[str, str, dict[str, str], str]:
-    """(summary, description, {param: text}, returns text) of a Google-style docstring."""
-    doc = inspect.cleandoc(doc)
-    sections: dict[str, list[str]] = {"": []}
-    current = ""
-    for line in doc.splitlines():
-        header = line.strip().rstrip(":").lower()
-        if (
-            line
-            and not line[0].isspace()
-            and line.rstrip().endswith(":")
-            and header
-            in (
-                "args",
-                "arguments",
-                "parameters",
-                "returns",
-                "return",
-                "raises",
-                "example",
-                "examples",
-                "note",
-                "notes",
-            )
-        ):
-            current = {"arguments": "args", "parameters": "args", "return": "returns"}.get(header, header)
-            sections.setdefault(current, [])
-            continue
-        sections.setdefault(current, []).append(line)
-    body = "\n".join(sections[""]).strip()
-    summary = body.split("\n\n", 1)[0].replace("\n", " ").strip()
-    args: dict[str, str] = {}
-    name = None
-    for line in sections.get("args", []):
-        m = re.match(r"^\s{0,8}(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$", line)
-        if m and (name is None or len(line) - len(line.lstrip()) <= _indent(sections["args"])):
-            name = m.group(1)
-            args[name] = m.group(3).strip()
-        elif name is not None and line.strip():
-            args[name] = (args[name] + " " + line.strip()).strip()
-    returns = " ".join(s.strip() for s in sections.get("returns", []) if s.strip())
-    return summary, body, args, returns
-
-
-def _indent(lines: list[str]) -> int:
-    indents = [len(s) - len(s.lstrip()) for s in lines if s.strip()]
-    return min(indents) if indents else 0
-
-
 def _build_spec(
     fn: Callable[..., Any],
     name: str | None,
@@ -263,6 +220,7 @@ def _build_spec(
     options: Iterable[Option] = (),
     validate: Mapping[str, Validator] | None = None,
     suggest_for: Iterable[str] = (),
+    frame: str | None = None,
 ) -> ModuleSpec:
     mod_name = name or fn.__name__
     where = f"module '{mod_name}' ({getattr(fn, '__module__', '?')}.{fn.__qualname__})"
@@ -275,7 +233,7 @@ def _build_spec(
     doc = inspect.getdoc(fn)
     if not doc:
         raise RegistrationError(f"{where}: needs a docstring with a summary and an 'Args:' section")
-    summary, description, arg_docs, returns_doc = _parse_docstring(doc)
+    summary, description, arg_docs, returns_doc = parse_docstring(doc)
     params: list[Param] = []
     context_param = None
     for p in inspect.signature(fn).parameters.values():
@@ -315,10 +273,12 @@ def _build_spec(
             raise RegistrationError(f"{where}: suggest_for= entry {spelling!r} is not a name")
     if "return" not in hints:
         raise RegistrationError(f"{where}: the return type has no type hint")
+    crops = hints["return"] is Cropped
     try:
-        returns, _ = type_of_annotation(hints["return"])
+        returns = Type.IMAGE if crops else type_of_annotation(hints["return"])[0]
     except TypeError as e:
         raise RegistrationError(f"{where}: return type: {e}") from None
+    frame = frame_param(where, [p.name for p in params if p.type is Type.IMAGE], frame, crops)
     extra = set(arg_docs) - {p.name for p in params} - ({context_param} if context_param else set())
     if extra:
         raise RegistrationError(f"{where}: the docstring describes unknown parameter(s) {', '.join(sorted(extra))}")
@@ -353,6 +313,8 @@ def _build_spec(
         default_backend=default_backend,
         options=tuple(all_options),
         suggest_for=suggest_for,
+        frame=frame,
+        crops=crops,
     )
 
 
@@ -371,6 +333,7 @@ def module(
     options: Iterable[Option] = (),
     validate: Mapping[str, Validator] | None = None,
     suggest_for: Iterable[str] = (),
+    frame: str | None = None,
 ) -> Callable[[Callable[..., Any]], ModuleSpec]: ...
 
 
@@ -386,6 +349,7 @@ def module(
     options: Iterable[Option] = (),
     validate: Mapping[str, Validator] | None = None,
     suggest_for: Iterable[str] = (),
+    frame: str | None = None,
 ) -> ModuleSpec | Callable[[Callable[..., Any]], ModuleSpec]:
     """Declare a module from a typed function and its docstring.
 
@@ -409,10 +373,14 @@ def module(
             ``validate={"max": at_least(1)}``).
         suggest_for: other spellings (a VisProg name such as ``CROP_TOP``) for which the checker
             suggests this module; a program using one is still refused.
+        frame: the Image parameter whose frame the module works in (default: its only Image
+            parameter): objects passed to it are mapped onto that image, and what it returns is
+            in that frame. A module whose return type is :class:`~visprog.language.frames.Cropped`
+            returns a crop of that image (see :mod:`visprog.language.frames`).
     """
 
     def wrap(f: Callable[..., Any]) -> ModuleSpec:
-        return _build_spec(f, name, aliases, batch, backends, default_backend, options, validate, suggest_for)
+        return _build_spec(f, name, aliases, batch, backends, default_backend, options, validate, suggest_for, frame)
 
     return wrap(fn) if fn is not None else wrap
 

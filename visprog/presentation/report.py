@@ -325,6 +325,8 @@ class _Page:
         error = ""
         if r.error is not None:
             error = f'<div class="error" role="alert"><strong>Error</strong><pre>{_esc(r.error)}</pre></div>'
+        if r.notes:
+            error += '<ul class="notes">' + "".join(f"<li>{_esc(n)}</li>" for n in r.notes) + "</ul>"
         return (
             f'<section class="step {status}" id="line-{r.line}" data-index="{r.index}" data-line="{r.line}" '
             f'data-target="{_esc(r.target)}" data-module="{_esc(r.module)}" data-status="{status}">'
@@ -391,6 +393,9 @@ class _Page:
             f'<span class="stat">total {_esc(_seconds(t.seconds))}</span>'
         )
         question = f'<p class="question">{_esc(text)}</p>' if text else ""
+        if t.warnings:
+            items = "".join(f"<li>{_esc(w)}</li>" for w in t.warnings)
+            question += f'<ul class="warnings" role="note">{items}</ul>'
         steps = "".join(self.step_html(r) for r in self.records)
         inputs = self.inputs_html()
         return (

@@ -13,6 +13,10 @@ then per step :class:`StepStarted` and :class:`StepFinished` (its value and
 time) or :class:`StepFailed` (its error), then :class:`RunFinished`. Steps of a
 batched call each get their own events. A listener that raises stops the run:
 it raises :class:`~visprog.errors.ListenerError`, which carries the trace so far.
+
+Objects found on one image and used with a crop of it, or the other way round,
+are mapped into the frame of the image the step works on (see
+:mod:`visprog.language.frames`); the step's trace record says so in its notes.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from visprog.running.events import (
     StepFinished,
     StepStarted,
 )
+from visprog.running.framing import map_objects, uncrop
 from visprog.running.plan import INPUT, LITERAL, TEMPLATE, VALUE, RunPlan, lookup, resolve
 from visprog.running.plugins import default_registry
 from visprog.running.runtime import Context, RunCache, Runtime, default_runtime
@@ -75,7 +80,19 @@ class _Job:
     ``number`` is the program's place in the ``run_many`` call (0 for ``run``); events carry it.
     """
 
-    __slots__ = ("checked", "error", "indegree", "listener", "number", "pending", "plan", "ready", "trace", "values")
+    __slots__ = (
+        "checked",
+        "error",
+        "indegree",
+        "listener",
+        "number",
+        "offsets",
+        "pending",
+        "plan",
+        "ready",
+        "trace",
+        "values",
+    )
 
     def __init__(
         self, checked: CheckedProgram, trace: Trace, number: int = 0, listener: Listener | None = None
@@ -85,6 +102,8 @@ class _Job:
         self.number = number
         self.listener = listener
         self.values: dict[int, Any] = {}
+        #: crop step -> where its crop's top-left corner lies in the image it cut (x, y)
+        self.offsets: dict[int, tuple[int, int]] = {}
         self.plan = RunPlan.of(checked)
         self.indegree = list(self.plan.indegree)
         self.ready = [i for i, d in enumerate(self.indegree) if d == 0]
@@ -232,7 +251,12 @@ class Interpreter:
             raise VisprogError(
                 f"the program uses input(s) {', '.join(missing)} but only {', '.join(inputs) or 'none'} were given"
             )
-        return _Job(checked, Trace(checked.source, {k: inputs[k] for k in checked.used_inputs}), number, listener)
+        trace = Trace(
+            checked.source,
+            {k: inputs[k] for k in checked.used_inputs},
+            warnings=[f"line {w.line}, col {w.column}: {w.message}" for w in checked.warnings],
+        )
+        return _Job(checked, trace, number, listener)
 
     def _execute(self, jobs: list[_Job], ctx: Context) -> None:
         """Run every job to its end or its first failing step (recorded on the job, never raised).
@@ -321,10 +345,14 @@ class Interpreter:
         t0 = 0.0  # set when the module is called
         try:
             r.inputs = arguments = self._arguments(job, i)  # the module gets its own keyword dict
+            if job.plan.remaps[i] is not None:
+                _map_objects(job, i, arguments, r)
             spec = s.spec
             t0 = time.perf_counter()
             output = arguments["value"] if spec is None else self._call(spec, arguments, ctx)
             r.seconds = time.perf_counter() - t0
+            if job.plan.crops[i]:
+                output = _uncrop(job, i, r, output)
             r.output = output if type(output) is job.plan.returns[i] else self._check_output(s, output)
         except _Failure as f:
             self._fail(job, r, f)
@@ -347,6 +375,8 @@ class Interpreter:
                 continue
             try:
                 arguments = self._arguments(job, s.index)
+                if job.plan.remaps[s.index] is not None:
+                    _map_objects(job, s.index, arguments, r)
             except _Failure as f:
                 self._fail(job, r, f)
                 if job.listener is not None:  # the step started and failed at once
@@ -388,6 +418,8 @@ class Interpreter:
             try:
                 if isinstance(out, _Failure):
                     raise out
+                if job.plan.crops[s.index]:
+                    out = _uncrop(job, s.index, r, out)
                 r.output = self._check_output(s, out)
             except _Failure as f:
                 if job.error is None:
@@ -485,6 +517,20 @@ class Interpreter:
             return coerce(value, s.spec.returns)
         except TypeError as e:
             raise _Failure(f"{s.spec.name} returned a wrong value: {e}") from None
+
+
+def _uncrop(job: _Job, i: int, r: StepRecord, output: Any) -> Any:
+    """The image of a crop step's output (:func:`~visprog.running.framing.uncrop`)."""
+    try:
+        return uncrop(job.checked.steps[i].spec, output, i, job.offsets, r.notes)
+    except TypeError as e:
+        raise _Failure(str(e)) from None
+
+
+def _map_objects(job: _Job, i: int, arguments: dict[str, Any], r: StepRecord) -> None:
+    remaps = job.plan.remaps[i]
+    assert remaps is not None
+    map_objects(remaps, arguments, job.offsets, r.notes)
 
 
 def _listener_error(stop: _Stopped, results: list[Trace | VisprogError]) -> ListenerError:

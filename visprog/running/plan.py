@@ -9,13 +9,26 @@ the first time it runs a program and keeps it on the program.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from visprog.language import syntax
 from visprog.language.checker import CheckedProgram, CheckedStep
 from visprog.language.values import Type, coerce, exact_type
 
-__all__ = ["INPUT", "LITERAL", "OTHER", "TEMPLATE", "VALUE", "ArgPlan", "RunPlan", "lookup", "resolve", "step_args"]
+__all__ = [
+    "INPUT",
+    "LITERAL",
+    "OTHER",
+    "TEMPLATE",
+    "VALUE",
+    "ArgPlan",
+    "Remap",
+    "RunPlan",
+    "lookup",
+    "resolve",
+    "step_args",
+]
 
 _EXACT: dict[Type | None, type] = {t: exact for t in Type if (exact := exact_type(t)) is not None}
 
@@ -29,6 +42,21 @@ LITERAL, INPUT, VALUE, TEMPLATE, OTHER = range(5)
 ArgPlan = tuple[str, int, Any, "Type | None", bool, "type | None"]
 
 
+@dataclass(frozen=True)
+class Remap:
+    """An Objects argument to map onto the step's image: from the frame its objects were found in
+    (``src``, a path of crop steps) to the image's (``dst``); ``image`` is the image argument."""
+
+    arg: str
+    variable: str
+    image: str
+    src: tuple[int, ...]
+    dst: tuple[int, ...]
+    #: the two frames as the trace names them ("IMAGE", "IMAGE0, a crop of IMAGE")
+    src_name: str
+    dst_name: str
+
+
 class RunPlan:
     """What running a checked program needs, computed once and kept on the program (:meth:`of`).
 
@@ -36,7 +64,7 @@ class RunPlan:
     is acyclic); ``args`` says for each step where each argument comes from.
     """
 
-    __slots__ = ("args", "indegree", "result_var", "returns", "successors")
+    __slots__ = ("args", "crops", "indegree", "remaps", "result_var", "returns", "successors")
 
     def __init__(self, checked: CheckedProgram) -> None:
         n = len(checked.steps)
@@ -51,6 +79,10 @@ class RunPlan:
         #: per step: the Python type whose outputs need no check (``None``: check every output)
         self.returns = [_EXACT.get(s.spec.returns) if s.spec is not None else None for s in checked.steps]
         self.result_var = checked.steps[checked.result].step.target
+        #: per step: whether it returns a crop (:class:`~visprog.language.frames.Cropped`)
+        self.crops = [s.spec is not None and s.spec.crops for s in checked.steps]
+        #: per step: its Objects arguments to map onto its image (``None``: none)
+        self.remaps = [_remaps(s, checked) or None for s in checked.steps]
 
     @staticmethod
     def of(checked: CheckedProgram) -> RunPlan:
@@ -60,6 +92,27 @@ class RunPlan:
             plan = checked.__dict__["_interpreter_plan"] = RunPlan(checked)
         assert isinstance(plan, RunPlan)
         return plan
+
+
+def _remaps(s: CheckedStep, checked: CheckedProgram) -> tuple[Remap, ...]:
+    if not s.remap or s.spec is None or s.spec.frame is None:
+        return ()
+    call = s.step.call
+    assert call is not None
+    targets = {t.index: t.step.target for t in checked.steps}
+    written = {a.name: syntax.written(a.value) for a in call.args}
+    return tuple(
+        Remap(
+            name,
+            written[name],
+            s.spec.frame,
+            src.path,
+            dst.path,
+            src.describe(targets),
+            dst.describe(targets),
+        )
+        for name, (src, dst) in s.remap.items()
+    )
 
 
 def step_args(s: CheckedStep) -> tuple[ArgPlan, ...]:

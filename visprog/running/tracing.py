@@ -16,10 +16,12 @@ value of every step. The schema, version ``visprog.trace/1`` (:data:`SCHEMA`)::
       "steps": [
         {"index": 0, "line": 1, "target": "BOX0", "module": "Loc", "source": "BOX0=Loc(...)",
          "inputs": {"image": VALUE, "object": VALUE}, "output": VALUE,
-         "seconds": 0.012, "error": null, "batch": 1},
+         "seconds": 0.012, "error": null, "batch": 1,
+         "notes": ["box: the objects of BOX1, found on IMAGE0, a crop of IMAGE, mapped onto IMAGE ..."]},
         ...                                        (in the order the steps ran)
       ],
       "result": VALUE, "result_var": "RESULT", "seconds": 0.015, "error": null,
+      "warnings": ["line 2, col 1: the program has no result step: ..."],   (what the checker warned of)
       "images": [IMAGE, ...],                      (each image once; VALUEs refer to them by position)
       "objects": [[DETECTION, ...], ...],          (each Objects value once, likewise)
       "masks": [MASK, ...]                         (each mask once, likewise)
@@ -88,6 +90,8 @@ class StepRecord:
     error: str | None = None
     #: how many steps shared the one module call that computed this step
     batch: int = 1
+    #: what the interpreter did besides calling the module (objects mapped between frames, a crop's place)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -100,9 +104,19 @@ class StepRecord:
             args = ", ".join(f"{k}={_show(v)}" for k, v in self.inputs.items())
             head = f"line {self.line:>2}  {self.target} = {self.module}({args})"
         batch = f" [batch of {self.batch}]" if self.batch > 1 else ""
+        notes = "".join(f"\n         note: {n}" for n in self.notes)
         if self.error is not None:
-            return f"{head}\n         FAILED: {self.error}"
-        return f"{head}\n         -> {_show(self.output)}  ({self.seconds * 1000:.1f} ms{batch})"
+            return f"{head}{notes}\n         FAILED: {self.error}"
+        return f"{head}{notes}\n         -> {_show(self.output)}  ({self.seconds * 1000:.1f} ms{batch})"
+
+
+def _strings(data: Mapping[str, Any], name: str, where: str) -> list[str]:
+    """An optional list of strings (absent in traces written before it was added: empty)."""
+    value = data.get(name, [])
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        path = f"{where}.{name}" if where else name
+        raise TraceFormatError(f"{path}: expected a list of strings, got {json.dumps(value)[:60]}")
+    return value
 
 
 def _show(value: Any) -> str:
@@ -123,6 +137,8 @@ class Trace:
     result_var: str | None = None
     seconds: float = 0.0
     error: str | None = None
+    #: what the checker accepted but warned of (a program without a result step), one line each
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -151,7 +167,8 @@ class Trace:
         return out
 
     def to_text(self) -> str:
-        lines = [r.summary() for r in sorted(self.records, key=lambda r: r.index)]
+        lines = [f"warning: {w}" for w in self.warnings]
+        lines += [r.summary() for r in sorted(self.records, key=lambda r: r.index)]
         if self.error is not None:
             failed = [r for r in self.records if not r.ok]
             where = f" at line {failed[0].line} ({failed[0].module})" if failed else ""
@@ -186,6 +203,7 @@ class Trace:
                 "seconds": r.seconds,
                 "error": r.error,
                 "batch": r.batch,
+                "notes": list(r.notes),
             }
             for r in self.records
         ]
@@ -199,6 +217,7 @@ class Trace:
             "result_var": self.result_var,
             "seconds": self.seconds,
             "error": self.error,
+            "warnings": list(self.warnings),
             "images": writer.images,
             "objects": writer.objects,
             "masks": writer.masks,
@@ -241,6 +260,7 @@ class Trace:
                     seconds=float(reader.field(step, "seconds", (int, float), where)),
                     error=reader.field(step, "error", (str, type(None)), where),
                     batch=reader.field(step, "batch", int, where),
+                    notes=_strings(step, "notes", where),
                 )
             )
         inputs = reader.field(data, "inputs", dict, "")
@@ -252,6 +272,7 @@ class Trace:
             result_var=reader.field(data, "result_var", (str, type(None)), ""),
             seconds=float(reader.field(data, "seconds", (int, float), "")),
             error=reader.field(data, "error", (str, type(None)), ""),
+            warnings=_strings(data, "warnings", ""),
         )
 
     @classmethod

@@ -232,7 +232,9 @@ def test_hostile_expressions_are_refused_quickly(text: str) -> None:
         evaluate(text, {"A": "z" * 900_000})
     except EvalError as err:
         assert err.column is not None
-    assert time.perf_counter() - start < 0.5
+    # A loose guard against unbounded work (unbounded, these take minutes or exhaust memory); each one
+    # takes well under 0.5 s on an idle core, and a loaded CI machine must not make this flaky.
+    assert time.perf_counter() - start < 3.0
 
 
 def test_limits_are_said_in_the_message() -> None:

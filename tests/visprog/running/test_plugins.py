@@ -688,7 +688,7 @@ def test_docstring_parsing() -> None:
     assert expr is not None
     assert "\n" not in expr.description
     assert expr.description.startswith("an expression over earlier variables written as {NAME}, e.g.")
-    assert expr.description.endswith("strings, numbers and parentheses.")
+    assert expr.description.endswith("the text methods lower/upper/strip/title/startswith/endswith/replace/split.")
 
 
 @pytest.mark.parametrize(
