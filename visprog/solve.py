@@ -126,17 +126,30 @@ def create_planner(
     registry: Registry | None = None,
     repair_rounds: int = 2,
     cache: bool = True,
+    examples: int | None = None,
+    see_image: bool | None = None,
+    see_image_side: int | None = None,
     **llm_options: Any,
 ) -> Planner:
     """A planner on an OpenAI-compatible server (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
     ``VISPROG_LLM_MODEL`` as the openai client reads them) or, with ``local=``, a local
-    transformers causal LM (a hub id or folder)."""
+    transformers causal LM (a hub id or folder). ``examples``: how many in-context examples a prompt shows
+    (see :class:`~visprog.planner.core.Planner`). ``see_image``: the model sees the input images, their longer
+    side cut to ``see_image_side`` pixels (default 512); it needs a multimodal chat model."""
     from visprog.llm import client_from_options
 
     backend = client_from_options(
         model=model, base_url=base_url, api_key=api_key, style=style or "chat", local=local, **llm_options
     )
-    return Planner(backend, registry=registry, repair_rounds=repair_rounds, cache=cache)
+    seeing: dict[str, Any] = {"see_image": see_image, "see_image_side": see_image_side}
+    return Planner(
+        backend,
+        registry=registry,
+        repair_rounds=repair_rounds,
+        cache=cache,
+        examples=examples,
+        **{k: v for k, v in seeing.items() if v is not None},
+    )
 
 
 @dataclass
@@ -186,8 +199,9 @@ def solve(
     run together and their answers are voted on. With ``feed_errors``, a
     program that fails while running is sent back with the step's error for a
     new plan (once per sample). Without ``planner``, one is made by
-    :func:`create_planner` from ``planner_options``. ``on_event`` receives every
-    event of the planner and of the runs.
+    :func:`create_planner` from ``planner_options`` (``see_image=True`` shows the
+    model the images while it plans). ``on_event`` receives every event of the
+    planner and of the runs.
 
     Raises the last sample's error when no program ran to the end: a
     :class:`~visprog.planner.core.PlanningError`, a
@@ -205,7 +219,7 @@ def solve(
     loaded = load_inputs(images, max_pixels=max_pixels)
     planner = planner or create_planner(registry=registry, **planner_options)
     interpreter = Interpreter(planner.registry, runtime, max_batch=max_batch, known_inputs=input_names())
-    plans = planner.plan_samples(spec, text, samples, temperature=temperature, on_event=on_event)
+    plans = planner.plan_samples(spec, text, samples, temperature=temperature, images=loaded, on_event=on_event)
     valid = [(k, plan) for k, plan in enumerate(plans) if isinstance(plan, Plan)]
     ran = interpreter.run_many([(plan.checked, loaded) for _, plan in valid], on_event=on_event)
     outcomes: list[tuple[Plan | PlanningError | ServiceError, Trace | VisprogError | None]] = [(p, None) for p in plans]
@@ -223,6 +237,7 @@ def solve(
                     sample=k,
                     temperature=sampling_temperature(samples, temperature),
                     feedback=feedback,
+                    images=loaded,
                     on_event=on_event,
                 )
                 outcomes[k] = (again, interpreter.run(again.checked, loaded, on_event=on_event))

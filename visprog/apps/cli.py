@@ -70,6 +70,26 @@ def _add_planner_options(p: argparse.ArgumentParser) -> None:
     """The LLM's options and the modules' options (shared by the planning commands and serve)."""
     p.add_argument("--repair", type=int, default=2, metavar="N", help="repair rounds for invalid programs (default 2)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the plan cache")
+    p.add_argument(
+        "--examples",
+        type=int,
+        default=None,
+        metavar="K",
+        help="in-context examples in the prompt: the K of the task's pool most like the text (default 8; 0: none)",
+    )
+    p.add_argument(
+        "--see-image",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show the model the input images while it plans (a multimodal chat model; [llm] see_image)",
+    )
+    p.add_argument(
+        "--see-image-side",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="with --see-image: the longer side the images are cut to (default 512; [llm] see_image_side)",
+    )
     p.add_argument("--base-url", help="an OpenAI-compatible server (default: $OPENAI_BASE_URL)")
     p.add_argument("--style", choices=["chat", "completion"], default=None, help="the server's API style (chat)")
     p.add_argument("--local", metavar="MODEL", help="plan with a local transformers causal LM (hub id or folder)")

@@ -16,6 +16,7 @@ from visprog.apps.commands import build_runtime, input_dest, save_trace
 from visprog.errors import ConfigError, StepError
 from visprog.language.values import Image, describe_value
 from visprog.planner.events import PlanFailed, Planned
+from visprog.planner.retrieval import check_examples
 from visprog.planner.tasks import get_task, input_names
 from visprog.running.events import Event, Listener, RunFinished
 from visprog.running.interpreter import Interpreter
@@ -32,7 +33,12 @@ def task_command(args: argparse.Namespace, out: TextIO) -> int:
     runtime, options = _planner_options(args)
     planner = create_planner(**options)
     if args.plan_only:
-        plan = planner.plan(task, args.text)
+        seen = None  # the images are read only when the model is to see them
+        if planner.see_image:
+            seen = {
+                name: load_image(getattr(args, input_dest(name)), max_pixels=args.max_pixels) for name in task.inputs
+            }
+        plan = planner.plan(task, args.text, images=seen)
         print(plan.program.strip(), file=out)
         return 0
     images = {name: load_image(getattr(args, input_dest(name)), max_pixels=args.max_pixels) for name in task.inputs}
@@ -87,8 +93,15 @@ def _planner_options(args: argparse.Namespace) -> tuple[Runtime, dict[str, Any]]
         "max_tokens": args.max_tokens,
         "timeout": args.timeout,
         "stop": args.stop,
+        "see_image": args.see_image,
+        "see_image_side": args.see_image_side,
     }
     options = {**runtime.llm, **{k: v for k, v in given.items() if v is not None}}
+    if args.examples is not None:
+        options["examples"] = check_examples(args.examples, "--examples")
+    elif "examples" in runtime.llm:
+        where = args.config or os.environ.get("VISPROG_CONFIG") or "~/.config/visprog/config.toml"
+        check_examples(runtime.llm["examples"], f"config file {where}: [llm] examples")
     return runtime, {"repair_rounds": args.repair, "cache": not args.no_cache, **options}
 
 

@@ -274,7 +274,7 @@ def process_chunk(
             p.load_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
-            p.plans = planner.plan_samples(p.item.task, p.item.text, samples, temperature=temperature)
+            p.plans = planner.plan_samples(p.item.task, p.item.text, samples, temperature=temperature, images=p.inputs)
         except ServiceError as e:  # not per_request: the service stopped answering
             return e
         finally:

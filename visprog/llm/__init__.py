@@ -12,6 +12,10 @@ keys; never an API key):
 - :func:`client_from_options` (``clients.py``): the one or the other from
   settings (CLI flags, a config file's ``[llm]`` table, keyword arguments).
 
+A message's content is text, or a list of OpenAI content parts with images
+(``images.py``: downscaled JPEG data URLs, for planning with ``see_image``);
+a client that cannot show images to its model says so rather than drop them.
+
 Importing this package imports neither ``openai`` nor ``torch``.
 """
 

@@ -8,10 +8,18 @@ from typing import Any
 
 from visprog.errors import ConfigError, did_you_mean
 from visprog.llm.base import PLANNER, LLMClient
+from visprog.llm.images import check_see_image, check_side
 from visprog.llm.local import TransformersClient
 from visprog.llm.server import STYLES, LLMConfig, OpenAIClient
 
-__all__ = ["LOCAL_OPTIONS", "SERVER_OPTIONS", "SETTINGS", "check_settings", "client_from_options"]
+__all__ = [
+    "LOCAL_OPTIONS",
+    "SEE_IMAGE_OPTIONS",
+    "SERVER_OPTIONS",
+    "SETTINGS",
+    "check_settings",
+    "client_from_options",
+]
 
 #: Options of an OpenAI-compatible server besides model, base_url, api_key and style.
 SERVER_OPTIONS = frozenset({f.name for f in fields(LLMConfig)} - {"model", "base_url", "api_key", "style"})
@@ -19,8 +27,11 @@ SERVER_OPTIONS = frozenset({f.name for f in fields(LLMConfig)} - {"model", "base
 LOCAL_OPTIONS = frozenset({"device", "dtype", "max_new_tokens", "max_tokens", "temperature", "stop"})
 
 
-#: Every key an ``[llm]`` table of a config file may hold.
-SETTINGS = frozenset({"model", "base_url", "api_key", "style", "local"} | SERVER_OPTIONS | LOCAL_OPTIONS)
+#: The planner's settings for sending the input images to the model (:mod:`visprog.llm.images`).
+SEE_IMAGE_OPTIONS = frozenset({"see_image", "see_image_side"})
+#: Every key an ``[llm]`` table of a config file may hold (``examples``: the planner's, not the client's).
+SETTINGS = frozenset({"model", "base_url", "api_key", "style", "local", "examples"} | SERVER_OPTIONS | LOCAL_OPTIONS)
+SETTINGS |= SEE_IMAGE_OPTIONS
 
 
 def check_settings(settings: Mapping[str, Any], source: str) -> None:
@@ -30,6 +41,10 @@ def check_settings(settings: Mapping[str, Any], source: str) -> None:
             known = ", ".join(sorted(SETTINGS))
             hint = did_you_mean(key, sorted(SETTINGS))
             raise ConfigError(f"{source}: [llm] has no setting '{key}'{hint}; its settings: {known}")
+    if "see_image" in settings:
+        check_see_image(settings["see_image"], f"{source}: [llm]")
+    if "see_image_side" in settings:
+        check_side(settings["see_image_side"], f"{source}: [llm]")
 
 
 def client_from_options(

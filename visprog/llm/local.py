@@ -10,7 +10,8 @@ import threading
 from typing import Any
 
 from visprog.errors import ConfigError, ModelUnavailableError
-from visprog.llm.base import PLANNER, check_n, flatten
+from visprog.llm.base import PLANNER, Message, check_n, flatten
+from visprog.llm.images import SEE_IMAGE_HINT, has_images
 from visprog.running.hub import Placement, is_missing_weights, is_offline
 from visprog.running.runtime import resolve_device
 
@@ -132,17 +133,48 @@ class TransformersClient:
         model.eval()
         return model, tokenizer
 
-    def _prompt(self, tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, bool]:
+    def _cannot_see(self) -> ConfigError:
+        """The error for a request with images: this backend runs text-only causal LMs."""
+        why = (
+            "it has an image processor, but local planning runs text-only causal LMs"
+            if self._has_image_processor()
+            else "it has no image processor"
+        )
+        return ConfigError(
+            f"{PLANNER}: the local model '{self.model}' cannot see images ({why}); turn off see_image "
+            f"({SEE_IMAGE_HINT}) or plan on a multimodal server (--base-url)"
+        )
+
+    def _has_image_processor(self) -> bool:
+        """Whether the model's folder (or its hub cache entry) holds an image processor's settings; no download."""
+        names = ("preprocessor_config.json", "processor_config.json")
+        source = os.path.expanduser(self.model)
+        if os.path.isdir(source):
+            return any(os.path.isfile(os.path.join(source, name)) for name in names)
+        if _looks_like_path(self.model) or os.path.isfile(source):
+            return False
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+            return False
+        try:
+            return any(isinstance(try_to_load_from_cache(self.model, name), str) for name in names)
+        except Exception:  # a name the hub would not accept: no processor to speak of
+            return False
+
+    def _prompt(self, tokenizer: Any, messages: list[Message]) -> tuple[str, bool]:
         """The prompt text, and whether it came from the chat template (which brings its own special tokens)."""
         if getattr(tokenizer, "chat_template", None):
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return str(text), True
         return flatten(messages), False
 
-    def complete(self, messages: list[dict[str, str]], *, n: int = 1, temperature: float | None = None) -> list[str]:
+    def complete(self, messages: list[Message], *, n: int = 1, temperature: float | None = None) -> list[str]:
         import torch
 
         check_n(n)
+        if has_images(messages):  # a text-only model must not answer as if it had seen them
+            raise self._cannot_see()
         temperature = self.temperature if temperature is None else temperature
         if temperature < 0:
             raise ValueError(f"{PLANNER}: temperature must be 0 or more, got {temperature!r}")

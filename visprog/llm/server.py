@@ -22,6 +22,10 @@ model's context, a content filter, a malformed request) is marked
 server unreachable or too slow, the key or the model refused, rate limits
 after the retries, server errors) is about the service, not the request.
 
+Messages may carry images (content parts, :mod:`visprog.llm.images`): they go
+to a chat model as they are; the completion style refuses them, and a refusal
+(HTTP 400) that speaks of images or content says how to plan without them.
+
 Lost connections, timeouts and HTTP 408, 409, 429 and 5xx answers are tried
 again ``max_retries`` times, here rather than by the ``openai`` client (which
 is created with ``max_retries=0``): after the server's ``Retry-After`` when it
@@ -44,7 +48,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visprog.errors import ConfigError, ServiceError
-from visprog.llm.base import PLANNER, check_n, flatten
+from visprog.llm.base import PLANNER, Message, check_n, flatten
+from visprog.llm.images import SEE_IMAGE_HINT, has_images
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -167,9 +172,16 @@ class OpenAIClient:
                 )
             return self._client
 
-    def complete(self, messages: list[dict[str, str]], *, n: int = 1, temperature: float | None = None) -> list[str]:
-        """``n`` replies: one request for all of them, or one request each when the server ignores ``n``."""
+    def complete(self, messages: list[Message], *, n: int = 1, temperature: float | None = None) -> list[str]:
+        """``n`` replies: one request for all of them, or one request each when the server ignores ``n``.
+
+        Messages with images (content parts, :mod:`visprog.llm.images`) need the chat style."""
         check_n(n, self.who)
+        if self.config.style != "chat" and has_images(messages):
+            raise ConfigError(
+                f"{self.where}: images need the chat style (the completion style sends one prompt of text): "
+                f"turn off see_image ({SEE_IMAGE_HINT}) or use --style chat with a multimodal model"
+            )
         temperature = self.config.temperature if temperature is None else temperature
         client = self._get_client()
         replies: list[str] = []
@@ -181,7 +193,7 @@ class OpenAIClient:
             replies.extend(got)
         return replies[:n]
 
-    def _request(self, client: Any, messages: list[dict[str, str]], n: int, temperature: float) -> list[str]:
+    def _request(self, client: Any, messages: list[Message], n: int, temperature: float) -> list[str]:
         """One request, tried again after the failures that may pass (up to ``max_retries`` times)."""
         import openai
 
@@ -192,11 +204,11 @@ class OpenAIClient:
             except openai.OpenAIError as e:
                 wait = retry_wait(e, tries) if tries < self.config.max_retries else None
                 if wait is None:
-                    raise self._failure(e) from None
+                    raise self._failure(e, images=has_images(messages)) from None
             tries += 1
             time.sleep(wait)
 
-    def _send(self, client: Any, messages: list[dict[str, str]], n: int, temperature: float) -> list[str]:
+    def _send(self, client: Any, messages: list[Message], n: int, temperature: float) -> list[str]:
         c = self.config
         options: dict[str, Any] = {"model": self.model, "temperature": temperature}
         if c.max_tokens is not None:
@@ -225,8 +237,9 @@ class OpenAIClient:
             texts.append(text if isinstance(text, str) else "")
         return texts
 
-    def _failure(self, e: Exception) -> ServiceError:
-        """A clear error naming the server and the model; never the key."""
+    def _failure(self, e: Exception, *, images: bool = False) -> ServiceError:
+        """A clear error naming the server and the model; never the key. ``images``: the request carried images,
+        so a refusal that speaks of images or content says how to plan without them."""
         import openai
 
         where = self.where
@@ -251,6 +264,11 @@ class OpenAIClient:
             )
         elif isinstance(e, openai.APIStatusError):
             message = f"{where} answered HTTP {e.status_code}: {e.message}"
+            if images and e.status_code in PER_REQUEST_STATUSES and _about_images(e.message):
+                message += (
+                    " (the request carried the input images: the model may not accept images; turn off see_image "
+                    f"({SEE_IMAGE_HINT}) or use a multimodal model)"
+                )
             if e.status_code in PER_REQUEST_STATUSES:
                 return ServiceError(self._scrub(message), per_request=True)
         elif isinstance(e, openai.APIResponseValidationError):
@@ -284,6 +302,12 @@ def retry_wait(e: BaseException, tries: int) -> float | None:
         return None
     backoff = FIRST_RETRY_WAIT * 2.0 ** min(tries, 30)
     return min(backoff, MAX_RETRY_WAIT) * (1 - 0.25 * random.random())
+
+
+def _about_images(message: str) -> bool:
+    """Whether a server's refusal speaks of images or message content (what a text-only model says of image parts)."""
+    text = message.lower()
+    return any(word in text for word in ("image", "content", "vision", "multimodal"))
 
 
 def _retryable_status(status: int) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +24,13 @@ from visprog.language.format import format_program
 from visprog.language.signatures import Registry
 from visprog.language.values import answer_key
 from visprog.llm import LLMClient
+from visprog.llm.images import DEFAULT_SIDE, check_see_image, check_side
 from visprog.planner.cache import PlanCache
 from visprog.planner.events import CacheHit, PlanFailed, Planned, RepairRound, ReplyReceived, RequestSent
 from visprog.planner.extract import read_reply
 from visprog.planner.prompts import build_messages, repair_messages
+from visprog.planner.retrieval import DEFAULT_EXAMPLES, check_examples
+from visprog.planner.seeing import images_key, seen_images, with_images
 from visprog.planner.tasks import Task, get_task, input_names
 from visprog.running.events import Listener, emit
 from visprog.running.plugins import default_registry
@@ -109,6 +112,10 @@ class Planner:
     """Plans programs with an LLM backend, checked against a registry, cached on disk.
 
     ``cache``: a :class:`PlanCache`, ``True`` for the default one, ``False``/``None`` for none.
+    ``examples``: how many of the task's in-context examples a prompt shows, those most like the text
+    (:mod:`visprog.planner.retrieval`; default :data:`~visprog.planner.retrieval.DEFAULT_EXAMPLES`, 0: none).
+    ``see_image``: the model sees the input images (given to :meth:`plan`), downscaled so their longer side is at
+    most ``see_image_side`` pixels (:mod:`visprog.planner.seeing`); it needs a multimodal chat model.
     """
 
     def __init__(
@@ -118,6 +125,9 @@ class Planner:
         registry: Registry | None = None,
         repair_rounds: int = 2,
         cache: PlanCache | bool | None = True,
+        examples: int | None = None,
+        see_image: bool = False,
+        see_image_side: int = DEFAULT_SIDE,
     ) -> None:
         if repair_rounds < 0:
             raise ValueError(f"repair_rounds must be >= 0, got {repair_rounds}")
@@ -125,6 +135,9 @@ class Planner:
         self.registry = registry or default_registry()
         self.repair_rounds = repair_rounds
         self.cache: PlanCache | None = PlanCache() if cache is True else (cache or None)
+        self.examples = DEFAULT_EXAMPLES if examples is None else check_examples(examples)
+        self.see_image = check_see_image(see_image)
+        self.see_image_side = check_side(see_image_side)
 
     def plan(
         self,
@@ -134,18 +147,27 @@ class Planner:
         sample: int = 0,
         temperature: float | None = None,
         feedback: str | None = None,
+        images: Mapping[str, Any] | None = None,
         on_event: Listener | None = None,
     ) -> Plan:
         """A checked program for ``text`` (a question, statement or instruction).
 
         ``sample`` and ``temperature`` tell samples apart (each is cached on its
         own); ``feedback`` is an execution error of an earlier plan to fix.
+        ``images`` maps the task's inputs to their images: the model sees them
+        when ``see_image`` is on (and the cache key holds their digest), else they are not read.
         ``on_event`` receives :mod:`visprog.planner.events` as they happen.
         """
         spec = get_task(task)
-        messages = build_messages(spec, self.registry, text)
+        messages = build_messages(spec, self.registry, text, self.examples)  # the key hashes the examples shown
+        seen = seen_images(spec, images, self.see_image_side) if self.see_image else []
         key = PlanCache.key(
-            self.backend.identity, json.dumps(messages, sort_keys=True), str(sample), repr(temperature), feedback or ""
+            self.backend.identity,
+            json.dumps(messages, sort_keys=True),
+            str(sample),
+            repr(temperature),
+            feedback or "",
+            *([images_key(seen)] if seen else []),  # without images: the keys plans were cached under before
         )
         if self.cache is not None:
             stored = self.cache.get(key)
@@ -161,6 +183,8 @@ class Planner:
                     return Plan(spec.name, text, stored, checked, (), cached=True)
         if feedback:
             messages = [*messages[:-1], {"role": "user", "content": f"{messages[-1]['content']}\n\n{feedback}"}]
+        if seen:  # repair rounds keep this turn, images included
+            messages = with_images(messages, seen)
         attempts: list[Attempt] = []
         for attempt in range(1, self.repair_rounds + 2):
             emit(on_event, RequestSent(spec.name, text, sample, attempt, len(messages)))
@@ -209,11 +233,13 @@ class Planner:
         samples: int = 1,
         *,
         temperature: float | None = None,
+        images: Mapping[str, Any] | None = None,
         on_event: Listener | None = None,
     ) -> list[Plan | PlanningError | ServiceError]:
         """``samples`` plans for ``text``, each a :class:`Plan` or the :class:`PlanningError` of that sample.
 
         With more than one sample and no ``temperature``, they are drawn at :data:`SAMPLE_TEMPERATURE`.
+        ``images``: the task's input images, as :meth:`plan` takes them.
         An LLM service that refuses this request (a ``per_request``
         :class:`~visprog.errors.ServiceError`) ends the list with that error, as
         every other sample would get the same; any other service error is raised.
@@ -225,7 +251,7 @@ class Planner:
         plans: list[Plan | PlanningError | ServiceError] = []
         for k in range(samples):
             try:
-                plans.append(self.plan(spec, text, sample=k, temperature=temperature, on_event=on_event))
+                plans.append(self.plan(spec, text, sample=k, temperature=temperature, images=images, on_event=on_event))
             except PlanningError as e:
                 plans.append(e)
             except ServiceError as e:

@@ -1,7 +1,8 @@
 """Planner prompts: the module reference and the messages sent to a language model.
 
 A task's instructions and in-context examples are data (see
-:mod:`visprog.planner.tasks`); the module reference is never written by hand:
+:mod:`visprog.planner.tasks`), and a prompt shows the examples most like its
+text (:mod:`visprog.planner.retrieval`); the module reference is never written by hand:
 :func:`module_reference` renders it from the registry (signatures and
 docstrings), so a plugin module shows up in every prompt as soon as it is
 registered. Everything here is deterministic: the same task, registry and
@@ -13,7 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from visprog.language.expr_syntax import FUNCTIONS, METHODS
 from visprog.language.signatures import ModuleSpec, Registry
+from visprog.planner.retrieval import DEFAULT_EXAMPLES, select_examples
 from visprog.planner.tasks import Task
 
 __all__ = [
@@ -84,13 +87,23 @@ def _rules(task: Task) -> str:
             inputs,
             "- Give each argument a value of the type it expects: Image, Objects (found objects, each with a box, "
             "a label, a score and maybe a mask), str, int, float, bool, list[str]; any takes every type.",
-            '- Eval(expr="...") computes a value from earlier results; write an earlier variable as {NAME} inside '
-            "the expression, e.g. Eval(expr=\"'yes' if {ANSWER0} > 0 else 'no'\"). Expressions have numbers, strings "
-            "in quotes, + - * / // %, comparisons (== != < <= > >=), and, or, not, xor, 'a' if condition else 'b' "
-            "and parentheses, nothing else. Answers 'yes' / 'no' read as True / False, and '2' or 'two' as numbers.",
+            _eval_rule(),
             "- The last line is FINAL_RESULT=Result(var=NAME), where NAME holds the answer.",
             "- Answer with the program only: no explanation, no Markdown.",
         ]
+    )
+
+
+def _eval_rule() -> str:
+    """What Eval accepts, in a few lines; the functions and methods are read from Eval's grammar."""
+    return (
+        '- Eval(expr="...") computes a value from earlier results; write an earlier variable as {NAME} inside the '
+        "expression, e.g. Eval(expr=\"'yes' if {ANSWER0} > 0 else 'no'\"). Expressions have numbers, strings in "
+        "quotes, lists ['a', 'b'], + - * / // % **, comparisons (== != < <= > >=), in and not in a list "
+        "({ANSWER0} in ['red', 'pink']), and, or, not, xor, 'a' if condition else 'b', parentheses, the functions "
+        f"{' '.join(FUNCTIONS)} (max({{ANSWER0}}, {{ANSWER1}})) and the text methods "
+        f"{' '.join(METHODS)} ({{ANSWER0}}.lower()); nothing else. Answers 'yes' / 'no' read as True / False, and "
+        "'2' or 'two' as numbers."
     )
 
 
@@ -104,10 +117,14 @@ def system_prompt(task: Task, registry: Registry) -> str:
     return "\n\n".join(parts)
 
 
-def build_messages(task: Task, registry: Registry, text: str) -> list[dict[str, str]]:
-    """Chat messages: the system prompt, one user/assistant pair per example, then ``text`` as the user's turn."""
+def build_messages(task: Task, registry: Registry, text: str, examples: int = DEFAULT_EXAMPLES) -> list[dict[str, str]]:
+    """Chat messages: the system prompt, one user/assistant pair per example, then ``text`` as the user's turn.
+
+    The examples are the ``examples`` of the task's pool most similar to ``text``, the most similar last
+    (:func:`visprog.planner.retrieval.select_examples`): all of a smaller pool, none for 0.
+    """
     messages = [{"role": "system", "content": system_prompt(task, registry)}]
-    for example in task.examples:
+    for example in select_examples(task.examples, text, examples):
         messages.append({"role": "user", "content": task.format_input(example.input)})
         messages.append({"role": "assistant", "content": example.program})
     messages.append({"role": "user", "content": task.format_input(text)})

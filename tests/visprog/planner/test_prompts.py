@@ -25,10 +25,12 @@ import visprog
 from tests import fakes
 from tests.fakes import check
 from visprog.errors import ConfigError, ProgramCheckError
+from visprog.language.format import format_program
 from visprog.language.parser import parse
 from visprog.language.signatures import Registry
 from visprog.language.values import Image
 from visprog.planner.prompts import build_messages, module_reference, repair_messages
+from visprog.planner.retrieval import DEFAULT_EXAMPLES
 from visprog.planner.tasks import Example, Task, get_task, guess_task, input_names, load_task, tasks
 from visprog.running.interpreter import Interpreter
 from visprog.running.plugins import default_registry
@@ -44,6 +46,8 @@ EXPECTED_INPUTS = {"gqa": ("IMAGE",), "nlvr": ("LEFT", "RIGHT"), "edit": ("IMAGE
 EXPECTED_LABELS = {"gqa": "Question", "nlvr": "Statement", "edit": "Instruction", "tag": "Instruction"}
 EXPECTED_VERBS = {"gqa": "ask", "nlvr": "verify", "edit": "edit", "tag": "tag"}
 EXPECTED_ANSWERS = {"gqa": "text", "nlvr": "yes/no", "edit": "image", "tag": "image"}
+#: each task's pool is large enough for the prompt to show the examples most like the text
+MIN_EXAMPLES = {"gqa": 40, "nlvr": 24, "edit": 20, "tag": 12}
 
 #: the inputs each example runs on: astronaut and chelsea, as IMAGE or as LEFT/RIGHT both ways round
 IMAGE_SETS = {
@@ -130,10 +134,11 @@ def test_packaged_prompt_set(task: str) -> None:
     assert prompts.input_label == EXPECTED_LABELS[task]
     assert prompts.description and "\n" not in prompts.description
     assert len(prompts.instructions) > 200
-    assert 8 <= len(prompts.examples) <= 14
+    assert len(prompts.examples) >= MIN_EXAMPLES[task]
     assert all(isinstance(e, Example) for e in prompts.examples)
     inputs = [e.input for e in prompts.examples]
     assert len(set(inputs)) == len(inputs), "two examples have the same input"
+    assert len({e.program for e in prompts.examples}) == len(inputs), "two examples have the same program"
     for e in prompts.examples:
         assert e.program == e.program.strip()
         assert e.input == e.input.strip() and "\n" not in e.input
@@ -175,6 +180,7 @@ def test_example_checks_against_the_default_registry(task: str, example: Example
     lines = [line for line in example.program.splitlines() if line.strip()]
     assert len(parse(example.program).steps) == len(lines)
     assert FINAL.match(lines[-1]), lines[-1]
+    assert format_program(checked, registry).rstrip("\n") == example.program, "not canonical (see visprog fmt)"
     for line in lines[:-1]:
         m = STEP.match(line)
         assert m, f"not a plain step: {line}"
@@ -272,7 +278,8 @@ def test_build_messages_structure(task: str) -> None:
 
     assert all(set(m) == {"role", "content"} for m in messages)
     assert all(isinstance(m["content"], str) and m["content"] for m in messages)
-    assert len(messages) == 2 + 2 * len(prompts.examples)
+    shown = min(DEFAULT_EXAMPLES, len(prompts.examples))
+    assert len(messages) == 2 + 2 * shown
     system = messages[0]
     assert system["role"] == "system"
     assert prompts.instructions in system["content"]
@@ -283,10 +290,13 @@ def test_build_messages_structure(task: str) -> None:
         assert name in system["content"]
 
     roles = [m["role"] for m in messages[1:]]
-    assert roles == ["user", "assistant"] * len(prompts.examples) + ["user"]
-    for example, user, assistant in zip(prompts.examples, messages[1::2], messages[2::2], strict=False):
-        assert user["content"] == f"{prompts.input_label}: {example.input}"
-        assert assistant["content"] == example.program
+    assert roles == ["user", "assistant"] * shown + ["user"]
+    # each pair is one example of the pool, input and program together, none twice
+    by_input = {f"{prompts.input_label}: {e.input}": e.program for e in prompts.examples}
+    pairs = list(zip(messages[1:-1:2], messages[2:-1:2], strict=True))
+    assert len({user["content"] for user, _ in pairs}) == shown
+    for user, assistant in pairs:
+        assert assistant["content"] == by_input[user["content"]]
     assert messages[-1] == {"role": "user", "content": f"{prompts.input_label}: {text}"}
     assert text in messages[-1]["content"]
 
