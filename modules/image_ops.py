@@ -20,7 +20,7 @@ from PIL import ImageFilter
 
 from visprog.language.frames import Cropped
 from visprog.language.objects import as_objects
-from visprog.language.signatures import module
+from visprog.language.signatures import module, one_of
 from visprog.language.values import Image, Objects
 from visprog.presentation.drawing import draw_objects
 
@@ -299,7 +299,23 @@ def _emoji_image(char: str, size: tuple[int, int]) -> Image:
     return art if art.size == (w, h) else art.resize((w, h), PILImage.Resampling.LANCZOS)
 
 
-@module(aliases=["EMOJI"], validate={"emoji": check_emoji})
+@functools.cache
+def emoji_choices() -> tuple[str, ...]:
+    """Every emoji name Emoji accepts, in the normalised CLDR form (``face_with_tongue``): those with
+    Twemoji artwork, written without quotes or backslashes (what constrained generation may write)."""
+    out = []
+    for name, char in _emoji_names().items():
+        if "'" in name or "\\" in name or '"' in name:
+            continue
+        try:
+            _emoji_svg(char)
+        except ValueError:
+            continue
+        out.append(name)
+    return tuple(out)
+
+
+@module(aliases=["EMOJI"], validate={"emoji": one_of(emoji_choices, check_emoji)})
 def Emoji(image: Image, object: Objects, emoji: str) -> Image:
     """Cover each object's box with an emoji (Twemoji artwork).
 

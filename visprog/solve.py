@@ -129,13 +129,17 @@ def create_planner(
     examples: int | None = None,
     see_image: bool | None = None,
     see_image_side: int | None = None,
+    constrain: str | None = None,
     **llm_options: Any,
 ) -> Planner:
     """A planner on an OpenAI-compatible server (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
     ``VISPROG_LLM_MODEL`` as the openai client reads them) or, with ``local=``, a local
-    transformers causal LM (a hub id or folder). ``examples``: how many in-context examples a prompt shows
-    (see :class:`~visprog.planner.core.Planner`). ``see_image``: the model sees the input images, their longer
-    side cut to ``see_image_side`` pixels (default 512); it needs a multimodal chat model."""
+    transformers causal LM (a hub id, folder or ``.gguf`` file). ``examples``: how many in-context examples a
+    prompt shows (see :class:`~visprog.planner.core.Planner`). ``see_image``: the model sees the input images,
+    their longer side cut to ``see_image_side`` pixels (default 512); it needs a multimodal chat model.
+    ``constrain``: ``none``, ``grammar`` or ``types`` (:mod:`visprog.planner.constraint`); None lets the planner
+    choose the strongest its LLM follows (``types`` for a local model, ``grammar`` for a server with a
+    ``grammar_format``, else ``none``)."""
     from visprog.llm import client_from_options
 
     backend = client_from_options(
@@ -148,6 +152,7 @@ def create_planner(
         repair_rounds=repair_rounds,
         cache=cache,
         examples=examples,
+        constrain=constrain,
         **{k: v for k, v in seeing.items() if v is not None},
     )
 
@@ -200,7 +205,8 @@ def solve(
     program that fails while running is sent back with the step's error for a
     new plan (once per sample). Without ``planner``, one is made by
     :func:`create_planner` from ``planner_options`` (``see_image=True`` shows the
-    model the images while it plans). ``on_event`` receives every event of the
+    model the images while it plans; ``constrain="none"``, ``"grammar"`` or ``"types"``
+    holds its generation to valid programs). ``on_event`` receives every event of the
     planner and of the runs.
 
     Raises the last sample's error when no program ran to the end: a

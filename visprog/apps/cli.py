@@ -39,6 +39,8 @@ from visprog.apps.commands import (
     modules_command,
 )
 from visprog.errors import ConfigError, ProgramCheckError, ProgramError, VisprogError
+from visprog.llm.server import SERVER_GRAMMAR_FORMATS
+from visprog.planner.constraint import CONSTRAIN_MODES
 from visprog.planner.tasks import Task, tasks
 from visprog.running.plugins import PLUGINS_ENV, default_registry
 
@@ -90,8 +92,22 @@ def _add_planner_options(p: argparse.ArgumentParser) -> None:
         metavar="PIXELS",
         help="with --see-image: the longer side the images are cut to (default 512; [llm] see_image_side)",
     )
+    p.add_argument(
+        "--constrain",
+        choices=CONSTRAIN_MODES,
+        default=None,
+        help="hold generation to valid programs: none, grammar (the syntax) or types (syntax, names and types, "
+        "a local model); default: the strongest the LLM follows ([llm] constrain)",
+    )
     p.add_argument("--base-url", help="an OpenAI-compatible server (default: $OPENAI_BASE_URL)")
     p.add_argument("--style", choices=["chat", "completion"], default=None, help="the server's API style (chat)")
+    p.add_argument(
+        "--grammar-format",
+        choices=SERVER_GRAMMAR_FORMATS,
+        default=None,
+        help="how the server takes the program grammar, which turns on --constrain grammar (default none: no "
+        "grammar is sent; [llm] grammar_format)",
+    )
     p.add_argument("--local", metavar="MODEL", help="plan with a local transformers causal LM (hub id or folder)")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--max-tokens", type=int, default=None)

@@ -95,6 +95,8 @@ def _planner_options(args: argparse.Namespace) -> tuple[Runtime, dict[str, Any]]
         "stop": args.stop,
         "see_image": args.see_image,
         "see_image_side": args.see_image_side,
+        "constrain": args.constrain,
+        "grammar_format": args.grammar_format,
     }
     options = {**runtime.llm, **{k: v for k, v in given.items() if v is not None}}
     if args.examples is not None:

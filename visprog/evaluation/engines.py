@@ -74,7 +74,7 @@ class WorkerSettings:
 
     ``planner``: keyword options of :func:`visprog.solve.create_planner` (``model``,
     ``base_url``, ``style``, ``local``, ``repair_rounds``, ``cache``,
-    ``temperature``, ...; not ``registry``). ``device``, ``half``, ``modules``
+    ``temperature``, ``constrain``, ``grammar_format``, ...; not ``registry``). ``device``, ``half``, ``modules``
     and ``llm`` are the :class:`~visprog.running.runtime.Runtime`'s settings;
     ``registry`` a ``"module:function"`` returning the
     :class:`~visprog.language.signatures.Registry`; ``max_batch`` the interpreter's.

@@ -72,10 +72,12 @@ __all__ = [
     "Param",
     "Registry",
     "Validator",
+    "accepts",
     "at_least",
     "module",
     "normalize",
     "not_empty",
+    "one_of",
 ]
 
 #: A parameter whose annotation has this attribute set to True receives the run context
@@ -90,13 +92,30 @@ Validator = Callable[[Any], str | None]
 
 
 def at_least(minimum: int) -> Validator:
-    """A validator for a number that must be at least ``minimum``."""
+    """A validator for a number that must be at least ``minimum`` (constrained generation writes no smaller one)."""
 
     def check(value: Any) -> str | None:
         return None if value >= minimum else f"must be at least {minimum}, got {value!r}"
 
     check.__doc__ = f"at least {minimum}"
+    setattr(check, "minimum", minimum)  # noqa: B010 - what constrained generation reads (see accepts)
     return check
+
+
+def one_of(choices: Callable[[], Iterable[str]], check: Validator) -> Validator:
+    """``check``, declared to accept exactly the strings ``choices()`` gives (called when a grammar is built),
+    so constrained generation writes only those (see :func:`accepts`)."""
+    setattr(check, "choices", choices)  # noqa: B010
+    return check
+
+
+def accepts(validator: Validator | None) -> dict[str, Any]:
+    """What a validator says of the literals it accepts, for constrained generation: ``minimum`` (a number
+    no smaller), ``nonblank`` (text with more than spaces and commas), ``choices`` (a function giving every
+    accepted string). Empty for a validator that says nothing: then only the checker knows."""
+    if validator is None:
+        return {}
+    return {k: getattr(validator, k) for k in ("minimum", "nonblank", "choices") if hasattr(validator, k)}
 
 
 def not_empty(what: str) -> Validator:
@@ -108,6 +127,7 @@ def not_empty(what: str) -> Validator:
         return None if any(i.strip() for i in items) else f"needs {what}, got {value!r}"
 
     check.__doc__ = f"not empty ({what})"
+    setattr(check, "nonblank", True)  # noqa: B010
     return check
 
 

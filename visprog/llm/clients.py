@@ -10,13 +10,15 @@ from visprog.errors import ConfigError, did_you_mean
 from visprog.llm.base import PLANNER, LLMClient
 from visprog.llm.images import check_see_image, check_side
 from visprog.llm.local import TransformersClient
-from visprog.llm.server import STYLES, LLMConfig, OpenAIClient
+from visprog.llm.server import STYLES, LLMConfig, OpenAIClient, check_grammar_format
 
 __all__ = [
+    "CONSTRAIN_SETTINGS",
     "LOCAL_OPTIONS",
     "SEE_IMAGE_OPTIONS",
     "SERVER_OPTIONS",
     "SETTINGS",
+    "check_constrain",
     "check_settings",
     "client_from_options",
 ]
@@ -29,13 +31,30 @@ LOCAL_OPTIONS = frozenset({"device", "dtype", "max_new_tokens", "max_tokens", "t
 
 #: The planner's settings for sending the input images to the model (:mod:`visprog.llm.images`).
 SEE_IMAGE_OPTIONS = frozenset({"see_image", "see_image_side"})
-#: Every key an ``[llm]`` table of a config file may hold (``examples``: the planner's, not the client's).
-SETTINGS = frozenset({"model", "base_url", "api_key", "style", "local", "examples"} | SERVER_OPTIONS | LOCAL_OPTIONS)
-SETTINGS |= SEE_IMAGE_OPTIONS
+#: The values of the planner's ``constrain`` setting (``--constrain``, ``[llm] constrain``): the strengths of
+#: :mod:`visprog.planner.constraint` (its ``CONSTRAIN_MODES``, which a test keeps equal to these).
+CONSTRAIN_SETTINGS: tuple[str, ...] = ("none", "grammar", "types")
+#: Every key an ``[llm]`` table of a config file may hold (``examples``, ``constrain``: the planner's, not the
+#: client's).
+SETTINGS = frozenset({"model", "base_url", "api_key", "style", "local", "examples", "constrain"})
+SETTINGS |= SERVER_OPTIONS | LOCAL_OPTIONS | SEE_IMAGE_OPTIONS
+
+
+def check_constrain(value: Any, source: str = PLANNER) -> str:
+    """``value`` if it is one of :data:`CONSTRAIN_SETTINGS`; else a :class:`ConfigError` naming the setting
+    and ``source``."""
+    if value not in CONSTRAIN_SETTINGS:
+        hint = did_you_mean(value, CONSTRAIN_SETTINGS) if isinstance(value, str) else ""
+        raise ConfigError(
+            f"{source}: constrain (--constrain, [llm] constrain) must be one of {', '.join(CONSTRAIN_SETTINGS)}, "
+            f"got {value!r}{hint}"
+        )
+    return str(value)
 
 
 def check_settings(settings: Mapping[str, Any], source: str) -> None:
-    """Refuse an unknown key of an ``[llm]`` table with a suggestion, naming ``source`` (the config file)."""
+    """Refuse an unknown key of an ``[llm]`` table with a suggestion, and a value that is not one of a setting's,
+    naming ``source`` (the config file)."""
     for key in settings:
         if key not in SETTINGS:
             known = ", ".join(sorted(SETTINGS))
@@ -45,6 +64,10 @@ def check_settings(settings: Mapping[str, Any], source: str) -> None:
         check_see_image(settings["see_image"], f"{source}: [llm]")
     if "see_image_side" in settings:
         check_side(settings["see_image_side"], f"{source}: [llm]")
+    if "constrain" in settings:
+        check_constrain(settings["constrain"], f"{source}: [llm]")
+    if "grammar_format" in settings:
+        check_grammar_format(settings["grammar_format"], f"{source}: [llm]")
 
 
 def client_from_options(
@@ -60,7 +83,7 @@ def client_from_options(
     otherwise an OpenAI-compatible server.
 
     ``kwargs`` are the other fields of :class:`~visprog.llm.server.LLMConfig`
-    (``temperature``, ``max_tokens``, ``stop``, ``timeout``, ``max_retries``)
+    (``temperature``, ``max_tokens``, ``stop``, ``timeout``, ``max_retries``, ``grammar_format``)
     or, with ``local``, ``temperature``, ``max_tokens`` (or ``max_new_tokens``),
     ``stop``, ``device`` and ``dtype``. An option given as ``None`` takes its
     default; an unknown one is a :class:`ConfigError`.

@@ -11,6 +11,7 @@ from typing import Any
 
 from visprog.errors import ConfigError, ModelUnavailableError
 from visprog.llm.base import PLANNER, Message, check_n, flatten
+from visprog.llm.constrained import Completion, GrammarLogits, GrammarSource
 from visprog.llm.images import SEE_IMAGE_HINT, has_images
 from visprog.running.hub import Placement, is_missing_weights, is_offline
 from visprog.running.runtime import resolve_device
@@ -38,7 +39,7 @@ def _missing_weights(e: BaseException) -> bool:
 
 
 class TransformersClient:
-    """A causal LM run in this process (hub id or folder), loaded on first use, once.
+    """A causal LM run in this process (hub id, folder or one ``.gguf`` file), loaded on first use, once.
 
     The weights load in ``dtype`` (``auto``: the checkpoint's own precision,
     or ``float32``, ``bfloat16``, ``float16``) directly, then move to
@@ -77,9 +78,18 @@ class TransformersClient:
         self._loaded: tuple[Any, Any] | None = None
         self._lock = threading.Lock()
 
+    #: the constraints :meth:`complete` follows (:mod:`visprog.llm.constrained`): one grammar, or grammars per line
+    constraint_modes: tuple[str, ...] = ("grammar", "types")
+
+    @property
+    def gguf_file(self) -> str | None:
+        """The GGUF file's name when the model is one ``.gguf`` file (transformers dequantizes it on loading)."""
+        return os.path.basename(self.model) if self.model.lower().endswith(".gguf") else None
+
     @property
     def identity(self) -> str:
-        source = os.path.abspath(os.path.expanduser(self.model)) if os.path.isdir(self.model) else self.model
+        path = os.path.expanduser(self.model)
+        source = os.path.abspath(path) if os.path.isdir(path) or self.gguf_file else self.model
         return f"transformers:{source}"
 
     def __repr__(self) -> str:
@@ -108,6 +118,13 @@ class TransformersClient:
                 f"{PLANNER}: a local model needs torch and transformers: pip install 'visprog[models]' ({e})"
             ) from e
         source = os.path.expanduser(self.model)
+        gguf: dict[str, str] = {}
+        if self.gguf_file:
+            if not os.path.isfile(source):
+                raise ModelUnavailableError(
+                    PLANNER, self.model, "the GGUF file does not exist", "download the .gguf file to that path"
+                )
+            source, gguf = os.path.dirname(os.path.abspath(source)), {"gguf_file": self.gguf_file}
         fetch = f"hf download {self.model}"
         if _looks_like_path(self.model) or os.path.isdir(source):
             fetch = f"hf download <model id> --local-dir {self.model}"
@@ -116,8 +133,8 @@ class TransformersClient:
         folder = os.path.isdir(source)
         placement = self._placement()
         try:
-            model: Any = AutoModelForCausalLM.from_pretrained(source, **placement.pretrained_kwargs())
-            tokenizer: Any = AutoTokenizer.from_pretrained(source)
+            model: Any = AutoModelForCausalLM.from_pretrained(source, **gguf, **placement.pretrained_kwargs())
+            tokenizer: Any = AutoTokenizer.from_pretrained(source, **gguf)
         except Exception as e:
             # a folder without the files (transformers says so with OSError or ValueError)
             if not (_missing_weights(e) or (folder and isinstance(e, ValueError))):
@@ -169,7 +186,16 @@ class TransformersClient:
             return str(text), True
         return flatten(messages), False
 
-    def complete(self, messages: list[Message], *, n: int = 1, temperature: float | None = None) -> list[str]:
+    def complete(
+        self,
+        messages: list[Message],
+        *,
+        n: int = 1,
+        temperature: float | None = None,
+        constraint: GrammarSource | None = None,
+    ) -> list[str]:
+        """``n`` replies; with a ``constraint`` every token follows its grammars (:mod:`visprog.llm.constrained`)
+        and each reply is a :class:`~visprog.llm.constrained.Completion` that says whether it hit the token limit."""
         import torch
 
         check_n(n)
@@ -191,9 +217,20 @@ class TransformersClient:
             options["pad_token_id"] = pad
         if self.stop:
             options["stopping_criteria"] = _stop_criteria(tokenizer, self.stop, prompt_length)
+        grammar = None
+        if constraint is not None:
+            from transformers import LogitsProcessorList
+
+            eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad
+            grammar = GrammarLogits(constraint, tokenizer, prompt_length, int(eos))
+            options["logits_processor"] = LogitsProcessorList([grammar])
         with torch.inference_mode():
             output = model.generate(**inputs, **options)
-        texts = [self._cut(t) for t in tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)]
+        texts: list[str] = [
+            self._cut(t) for t in tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+        ]
+        if grammar is not None:
+            texts = [Completion.of(t, not grammar.complete(i), grammar.seconds) for i, t in enumerate(texts)]
         return texts if sample else texts[:1] * n
 
     def _cut(self, text: str) -> str:

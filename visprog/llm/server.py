@@ -32,6 +32,16 @@ is created with ``max_retries=0``): after the server's ``Retry-After`` when it
 gives one, else with exponential backoff (0.5 s doubling, jittered), each wait
 capped at :data:`MAX_RETRY_WAIT`. A server's ``x-should-retry`` header is obeyed.
 
+Grammars: with ``grammar_format`` naming the server's kind (``vllm``,
+``llama.cpp``, ``sglang``; default ``none``), the client follows the planner's
+``grammar`` constraint: each request carries the whole program's grammar, in
+GBNF, in that server's field (:data:`GRAMMAR_FIELDS`), so the server samples
+only programs of the language. GBNF is what llama.cpp reads, what SGLang's and
+vLLM's default backend (xgrammar) read as EBNF, and what vLLM's guidance
+backend reads too (llguidance converts it). A refusal of such a request names
+the setting and how to turn it off. A reply cut at the token limit is marked
+``truncated`` (:class:`~visprog.llm.constrained.Completion`).
+
 Nothing here imports ``openai`` at import time.
 """
 
@@ -47,19 +57,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from visprog.errors import ConfigError, ServiceError
+from visprog.errors import ConfigError, ServiceError, did_you_mean
 from visprog.llm.base import PLANNER, Message, check_n, flatten
+from visprog.llm.constrained import Completion, GrammarSource
 from visprog.llm.images import SEE_IMAGE_HINT, has_images
 
 __all__ = [
     "DEFAULT_MODEL",
+    "GRAMMAR_FIELDS",
+    "GRAMMAR_FORMAT_HINT",
+    "GRAMMAR_SYNTAX",
     "MAX_RETRY_WAIT",
     "OPENAI_BASE_URL",
     "PER_REQUEST_STATUSES",
     "RETRY_STATUSES",
+    "SERVER_GRAMMAR_FORMATS",
     "STYLES",
     "LLMConfig",
     "OpenAIClient",
+    "check_grammar_format",
+    "grammar_body",
     "retry_wait",
 ]
 
@@ -77,6 +94,17 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 #: Placeholder key for servers that need none (the openai client insists on one).
 _NO_KEY = "not-needed"
 STYLES: tuple[str, ...] = ("chat", "completion")
+#: ``grammar_format``: how the server takes a grammar. ``none``: it is not sent (the request is as without one).
+SERVER_GRAMMAR_FORMATS: tuple[str, ...] = ("none", "vllm", "llama.cpp", "sglang")
+#: Each server's request field for the program grammar (a dotted name is a nested object):
+#: vLLM's structured outputs (``{"structured_outputs": {"grammar": ...}}``, since 0.10.2; ``guided_grammar``
+#: before, removed in 0.12), llama.cpp server's ``grammar``, SGLang's ``ebnf``.
+GRAMMAR_FIELDS: dict[str, str] = {"vllm": "structured_outputs.grammar", "llama.cpp": "grammar", "sglang": "ebnf"}
+#: The syntax the grammar is sent in (:meth:`GrammarSource.grammar <visprog.llm.constrained.GrammarSource.grammar>`):
+#: GBNF, which all three read (vLLM: xgrammar, its default backend, reads it directly; guidance converts it).
+GRAMMAR_SYNTAX = "gbnf"
+#: Where ``grammar_format`` is set.
+GRAMMAR_FORMAT_HINT = "--grammar-format, [llm] grammar_format"
 
 
 @dataclass
@@ -93,8 +121,11 @@ class LLMConfig:
     stop: list[str] | None = None
     timeout: float = 60.0
     max_retries: int = 2
+    #: how the server takes the program grammar (:data:`SERVER_GRAMMAR_FORMATS`); ``none``: it is not sent
+    grammar_format: str = "none"
 
     def __post_init__(self) -> None:
+        check_grammar_format(self.grammar_format)
         if self.style not in STYLES:
             raise ConfigError(f"{PLANNER}: style must be one of {', '.join(STYLES)}, got {self.style!r}")
         if not self.timeout > 0:
@@ -131,6 +162,12 @@ class OpenAIClient:
         self._n_honoured: bool | None = None
 
     @property
+    def constraint_modes(self) -> tuple[str, ...]:
+        """The constraints :meth:`complete` follows: one grammar for the whole program when the server takes
+        grammars (``grammar_format``), else none."""
+        return ("grammar",) if self.config.grammar_format != "none" else ()
+
+    @property
     def identity(self) -> str:
         return f"openai-{self.config.style}:{self.model}@{self.base_url}"
 
@@ -144,7 +181,8 @@ class OpenAIClient:
         c = self.config
         digest = hashlib.sha256(self._api_key.encode()).hexdigest()[:16]
         stop = tuple(c.stop) if c.stop else None
-        return (self.who, self.identity, digest, c.temperature, c.max_tokens, stop, c.timeout, c.max_retries)
+        settings = (c.temperature, c.max_tokens, stop, c.timeout, c.max_retries, c.grammar_format)
+        return (self.who, self.identity, digest, *settings)
 
     @property
     def where(self) -> str:
@@ -172,11 +210,29 @@ class OpenAIClient:
                 )
             return self._client
 
-    def complete(self, messages: list[Message], *, n: int = 1, temperature: float | None = None) -> list[str]:
+    def complete(
+        self,
+        messages: list[Message],
+        *,
+        n: int = 1,
+        temperature: float | None = None,
+        constraint: GrammarSource | None = None,
+    ) -> list[str]:
         """``n`` replies: one request for all of them, or one request each when the server ignores ``n``.
 
-        Messages with images (content parts, :mod:`visprog.llm.images`) need the chat style."""
+        Messages with images (content parts, :mod:`visprog.llm.images`) need the chat style. With a
+        ``constraint`` (which needs ``grammar_format``), each request carries its whole grammar
+        (:func:`grammar_body`) and each reply is a :class:`~visprog.llm.constrained.Completion`,
+        ``truncated`` when the server stopped it at the token limit."""
         check_n(n, self.who)
+        grammar = None
+        if constraint is not None:
+            if self.config.grammar_format == "none":
+                raise ConfigError(
+                    f"{self.where}: a constrained request needs to know how the server takes a grammar: "
+                    f"set grammar_format ({GRAMMAR_FORMAT_HINT}) to {', '.join(SERVER_GRAMMAR_FORMATS[1:])}"
+                )
+            grammar = constraint.grammar(GRAMMAR_SYNTAX)
         if self.config.style != "chat" and has_images(messages):
             raise ConfigError(
                 f"{self.where}: images need the chat style (the completion style sends one prompt of text): "
@@ -187,28 +243,32 @@ class OpenAIClient:
         replies: list[str] = []
         while len(replies) < n:
             wanted = n - len(replies) if self._n_honoured is not False else 1
-            got = self._request(client, messages, wanted, temperature)
+            got = self._request(client, messages, wanted, temperature, grammar)
             if wanted > 1:
                 self._n_honoured = len(got) >= wanted
             replies.extend(got)
         return replies[:n]
 
-    def _request(self, client: Any, messages: list[Message], n: int, temperature: float) -> list[str]:
+    def _request(
+        self, client: Any, messages: list[Message], n: int, temperature: float, grammar: str | None = None
+    ) -> list[str]:
         """One request, tried again after the failures that may pass (up to ``max_retries`` times)."""
         import openai
 
         tries = 0
         while True:
             try:
-                return self._send(client, messages, n, temperature)
+                return self._send(client, messages, n, temperature, grammar)
             except openai.OpenAIError as e:
                 wait = retry_wait(e, tries) if tries < self.config.max_retries else None
                 if wait is None:
-                    raise self._failure(e, images=has_images(messages)) from None
+                    raise self._failure(e, images=has_images(messages), grammar=grammar is not None) from None
             tries += 1
             time.sleep(wait)
 
-    def _send(self, client: Any, messages: list[Message], n: int, temperature: float) -> list[str]:
+    def _send(
+        self, client: Any, messages: list[Message], n: int, temperature: float, grammar: str | None = None
+    ) -> list[str]:
         c = self.config
         options: dict[str, Any] = {"model": self.model, "temperature": temperature}
         if c.max_tokens is not None:
@@ -217,6 +277,8 @@ class OpenAIClient:
             options["n"] = n
         if c.stop:
             options["stop"] = list(c.stop)
+        if grammar is not None:
+            options["extra_body"] = grammar_body(c.grammar_format, grammar)
         try:
             if c.style == "chat":
                 response = client.chat.completions.create(messages=messages, **options)
@@ -227,19 +289,24 @@ class OpenAIClient:
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
             raise ServiceError(self._scrub(f"{self.where} sent an answer with no choices: {str(response)[:200]!r}"))
-        texts = []
+        texts: list[str] = []
         for choice in sorted(choices, key=lambda ch: getattr(ch, "index", 0) or 0):
             if c.style == "chat":
                 message = getattr(choice, "message", None)
                 text = getattr(message, "content", None)
             else:
                 text = getattr(choice, "text", None)
-            texts.append(text if isinstance(text, str) else "")
+            text = text if isinstance(text, str) else ""
+            if grammar is not None:  # cut at the token limit: the program may be incomplete
+                text = Completion.of(text, getattr(choice, "finish_reason", None) == "length")
+            texts.append(text)
         return texts
 
-    def _failure(self, e: Exception, *, images: bool = False) -> ServiceError:
+    def _failure(self, e: Exception, *, images: bool = False, grammar: bool = False) -> ServiceError:
         """A clear error naming the server and the model; never the key. ``images``: the request carried images,
-        so a refusal that speaks of images or content says how to plan without them."""
+        so a refusal that speaks of images or content says how to plan without them. ``grammar``: it carried
+        the program grammar, so a refusal says which setting sent it and how to turn it off; one that speaks of
+        grammars is about the setting, not this request (every request would be refused the same)."""
         import openai
 
         where = self.where
@@ -269,6 +336,10 @@ class OpenAIClient:
                     " (the request carried the input images: the model may not accept images; turn off see_image "
                     f"({SEE_IMAGE_HINT}) or use a multimodal model)"
                 )
+            if grammar and e.status_code in PER_REQUEST_STATUSES:
+                message += self._grammar_hint()
+                if _about_grammars(e.message):
+                    return ServiceError(self._scrub(message))
             if e.status_code in PER_REQUEST_STATUSES:
                 return ServiceError(self._scrub(message), per_request=True)
         elif isinstance(e, openai.APIResponseValidationError):
@@ -276,6 +347,41 @@ class OpenAIClient:
         else:
             message = f"{where} failed: {type(e).__name__}: {e}"
         return ServiceError(self._scrub(message))
+
+    def _grammar_hint(self) -> str:
+        kind = self.config.grammar_format
+        others = [f for f in SERVER_GRAMMAR_FORMATS[1:] if f != kind]
+        return (
+            f" (the request carried the program grammar in '{GRAMMAR_FIELDS[kind]}', as grammar_format = '{kind}' "
+            f"says ({GRAMMAR_FORMAT_HINT}): if this server takes grammars another way, set grammar_format to "
+            f"{' or '.join(others)}; if it takes none, set grammar_format to none or plan with --constrain none)"
+        )
+
+
+def check_grammar_format(value: Any, source: str = PLANNER) -> str:
+    """``value`` if it is one of :data:`SERVER_GRAMMAR_FORMATS`; else a :class:`ConfigError` naming the setting
+    and ``source``."""
+    if value not in SERVER_GRAMMAR_FORMATS:
+        hint = did_you_mean(value, SERVER_GRAMMAR_FORMATS) if isinstance(value, str) else ""
+        raise ConfigError(
+            f"{source}: grammar_format ({GRAMMAR_FORMAT_HINT}) must be one of {', '.join(SERVER_GRAMMAR_FORMATS)}, "
+            f"got {value!r}{hint}"
+        )
+    return str(value)
+
+
+def grammar_body(grammar_format: str, grammar: str) -> dict[str, Any]:
+    """The request's extra fields that carry ``grammar`` to a server of kind ``grammar_format``
+    (:data:`GRAMMAR_FIELDS`: ``{"structured_outputs": {"grammar": ...}}`` for vLLM, ``{"grammar": ...}``
+    for llama.cpp, ``{"ebnf": ...}`` for SGLang)."""
+    check_grammar_format(grammar_format)
+    if grammar_format == "none":
+        raise ValueError("grammar_format 'none' sends no grammar")
+    *outer, last = GRAMMAR_FIELDS[grammar_format].split(".")
+    body: dict[str, Any] = {last: grammar}
+    for name in reversed(outer):
+        body = {name: body}
+    return body
 
 
 def retry_wait(e: BaseException, tries: int) -> float | None:
@@ -308,6 +414,12 @@ def _about_images(message: str) -> bool:
     """Whether a server's refusal speaks of images or message content (what a text-only model says of image parts)."""
     text = message.lower()
     return any(word in text for word in ("image", "content", "vision", "multimodal"))
+
+
+def _about_grammars(message: str) -> bool:
+    """Whether a server's refusal speaks of grammars or of the field that carried one."""
+    text = message.lower()
+    return any(word in text for word in ("grammar", "ebnf", "gbnf", "structured", "guided", "extra_forbidden"))
 
 
 def _retryable_status(status: int) -> bool:

@@ -22,10 +22,11 @@ from visprog.errors import ProgramError, ServiceError, VisprogError
 from visprog.language.checker import CheckedProgram, check
 from visprog.language.format import format_program
 from visprog.language.signatures import Registry
-from visprog.language.values import answer_key
+from visprog.language.values import Type, answer_key
 from visprog.llm import LLMClient
 from visprog.llm.images import DEFAULT_SIDE, check_see_image, check_side
 from visprog.planner.cache import PlanCache
+from visprog.planner.constraint import ProgramConstraint, choose_mode
 from visprog.planner.events import CacheHit, PlanFailed, Planned, RepairRound, ReplyReceived, RequestSent
 from visprog.planner.extract import read_reply
 from visprog.planner.prompts import build_messages, repair_messages
@@ -35,7 +36,13 @@ from visprog.planner.tasks import Task, get_task, input_names
 from visprog.running.events import Listener, emit
 from visprog.running.plugins import default_registry
 
-__all__ = ["Attempt", "Plan", "Planner", "PlanningError", "vote"]
+__all__ = ["TRUNCATED", "Attempt", "Plan", "Planner", "PlanningError", "vote"]
+
+#: What a repair round says of a constrained reply that reached the token limit before the program ended.
+TRUNCATED = (
+    "The reply reached the token limit before the program's result step: the program is incomplete. "
+    "Write the whole program again, shorter, ending with FINAL_RESULT=Result(var=...)."
+)
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,10 @@ class Planner:
     (:mod:`visprog.planner.retrieval`; default :data:`~visprog.planner.retrieval.DEFAULT_EXAMPLES`, 0: none).
     ``see_image``: the model sees the input images (given to :meth:`plan`), downscaled so their longer side is at
     most ``see_image_side`` pixels (:mod:`visprog.planner.seeing`); it needs a multimodal chat model.
+    ``constrain``: how generation is held to valid programs (:mod:`visprog.planner.constraint`): ``none``,
+    ``grammar`` (the language's syntax) or ``types`` (syntax, assigned names and types, rebuilt per line).
+    Default: the strongest the backend follows (``types`` for a local model, ``grammar`` for a server
+    configured with a grammar format, else ``none``).
     """
 
     def __init__(
@@ -128,6 +139,7 @@ class Planner:
         examples: int | None = None,
         see_image: bool = False,
         see_image_side: int = DEFAULT_SIDE,
+        constrain: str | None = None,
     ) -> None:
         if repair_rounds < 0:
             raise ValueError(f"repair_rounds must be >= 0, got {repair_rounds}")
@@ -138,6 +150,7 @@ class Planner:
         self.examples = DEFAULT_EXAMPLES if examples is None else check_examples(examples)
         self.see_image = check_see_image(see_image)
         self.see_image_side = check_side(see_image_side)
+        self.constrain = choose_mode(constrain, getattr(backend, "constraint_modes", ()), backend.identity)
 
     def plan(
         self,
@@ -168,6 +181,7 @@ class Planner:
             repr(temperature),
             feedback or "",
             *([images_key(seen)] if seen else []),  # without images: the keys plans were cached under before
+            *([f"constrain={self.constrain}"] if self.constrain != "none" else []),
         )
         if self.cache is not None:
             stored = self.cache.get(key)
@@ -186,10 +200,18 @@ class Planner:
         if seen:  # repair rounds keep this turn, images included
             messages = with_images(messages, seen)
         attempts: list[Attempt] = []
+        constraint = (
+            None
+            if self.constrain == "none"
+            else ProgramConstraint(self.registry, dict.fromkeys(spec.inputs, Type.IMAGE), self.constrain)
+        )
         for attempt in range(1, self.repair_rounds + 2):
             emit(on_event, RequestSent(spec.name, text, sample, attempt, len(messages)))
             started = time.perf_counter()
-            reply = self.backend.complete(messages, n=1, temperature=temperature)[0]
+            if constraint is None:
+                reply = self.backend.complete(messages, n=1, temperature=temperature)[0]
+            else:
+                reply = self.backend.complete(messages, n=1, temperature=temperature, constraint=constraint)[0]  # type: ignore[call-arg]
             reading = read_reply(
                 reply, lambda p: check(p, spec.inputs, registry=self.registry, known_inputs=input_names())
             )
@@ -199,10 +221,16 @@ class Planner:
                 if not program.strip():
                     raise _NoProgram()
                 checked = reading.result()
+                if getattr(reply, "truncated", False):
+                    raise _Truncated()
             except _NoProgram:
                 diagnostics = "The reply contains no program. Answer with the program only, one step per line."
+            except _Truncated:
+                diagnostics = TRUNCATED
             except ProgramError as e:
                 diagnostics = e.render()
+                if getattr(reply, "truncated", False):
+                    diagnostics = f"{TRUNCATED}\n{diagnostics}"
             else:
                 attempts.append(Attempt(reply, program))
                 program, checked = self._canonical(checked, spec)
@@ -264,3 +292,7 @@ class Planner:
 
 class _NoProgram(Exception):
     pass
+
+
+class _Truncated(Exception):
+    """A constrained reply that stopped at the token limit (it may check, but it is not what the model meant)."""

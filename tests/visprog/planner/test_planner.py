@@ -206,7 +206,7 @@ def test_a_local_model_plans_through_the_same_loop(tmp_path: Path, monkeypatch: 
     tokenizer.save_pretrained(tmp_path)
 
     backend = client_from_options(local=str(tmp_path), max_new_tokens=8)
-    planner = Planner(backend, registry=fakes.registry(), repair_rounds=1, cache=False)
+    planner = Planner(backend, registry=fakes.registry(), repair_rounds=1, cache=False, constrain="none")
     prompts: list[str] = []
     build = backend._prompt  # type: ignore[attr-defined]
 

@@ -1,0 +1,165 @@
+"""Constrained generation for local transformers models: each next token is one the grammar allows.
+
+The grammar comes from a :class:`GrammarSource` (the planner's
+:class:`~visprog.planner.constraint.ProgramConstraint`): a first grammar, then,
+each time a grammar's match is complete, the grammar of what follows, given
+the text so far (so a grammar can be rebuilt per line, from what the lines
+assigned), or None when the output is complete. The token-level work is
+llguidance's (Lark grammars, a token mask per step): :class:`GrammarLogits` is a
+``transformers`` logits processor that keeps one matcher per sequence.
+
+Nothing here imports torch, transformers or llguidance at import time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from visprog.errors import ConfigError
+
+__all__ = ["Completion", "GrammarLogits", "GrammarSource", "llguidance_tokenizer"]
+
+
+class GrammarSource(Protocol):
+    """The grammars (Lark, llguidance's dialect) one constrained output follows."""
+
+    def start(self) -> str:
+        """The grammar the output starts with."""
+        ...
+
+    def next(self, text: str) -> str | None:
+        """The grammar of what follows ``text`` (the output so far, whose last grammar just matched
+        completely), or None when the output is complete."""
+        ...
+
+    def grammar(self, syntax: str = "lark") -> str:
+        """One grammar for the whole output, in ``lark`` or ``gbnf``: what a server takes."""
+        ...
+
+
+class Completion(str):
+    """A reply, with how its constrained generation ended: ``truncated`` when it stopped at the token
+    limit before the grammar was complete (the reply is then what came out so far)."""
+
+    truncated: bool = False
+    #: seconds spent computing token masks (and rebuilding grammars), for benchmarks
+    constraint_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, text: str, truncated: bool, constraint_seconds: float = 0.0) -> Completion:
+        out = cls(text)
+        out.truncated = truncated
+        out.constraint_seconds = constraint_seconds
+        return out
+
+
+_TOKENIZERS: dict[int, Any] = {}
+
+
+def llguidance_tokenizer(tokenizer: Any) -> Any:
+    """llguidance's view of a fast Hugging Face tokenizer (built once per tokenizer: about a second)."""
+    cached = _TOKENIZERS.get(id(tokenizer))
+    if cached is not None and cached[0] is tokenizer:
+        return cached[1]
+    try:
+        import llguidance.hf
+    except ImportError as e:
+        raise ConfigError(
+            f"constrained generation needs llguidance: pip install 'visprog[models]' ({e}); "
+            "or turn it off with --constrain none ([llm] constrain = 'none')"
+        ) from e
+    try:
+        wrapped = llguidance.hf.from_tokenizer(tokenizer)
+    except ValueError as e:  # a slow (Python) tokenizer
+        raise ConfigError(
+            f"constrained generation needs a fast tokenizer, and this model's is {type(tokenizer).__name__} ({e}); "
+            "turn it off with --constrain none"
+        ) from e
+    _TOKENIZERS[id(tokenizer)] = (tokenizer, wrapped)
+    return wrapped
+
+
+@dataclass
+class _Row:
+    """One sequence's state: its matcher, the tokens it generated, and whether its output is complete."""
+
+    matcher: Any
+    tokens: list[int] = field(default_factory=list)
+    done: bool = False
+    error: str | None = None
+
+
+class GrammarLogits:
+    """A logits processor (``model.generate(logits_processor=[...])``) that masks every token the grammar
+    does not allow, for each sequence of the batch; once a sequence's output is complete, only EOS.
+
+    ``prompt_length`` is where the generated tokens start in ``input_ids``.
+    """
+
+    def __init__(self, source: GrammarSource, tokenizer: Any, prompt_length: int, eos_token_id: int) -> None:
+        import llguidance
+
+        self.llguidance = llguidance
+        self.source = source
+        self.hf_tokenizer = tokenizer
+        self.tokenizer = llguidance_tokenizer(tokenizer)
+        self.prompt_length = prompt_length
+        self.eos = eos_token_id
+        self.rows: list[_Row] = []
+        self.seconds = 0.0
+        self._first = source.start()
+
+    def matcher(self, grammar: str) -> Any:
+        m = self.llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
+        if m.is_error():
+            raise ValueError(f"the constraint's grammar is not valid: {m.get_error()}")
+        return m
+
+    def complete(self, row: int) -> bool:
+        """Whether sequence ``row`` reached the end of its grammar (not the token limit)."""
+        return row < len(self.rows) and self.rows[row].done and self.rows[row].error is None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        t0 = time.perf_counter()
+        batch = int(input_ids.shape[0])
+        if not self.rows:
+            self.rows = [_Row(self.matcher(self._first)) for _ in range(batch)]
+        generated = int(input_ids.shape[1]) - self.prompt_length
+        vocab = int(scores.shape[1])
+        allowed = torch.zeros((batch, vocab), dtype=torch.bool)
+        words = (vocab + 31) // 32
+        bitmask = torch.zeros((1, words), dtype=torch.int32)
+        shifts = torch.arange(32, dtype=torch.int32)
+        for b, row in enumerate(self.rows):
+            if generated > 0 and not row.done:
+                self.consume(row, int(input_ids[b, -1]))
+            if row.done:
+                allowed[b, self.eos] = True
+                continue
+            row.matcher.unsafe_compute_mask_ptr(bitmask.data_ptr(), words * 4)
+            bits = ((bitmask[0].unsqueeze(1) >> shifts) & 1).reshape(-1)[:vocab]
+            allowed[b] = bits.bool()
+            if not bool(allowed[b].any()):  # nothing fits: end the sequence rather than emit garbage
+                row.done, row.error = True, "no token fits the grammar"
+                allowed[b, self.eos] = True
+        out = scores.masked_fill(~allowed.to(scores.device), float("-inf"))
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def consume(self, row: _Row, token: int) -> None:
+        row.tokens.append(token)
+        m = row.matcher
+        if not m.consume_token(token) or m.is_error():
+            row.done, row.error = True, m.get_error() or f"token {token} does not fit the grammar"
+            return
+        if m.is_stopped():  # this grammar's match is complete: what follows?
+            text = self.hf_tokenizer.decode(row.tokens, skip_special_tokens=True)
+            following = self.source.next(text)
+            if following is None:
+                row.done = True
+            else:
+                row.matcher = self.matcher(following)

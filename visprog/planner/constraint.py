@@ -1,0 +1,322 @@
+"""The grammar of the programs the checker accepts, built from the registry, for constrained generation.
+
+Two strengths (``constrain``):
+
+- ``grammar``: the language's syntax in canonical form, one step per line:
+  only registered modules (canonical names), only their argument names (keyword
+  form, in declaration order, required ones present), literals of each
+  parameter's type, Eval expressions in (a subset of) Eval's grammar, and a
+  final ``FINAL_RESULT=Result(var=NAME)`` line after which the program stops.
+  Any name may stand where a variable may.
+- ``types``: the same, rebuilt for every line (:class:`ProgramConstraint`):
+  variables are the inputs and the names already assigned, each only where its
+  type fits (an Image where an Image is expected, Objects where Objects are), a
+  module whose required arguments no variable can fill is left out, and Eval
+  placeholders name only assigned values, numbers compared with numbers and
+  text with text, so what comes out parses and checks.
+
+Nothing here is written by hand per module: plugins are constrained like the
+built-in modules. Literal values a parameter's validator refuses (an unknown
+emoji name) are the one thing the grammar cannot know; the checker still
+reports them and the repair round fixes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from visprog.errors import ConfigError, ProgramError
+from visprog.language import parser
+from visprog.language.signatures import ModuleSpec, Param, Registry, Validator, accepts
+from visprog.language.values import Type, assignable
+from visprog.planner.grammar import Grammar, Node, Opt, Ref, Star, Term, alt, seq, to_gbnf, to_lark
+
+__all__ = ["CONSTRAIN_MODES", "GRAMMAR_FORMATS", "ProgramConstraint", "choose_mode", "line_grammar", "program_grammar"]
+
+#: ``none``: no constraint; ``grammar``: syntax (one grammar); ``types``: syntax, names and types, per line.
+CONSTRAIN_MODES: tuple[str, ...] = ("none", "grammar", "types")
+#: How a server takes a grammar: ``lark`` (llguidance's Lark: vLLM's guidance backend) or ``gbnf``
+#: (llama.cpp's ``grammar``, and the EBNF of xgrammar, vLLM's default, and SGLang).
+GRAMMAR_FORMATS: tuple[str, ...] = ("lark", "gbnf")
+
+#: The target of the result line.
+RESULT_TARGET = "FINAL_RESULT"
+#: The module the result line calls.
+RESULT_MODULE = "Result"
+
+# Terminals, in both syntaxes. Text in a program has no line break; text inside Eval (which is itself
+# inside a double-quoted string) has no quote of either kind and no braces.
+NAME = Term(r"[A-Z][A-Z0-9_]{0,30}", r"[A-Z] [A-Z0-9_]{0,30}")
+TEXT = Term(r"'[^'\\\n\r]{1,200}'", r"['] [^'\\\n\r]{1,200} [']")
+INT = Term(r"-?[0-9]{1,9}", '"-"? [0-9]{1,9}')
+NUMBER = Term(r"-?[0-9]{1,9}(\.[0-9]{1,6})?", '"-"? [0-9]{1,9} ("." [0-9]{1,6})?')
+EVAL_TEXT = Term(r"'[^'\"\\\n\r{}]{0,80}'", r"['] [^'\"\\\n\r{}]{0,80} [']")
+
+
+#: Text with something besides spaces and commas in it (a validator's ``nonblank``).
+NONBLANK_TEXT = Term(
+    r"'[ ,]{0,20}[^'\\\n\r ,][^'\\\n\r]{0,199}'", r"['] [ ,]{0,20} [^'\\\n\r ,] [^'\\\n\r]{0,199} [']"
+)
+
+
+def _at_least(minimum: int) -> Node:
+    """Whole numbers of at least ``minimum`` (every one written, up to nine digits, when it is above 1)."""
+    if minimum <= 0:
+        return Term(r"[0-9]{1,9}", "[0-9]{1,9}")
+    if minimum == 1:
+        return Term(r"[1-9][0-9]{0,8}", "[1-9] [0-9]{0,8}")
+    digits = len(str(minimum))
+    longer = Term(rf"[1-9][0-9]{{{digits},8}}", f"[1-9] [0-9]{{{digits},8}}")
+    if minimum > 999:
+        return longer
+    return alt(longer, *(str(k) for k in range(minimum, 10**digits)))
+
+
+_CHOICES: dict[Any, Term | None] = {}
+#: What a regular expression (Rust's, as llguidance reads it) must escape.
+_REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$#&-~")
+
+
+def _choices(choices: Callable[[], Iterable[str]]) -> Term | None:
+    """One terminal for a closed set of strings (one lexeme, however many: a grammar rule with thousands
+    of alternatives is more than a parser's row may hold), built once per ``choices`` function."""
+    if choices not in _CHOICES:
+        names = sorted({c for c in choices() if c and not set(c) & {"'", "\\", "\n", "\r", '"'}})
+        if not names:
+            _CHOICES[choices] = None
+        else:
+            regex = "|".join("".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in n) for n in names)
+            gbnf = " | ".join('"' + n + '"' for n in names)
+            _CHOICES[choices] = Term(f"'({regex})'", f"['] ({gbnf}) [']")
+    return _CHOICES[choices]
+
+
+def _literal(t: Type, validator: Validator | None = None) -> Node | None:
+    """The literals of type ``t`` in a program that ``validator`` accepts, as far as it says
+    (:func:`~visprog.language.signatures.accepts`); None when there are none (images, objects)."""
+    hints = accepts(validator)
+    if t is Type.STR and "choices" in hints:
+        choices = _choices(hints["choices"])
+        if choices is not None:
+            return choices
+    text = NONBLANK_TEXT if hints.get("nonblank") else TEXT
+    if t is Type.STR:
+        return text
+    if t is Type.INT:
+        return _at_least(int(hints["minimum"])) if "minimum" in hints else INT
+    if t is Type.FLOAT:
+        return NUMBER
+    if t is Type.BOOL:
+        return alt("True", "False")
+    if t is Type.LIST_STR:
+        return alt(seq("[", text, Star(seq(", ", text)), "]"), text)
+    if t is Type.ANY:
+        return alt(TEXT, NUMBER)
+    return None
+
+
+def _placeholders(names: list[str]) -> Node | None:
+    return alt(*(f"{{{n}}}" for n in names)) if names else None
+
+
+def _eval_rules(variables: Mapping[str, Type] | None) -> dict[str, Node]:
+    """Eval's expressions, as the rules ``e_*``: over any ``{NAME}`` when ``variables`` is None,
+    else over the assigned values that are no image or objects, each where its type fits."""
+    kinds: dict[str, Node | None]
+    if variables is None:
+        kinds = {"e_any_var": seq("{", NAME, "}")}
+    else:
+        kinds = {
+            "e_any_var": _placeholders([n for n, t in variables.items() if t is Type.ANY]),
+            "e_num_var": _placeholders([n for n, t in variables.items() if t in (Type.INT, Type.FLOAT)]),
+            "e_text_var": _placeholders([n for n, t in variables.items() if t is Type.STR]),
+            "e_bool_var": _placeholders([n for n, t in variables.items() if t is Type.BOOL]),
+        }
+    # Each kind of placeholder is a rule of its own, so that no converter (GBNF to Lark) folds it into
+    # the text or number lexemes around it.
+    rules: dict[str, Node] = {k: v for k, v in kinds.items() if v is not None}
+    refs: list[Node | None] = [
+        Ref(k) if k in rules else None for k in ("e_any_var", "e_num_var", "e_text_var", "e_bool_var")
+    ]
+    any_var, number_var, text_var, bool_var = refs
+    present: list[Node] = [v for v in refs if v is not None]
+    atoms: list[Node] = [NUMBER, *(v for v in (number_var, any_var) if v is not None), seq("(", Ref("e_num"), ")")]
+    texts: list[Node] = [EVAL_TEXT, *(v for v in (text_var, any_var) if v is not None)]
+    comparisons: list[Node] = [
+        seq(Ref("e_num"), alt(" == ", " != ", " > ", " < ", " >= ", " <= "), Ref("e_num")),
+        seq(Ref("e_text"), alt(" == ", " != "), Ref("e_text")),
+        seq(Ref("e_text"), alt(" in [", " not in ["), EVAL_TEXT, Star(seq(", ", EVAL_TEXT)), "]"),
+        *(v for v in (bool_var, any_var) if v is not None),
+    ]
+    values: list[Node] = [EVAL_TEXT, NUMBER, *present]
+    return rules | {
+        "e_top": alt(seq(Ref("e_value"), " if ", Ref("e_or"), " else ", Ref("e_value")), Ref("e_or"), Ref("e_num")),
+        "e_value": alt(*values),
+        "e_or": seq(Ref("e_and"), Star(seq(" or ", Ref("e_and")))),
+        "e_and": seq(Ref("e_not"), Star(seq(" and ", Ref("e_not")))),
+        "e_not": alt(seq("not ", Ref("e_not")), Ref("e_cmp"), seq("(", Ref("e_or"), ")")),
+        "e_cmp": alt(*comparisons),
+        "e_num": seq(Ref("e_term"), Star(seq(alt(" + ", " - "), Ref("e_term")))),
+        "e_term": seq(Ref("e_atom"), Star(seq(alt(" * ", " / "), Ref("e_atom")))),
+        "e_atom": alt(*atoms),
+        "e_text": alt(*texts),
+    }
+
+
+class _Builder:
+    def __init__(self, registry: Registry, variables: Mapping[str, Type] | None) -> None:
+        self.registry = registry
+        #: the variables and their types; None: any name, any type (``grammar``)
+        self.variables = variables
+
+    def value(self, param: Param) -> Node | None:
+        """What may stand for ``param``: its literals and the variables whose type fits; None if nothing."""
+        if param.type is Type.TEMPLATE:
+            return seq('"', Ref("e_top"), '"')
+        literal = _literal(param.type, param.validator)
+        if self.variables is None:
+            return NAME if literal is None else alt(literal, NAME)
+        names = [n for n, t in self.variables.items() if assignable(t, param.type, param.optional)]
+        options = [o for o in (literal, *names) if o is not None]
+        return alt(*options) if options else None
+
+    def call(self, spec: ModuleSpec) -> Node | None:
+        """``Name(arg=value, ...)`` in declaration order, optional arguments optional; None when a
+        required argument has nothing that may stand for it."""
+        parts: list[Node | str] = [f"{spec.name}("]
+        first = True
+        for param in spec.params:
+            value = self.value(param)
+            if value is None:
+                if param.required or first:
+                    return None
+                continue
+            part = seq("" if first else ", ", f"{param.name}=", value)
+            parts.append(part if param.required or first else Opt(part))
+            first = False
+        parts.append(")")
+        return seq(*parts)
+
+    def calls(self) -> Node | None:
+        options = [c for spec in self.registry if spec.name != RESULT_MODULE and (c := self.call(spec)) is not None]
+        return alt(*options) if options else None
+
+    def result(self) -> Node | None:
+        names: list[Node | str] = [NAME] if self.variables is None else list(self.variables)
+        return seq(f"{RESULT_TARGET}={RESULT_MODULE}(var=", alt(*names), ")") if names else None
+
+
+def choose_mode(constrain: str | None, supported: tuple[str, ...], backend: str) -> str:
+    """The constraint a planner uses: ``constrain`` (checked), or by default the strongest the backend follows
+    (``supported``: the modes it can follow besides ``none``)."""
+    if constrain is None:
+        return next((m for m in ("types", "grammar") if m in supported), "none")
+    if constrain not in CONSTRAIN_MODES:
+        raise ConfigError(f"constrain must be one of {', '.join(CONSTRAIN_MODES)} (--constrain), got {constrain!r}")
+    if constrain != "none" and constrain not in supported:
+        if not supported:
+            how = (
+                "a local model (--local) follows a constraint; a server does when [llm] grammar_format says "
+                "how it takes a grammar"
+            )
+        else:
+            how = f"it follows {' or '.join(supported)} (types needs a local model: a server takes one grammar)"
+        raise ConfigError(f"constrain={constrain!r} cannot be used with {backend}: {how}; or use --constrain none")
+    return constrain
+
+
+def program_grammar(registry: Registry) -> Grammar:
+    """The grammar of a whole program (``constrain = grammar``): step lines, then the result line."""
+    builder = _Builder(registry, None)
+    calls = builder.calls()
+    result = builder.result()
+    if calls is None or result is None:
+        raise ValueError("the registry has no module a program could call")
+    return {
+        "start": seq(Star(Ref("step")), Ref("result")),
+        "step": seq(NAME, "=", calls, "\n"),
+        "result": result,
+        **_eval_rules(None),
+    }
+
+
+def line_grammar(registry: Registry, variables: Mapping[str, Type], steps: int) -> Grammar:
+    """The grammar of the next line (``constrain = types``) after ``steps`` steps, with ``variables``
+    (inputs first, then what the steps assigned, each with its type) in scope."""
+    builder = _Builder(registry, variables)
+    options: list[Node] = []
+    calls = builder.calls()
+    if calls is not None:
+        options.append(Ref("step"))
+    result = builder.result() if steps else None
+    if result is not None:
+        options.append(result)
+    if not options:
+        raise ValueError(f"no module can be called with the variables {', '.join(variables) or '(none)'}")
+    grammar: dict[str, Node] = {"start": alt(*options)}
+    if calls is not None:
+        grammar["step"] = seq(NAME, "=", calls, "\n")
+    grammar.update(_eval_rules(variables))
+    return grammar
+
+
+@dataclass
+class ProgramConstraint:
+    """The grammars a constrained generation follows, for one task's inputs (a grammar source for
+    :mod:`visprog.llm`): :meth:`start` gives the first one in Lark; :meth:`next`, given the text
+    generated so far, the grammar of what comes next, or None when the program is complete.
+
+    With ``mode="grammar"`` the first grammar covers the whole program; with ``"types"`` each
+    covers one line and is rebuilt from the lines so far.
+    """
+
+    registry: Registry
+    inputs: Mapping[str, Type]
+    mode: str = "types"
+
+    def __post_init__(self) -> None:
+        if self.mode not in CONSTRAIN_MODES or self.mode == "none":
+            raise ValueError(f"constrain mode must be 'grammar' or 'types', got {self.mode!r}")
+
+    def grammar(self, syntax: str = "lark") -> str:
+        """The whole program's grammar (``grammar`` strength) in ``lark`` or ``gbnf``: what a server takes."""
+        g = program_grammar(self.registry)
+        if syntax == "lark":
+            return to_lark(g)
+        if syntax == "gbnf":
+            return to_gbnf(g)
+        raise ValueError(f"grammar format must be one of {', '.join(GRAMMAR_FORMATS)}, got {syntax!r}")
+
+    def start(self) -> str:
+        if self.mode == "grammar":
+            return to_lark(program_grammar(self.registry))
+        return to_lark(line_grammar(self.registry, dict(self.inputs), 0))
+
+    def next(self, text: str) -> str | None:
+        """The grammar of the line after ``text`` (complete lines), or None when ``text`` ends with the result line."""
+        if self.mode == "grammar":
+            return None
+        lines = [line for line in text.split("\n") if line.strip()]
+        if not lines or lines[-1].startswith(f"{RESULT_TARGET}={RESULT_MODULE}("):
+            return None if lines else to_lark(line_grammar(self.registry, dict(self.inputs), 0))
+        variables = dict(self.inputs)
+        for target, returns in _assignments("\n".join(lines), self.registry):
+            variables.pop(target, None)  # the latest assignment decides the type, and comes last
+            variables[target] = returns
+        return to_lark(line_grammar(self.registry, variables, len(lines)))
+
+
+def _assignments(text: str, registry: Registry) -> list[tuple[str, Type]]:
+    """Each step's target and the type of what it assigns (the module's return type)."""
+    try:
+        program = parser.parse(text)
+    except ProgramError:
+        return []
+    out: list[tuple[str, Type]] = []
+    for step in program.steps:
+        call = step.call
+        spec = registry.get(call.module) if call is not None else None
+        out.append((step.target, spec.returns if spec is not None else Type.ANY))
+    return out
