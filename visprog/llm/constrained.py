@@ -19,7 +19,11 @@ from typing import Any, Protocol
 
 from visprog.errors import ConfigError
 
-__all__ = ["Completion", "GrammarLogits", "GrammarSource", "llguidance_tokenizer"]
+__all__ = ["FINISH_TOKENS", "Completion", "GrammarLogits", "GrammarSource", "llguidance_tokenizer"]
+
+#: When fewer tokens than this are left as a grammar ends, the next grammar is asked to finish the output
+#: (a program's result line), so that a constrained run ends complete rather than cut at the limit.
+FINISH_TOKENS = 48
 
 
 class GrammarSource(Protocol):
@@ -29,9 +33,10 @@ class GrammarSource(Protocol):
         """The grammar the output starts with."""
         ...
 
-    def next(self, text: str) -> str | None:
+    def next(self, text: str, finish: bool = False) -> str | None:
         """The grammar of what follows ``text`` (the output so far, whose last grammar just matched
-        completely), or None when the output is complete."""
+        completely), or None when the output is complete. ``finish``: few tokens are left, so the
+        grammar should lead to the end by the shortest way it has."""
         ...
 
     def grammar(self, syntax: str = "lark") -> str:
@@ -98,7 +103,14 @@ class GrammarLogits:
     ``prompt_length`` is where the generated tokens start in ``input_ids``.
     """
 
-    def __init__(self, source: GrammarSource, tokenizer: Any, prompt_length: int, eos_token_id: int) -> None:
+    def __init__(
+        self,
+        source: GrammarSource,
+        tokenizer: Any,
+        prompt_length: int,
+        eos_token_id: int,
+        max_new_tokens: int | None = None,
+    ) -> None:
         import llguidance
 
         self.llguidance = llguidance
@@ -109,6 +121,8 @@ class GrammarLogits:
         self.eos = eos_token_id
         self.rows: list[_Row] = []
         self.seconds = 0.0
+        #: the token limit: with fewer than FINISH_TOKENS left when a grammar ends, the next one finishes
+        self.max_new_tokens = max_new_tokens
         self._first = source.start()
 
     def matcher(self, grammar: str) -> Any:
@@ -158,7 +172,8 @@ class GrammarLogits:
             return
         if m.is_stopped():  # this grammar's match is complete: what follows?
             text = self.hf_tokenizer.decode(row.tokens, skip_special_tokens=True)
-            following = self.source.next(text)
+            left = None if self.max_new_tokens is None else self.max_new_tokens - len(row.tokens)
+            following = self.source.next(text, finish=left is not None and left < FINISH_TOKENS)
             if following is None:
                 row.done = True
             else:

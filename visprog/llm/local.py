@@ -222,7 +222,7 @@ class TransformersClient:
             from transformers import LogitsProcessorList
 
             eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad
-            grammar = GrammarLogits(constraint, tokenizer, prompt_length, int(eos))
+            grammar = GrammarLogits(constraint, tokenizer, prompt_length, int(eos), self.max_new_tokens)
             options["logits_processor"] = LogitsProcessorList([grammar])
         with torch.inference_mode():
             output = model.generate(**inputs, **options)

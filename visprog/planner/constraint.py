@@ -56,9 +56,7 @@ EVAL_TEXT = Term(r"'[^'\"\\\n\r{}]{0,80}'", r"['] [^'\"\\\n\r{}]{0,80} [']")
 
 
 #: Text with something besides spaces and commas in it (a validator's ``nonblank``).
-NONBLANK_TEXT = Term(
-    r"'[ ,]{0,20}[^'\\\n\r ,][^'\\\n\r]{0,199}'", r"['] [ ,]{0,20} [^'\\\n\r ,] [^'\\\n\r]{0,199} [']"
-)
+NONBLANK_TEXT = Term(r"'[ ,]{0,20}[^'\\\n\r ,][^'\\\n\r]{0,199}'", r"['] [ ,]{0,20} [^'\\\n\r ,] [^'\\\n\r]{0,199} [']")
 
 
 def _at_least(minimum: int) -> Node:
@@ -242,12 +240,13 @@ def program_grammar(registry: Registry) -> Grammar:
     }
 
 
-def line_grammar(registry: Registry, variables: Mapping[str, Type], steps: int) -> Grammar:
+def line_grammar(registry: Registry, variables: Mapping[str, Type], steps: int, *, finish: bool = False) -> Grammar:
     """The grammar of the next line (``constrain = types``) after ``steps`` steps, with ``variables``
-    (inputs first, then what the steps assigned, each with its type) in scope."""
+    (inputs first, then what the steps assigned, each with its type) in scope; with ``finish``, only
+    the result line once there is a step."""
     builder = _Builder(registry, variables)
     options: list[Node] = []
-    calls = builder.calls()
+    calls = None if finish and steps else builder.calls()
     if calls is not None:
         options.append(Ref("step"))
     result = builder.result() if steps else None
@@ -294,8 +293,9 @@ class ProgramConstraint:
             return to_lark(program_grammar(self.registry))
         return to_lark(line_grammar(self.registry, dict(self.inputs), 0))
 
-    def next(self, text: str) -> str | None:
-        """The grammar of the line after ``text`` (complete lines), or None when ``text`` ends with the result line."""
+    def next(self, text: str, finish: bool = False) -> str | None:
+        """The grammar of the line after ``text`` (complete lines), or None when ``text`` ends with the result line.
+        ``finish``: only the result line (when a step has assigned something), as few tokens are left."""
         if self.mode == "grammar":
             return None
         lines = [line for line in text.split("\n") if line.strip()]
@@ -305,7 +305,7 @@ class ProgramConstraint:
         for target, returns in _assignments("\n".join(lines), self.registry):
             variables.pop(target, None)  # the latest assignment decides the type, and comes last
             variables[target] = returns
-        return to_lark(line_grammar(self.registry, variables, len(lines)))
+        return to_lark(line_grammar(self.registry, variables, len(lines), finish=finish))
 
 
 def _assignments(text: str, registry: Registry) -> list[tuple[str, Type]]:

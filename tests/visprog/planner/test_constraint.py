@@ -226,3 +226,14 @@ def test_next_after_the_result_line_is_the_end(registry: Registry) -> None:
     assert ProgramConstraint(registry, INPUTS, "grammar").next("anything") is None
     with pytest.raises(ProgramError):
         check("FINAL_RESULT=Result(var=BOX0)", INPUTS, registry=registry)  # what the grammar never allows first
+
+
+def test_near_the_token_limit_the_next_line_is_the_result_line(registry: Registry) -> None:
+    c = ProgramConstraint(registry, INPUTS)
+    text = "BOX0=Loc(image=IMAGE, object='dog')\n"
+    finishing = c.next(text, finish=True)
+    assert finishing is not None
+    assert finishing.splitlines()[0] == 'start: "FINAL_RESULT=Result(var=" ("IMAGE" | "BOX0") ")"'
+    assert "Count(" not in finishing
+    first = c.next("", finish=True)  # nothing assigned yet: a step must come first
+    assert first is not None and "Loc(" in first
