@@ -218,6 +218,12 @@ class _Checker:
             return (dst.crop(index) if dst is not None else None), remap
         return (dst if spec.frame is not None else found), remap
 
+    def template_frame(self, templates: Mapping[str, Expression]) -> Frame | None:
+        """The frame of the images and objects an expression reads, when they share one."""
+        names = {n for e in templates.values() for n in e.variables}
+        frames = {f for n in names if (f := self.frames.get(n)) is not None}
+        return frames.pop() if len(frames) == 1 else None
+
     # -- steps ----------------------------------------------------------
 
     def check_call(
@@ -351,6 +357,8 @@ class _Checker:
                     step = replace(step, expr=bound)
                 if spec is not None:
                     frame, remap = self.check_frames(index, spec, bound)
+                    if frame is None and templates:  # Eval('{BOX1}'): the frame of the objects it passes on
+                        frame = self.template_frame(templates)
             else:
                 out = self.value_type(step.expr, sources) or Type.ANY
                 frame = self.frame_of(step.expr)

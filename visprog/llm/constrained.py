@@ -13,6 +13,7 @@ Nothing here imports torch, transformers or llguidance at import time.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -60,12 +61,19 @@ class Completion(str):
         return out
 
 
-_TOKENIZERS: dict[int, Any] = {}
+_TOKENIZERS: dict[tuple[int, int | None], Any] = {}
+_TOKENIZERS_LOCK = threading.Lock()
 
 
-def llguidance_tokenizer(tokenizer: Any) -> Any:
-    """llguidance's view of a fast Hugging Face tokenizer (built once per tokenizer: about a second)."""
-    cached = _TOKENIZERS.get(id(tokenizer))
+def llguidance_tokenizer(tokenizer: Any, n_vocab: int | None = None) -> Any:
+    """llguidance's view of a fast Hugging Face tokenizer with ``n_vocab`` tokens (the model's output width,
+    which may exceed the tokenizer's own size), built once per tokenizer and width (about a second)."""
+    with _TOKENIZERS_LOCK:
+        return _wrap(tokenizer, n_vocab)
+
+
+def _wrap(tokenizer: Any, n_vocab: int | None) -> Any:
+    cached = _TOKENIZERS.get((id(tokenizer), n_vocab))
     if cached is not None and cached[0] is tokenizer:
         return cached[1]
     try:
@@ -76,13 +84,14 @@ def llguidance_tokenizer(tokenizer: Any) -> Any:
             "or turn it off with --constrain none ([llm] constrain = 'none')"
         ) from e
     try:
-        wrapped = llguidance.hf.from_tokenizer(tokenizer)
-    except ValueError as e:  # a slow (Python) tokenizer
+        wrapped = llguidance.hf.from_tokenizer(tokenizer, n_vocab=n_vocab)
+    except ValueError as e:
+        what = "is not a fast tokenizer" if "fast" in str(e) else "is one llguidance cannot read"
         raise ConfigError(
-            f"constrained generation needs a fast tokenizer, and this model's is {type(tokenizer).__name__} ({e}); "
-            "turn it off with --constrain none"
+            f"constrained generation needs a tokenizer llguidance reads, and this model's "
+            f"({type(tokenizer).__name__}) {what}: {e}; turn it off with --constrain none"
         ) from e
-    _TOKENIZERS[id(tokenizer)] = (tokenizer, wrapped)
+    _TOKENIZERS[(id(tokenizer), n_vocab)] = (tokenizer, wrapped)
     return wrapped
 
 
@@ -116,7 +125,7 @@ class GrammarLogits:
         self.llguidance = llguidance
         self.source = source
         self.hf_tokenizer = tokenizer
-        self.tokenizer = llguidance_tokenizer(tokenizer)
+        self.tokenizer: Any = None  # built at the first step, when the model's output width is known
         self.prompt_length = prompt_length
         self.eos = eos_token_id
         self.rows: list[_Row] = []
@@ -131,19 +140,21 @@ class GrammarLogits:
             raise ValueError(f"the constraint's grammar is not valid: {m.get_error()}")
         return m
 
-    def complete(self, row: int) -> bool:
-        """Whether sequence ``row`` reached the end of its grammar (not the token limit)."""
-        return row < len(self.rows) and self.rows[row].done and self.rows[row].error is None
+    def truncated(self, row: int) -> bool:
+        """Whether sequence ``row`` stopped at the token limit before its grammar's end (not when the grammar
+        itself came to a dead end: that reply goes to the checker as it is)."""
+        return row >= len(self.rows) or not self.rows[row].done
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
         t0 = time.perf_counter()
         batch = int(input_ids.shape[0])
+        vocab = int(scores.shape[1])
         if not self.rows:
+            self.tokenizer = llguidance_tokenizer(self.hf_tokenizer, vocab)
             self.rows = [_Row(self.matcher(self._first)) for _ in range(batch)]
         generated = int(input_ids.shape[1]) - self.prompt_length
-        vocab = int(scores.shape[1])
         allowed = torch.zeros((batch, vocab), dtype=torch.bool)
         words = (vocab + 31) // 32
         bitmask = torch.zeros((1, words), dtype=torch.int32)

@@ -222,6 +222,11 @@ class TransformersClient:
             from transformers import LogitsProcessorList
 
             eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad
+            if eos is None:
+                raise ConfigError(
+                    f"{PLANNER}: constrained generation ends a reply with the end-of-sequence token, and the local "
+                    f"model '{self.model}' has none; turn it off with --constrain none"
+                )
             grammar = GrammarLogits(constraint, tokenizer, prompt_length, int(eos), self.max_new_tokens)
             options["logits_processor"] = LogitsProcessorList([grammar])
         with torch.inference_mode():
@@ -230,7 +235,7 @@ class TransformersClient:
             self._cut(t) for t in tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
         ]
         if grammar is not None:
-            texts = [Completion.of(t, not grammar.complete(i), grammar.seconds) for i, t in enumerate(texts)]
+            texts = [Completion.of(t, grammar.truncated(i), grammar.seconds) for i, t in enumerate(texts)]
         return texts if sample else texts[:1] * n
 
     def _cut(self, text: str) -> str:

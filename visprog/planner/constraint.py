@@ -23,12 +23,15 @@ reports them and the repair round fixes them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from visprog.errors import ConfigError, ProgramError
 from visprog.language import parser
+from visprog.language.checker import check
+from visprog.language.frames import Frame
 from visprog.language.signatures import ModuleSpec, Param, Registry, Validator, accepts
 from visprog.language.values import Type, assignable
 from visprog.planner.grammar import Grammar, Node, Opt, Ref, Star, Term, alt, seq, to_gbnf, to_lark
@@ -55,8 +58,14 @@ NUMBER = Term(r"-?[0-9]{1,9}(\.[0-9]{1,6})?", '"-"? [0-9]{1,9} ("." [0-9]{1,6})?
 EVAL_TEXT = Term(r"'[^'\"\\\n\r{}]{0,80}'", r"['] [^'\"\\\n\r{}]{0,80} [']")
 
 
-#: Text with something besides spaces and commas in it (a validator's ``nonblank``).
-NONBLANK_TEXT = Term(r"'[ ,]{0,20}[^'\\\n\r ,][^'\\\n\r]{0,199}'", r"['] [ ,]{0,20} [^'\\\n\r ,] [^'\\\n\r]{0,199} [']")
+#: What ``str.strip`` removes (and ``not_empty`` so counts as blank), as a character class body.
+_BLANK = r" \t\v\f\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_BLANK_GBNF = r" \t\x0B\x0C\x1C-\x1F\x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000"
+#: Text with something besides blanks and commas in it (a validator's ``nonblank``).
+NONBLANK_TEXT = Term(
+    rf"'[^'\\\n\r]{{0,100}}[^'\\\n\r,{_BLANK}][^'\\\n\r]{{0,199}}'",
+    rf"['] [^'\\\n\r]{{0,100}} [^'\\\n\r,{_BLANK_GBNF}] [^'\\\n\r]{{0,199}} [']",
+)
 
 
 def _at_least(minimum: int) -> Node:
@@ -74,7 +83,7 @@ def _at_least(minimum: int) -> Node:
 
 _CHOICES: dict[Any, Term | None] = {}
 #: What a regular expression (Rust's, as llguidance reads it) must escape.
-_REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$#&-~")
+_REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$#&-~/")
 
 
 def _choices(choices: Callable[[], Iterable[str]]) -> Term | None:
@@ -103,7 +112,10 @@ def _literal(t: Type, validator: Validator | None = None) -> Node | None:
     if t is Type.STR:
         return text
     if t is Type.INT:
-        return _at_least(int(hints["minimum"])) if "minimum" in hints else INT
+        return _at_least(math.ceil(hints["minimum"])) if "minimum" in hints else INT
+    if t is Type.FLOAT and "minimum" in hints:
+        decimals = Opt(Term(r"\.[0-9]{1,6}", '"." [0-9]{1,6}'))
+        return seq(_at_least(max(0, math.ceil(hints["minimum"]))), decimals)
     if t is Type.FLOAT:
         return NUMBER
     if t is Type.BOOL:
@@ -164,29 +176,61 @@ def _eval_rules(variables: Mapping[str, Type] | None) -> dict[str, Node]:
 
 
 class _Builder:
-    def __init__(self, registry: Registry, variables: Mapping[str, Type] | None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        variables: Mapping[str, Type] | None,
+        frames: Mapping[str, Frame | None] | None = None,
+    ) -> None:
         self.registry = registry
         #: the variables and their types; None: any name, any type (``grammar``)
         self.variables = variables
+        #: the frame of each variable that holds an image or objects (see visprog.language.frames)
+        self.frames = frames or {}
 
-    def value(self, param: Param) -> Node | None:
-        """What may stand for ``param``: its literals and the variables whose type fits; None if nothing."""
+    def value(self, param: Param, root: str | None = None) -> Node | None:
+        """What may stand for ``param``: its literals and the variables whose type fits (for Objects, only
+        those found in the frame ``root`` or in no known one, when ``root`` is given); None if nothing."""
         if param.type is Type.TEMPLATE:
             return seq('"', Ref("e_top"), '"')
         literal = _literal(param.type, param.validator)
         if self.variables is None:
             return NAME if literal is None else alt(literal, NAME)
-        names = [n for n, t in self.variables.items() if assignable(t, param.type, param.optional)]
+        names = [n for n, t in self.variables.items() if self.fits(n, t, param, root)]
         options = [o for o in (literal, *names) if o is not None]
         return alt(*options) if options else None
 
+    def fits(self, name: str, t: Type, param: Param, root: str | None) -> bool:
+        if param.type in (Type.IMAGE, Type.OBJECTS) and t is not param.type:
+            return False  # an Eval's value (any) is never an image or objects here: it would fail at run time
+        if not assignable(t, param.type, param.optional):
+            return False
+        frame = self.frames.get(name)
+        return root is None or param.type is not Type.OBJECTS or frame is None or frame.root == root
+
     def call(self, spec: ModuleSpec) -> Node | None:
         """``Name(arg=value, ...)`` in declaration order, optional arguments optional; None when a
-        required argument has nothing that may stand for it."""
+        required argument has nothing that may stand for it. When the module works in an image's frame,
+        one alternative per image of a known frame, each with only the objects of that frame."""
+        image = spec.param(spec.frame) if spec.frame else None
+        if self.variables is None or image is None or not any(p.type is Type.OBJECTS for p in spec.params):
+            return self.call_in(spec, None, None)
+        roots: dict[str | None, list[str]] = {}
+        for name, t in self.variables.items():
+            if t is Type.IMAGE:
+                frame = self.frames.get(name)
+                roots.setdefault(frame.root if frame is not None else None, []).append(name)
+        options = [c for root, names in roots.items() if (c := self.call_in(spec, root, names)) is not None]
+        return alt(*options) if options else None
+
+    def call_in(self, spec: ModuleSpec, root: str | None, images: list[str] | None) -> Node | None:
         parts: list[Node | str] = [f"{spec.name}("]
         first = True
         for param in spec.params:
-            value = self.value(param)
+            if images is not None and param.name == spec.frame:
+                value: Node | None = alt(*images)
+            else:
+                value = self.value(param, root)
             if value is None:
                 if param.required or first:
                     return None
@@ -240,11 +284,19 @@ def program_grammar(registry: Registry) -> Grammar:
     }
 
 
-def line_grammar(registry: Registry, variables: Mapping[str, Type], steps: int, *, finish: bool = False) -> Grammar:
+def line_grammar(
+    registry: Registry,
+    variables: Mapping[str, Type],
+    steps: int,
+    *,
+    finish: bool = False,
+    frames: Mapping[str, Frame | None] | None = None,
+) -> Grammar:
     """The grammar of the next line (``constrain = types``) after ``steps`` steps, with ``variables``
-    (inputs first, then what the steps assigned, each with its type) in scope; with ``finish``, only
-    the result line once there is a step."""
-    builder = _Builder(registry, variables)
+    (inputs first, then what the steps assigned, each with its type) in scope, and the ``frames`` of
+    those that hold images or objects (objects are offered only with images of their frame); with
+    ``finish``, only the result line once there is a step."""
+    builder = _Builder(registry, variables, frames)
     options: list[Node] = []
     calls = None if finish and steps else builder.calls()
     if calls is not None:
@@ -291,7 +343,10 @@ class ProgramConstraint:
     def start(self) -> str:
         if self.mode == "grammar":
             return to_lark(program_grammar(self.registry))
-        return to_lark(line_grammar(self.registry, dict(self.inputs), 0))
+        return to_lark(line_grammar(self.registry, dict(self.inputs), 0, frames=self.input_frames()))
+
+    def input_frames(self) -> dict[str, Frame | None]:
+        return {name: Frame(name) for name, t in self.inputs.items() if t is Type.IMAGE}
 
     def next(self, text: str, finish: bool = False) -> str | None:
         """The grammar of the line after ``text`` (complete lines), or None when ``text`` ends with the result line.
@@ -300,12 +355,23 @@ class ProgramConstraint:
             return None
         lines = [line for line in text.split("\n") if line.strip()]
         if not lines or lines[-1].startswith(f"{RESULT_TARGET}={RESULT_MODULE}("):
-            return None if lines else to_lark(line_grammar(self.registry, dict(self.inputs), 0))
-        variables = dict(self.inputs)
-        for target, returns in _assignments("\n".join(lines), self.registry):
+            return None if lines else self.start()
+        variables: dict[str, Type] = dict(self.inputs)
+        frames = self.input_frames()
+        for target, returns, frame in self.assignments("\n".join(lines)):
             variables.pop(target, None)  # the latest assignment decides the type, and comes last
             variables[target] = returns
-        return to_lark(line_grammar(self.registry, variables, len(lines), finish=finish))
+            frames[target] = frame
+        return to_lark(line_grammar(self.registry, variables, len(lines), finish=finish, frames=frames))
+
+    def assignments(self, text: str) -> list[tuple[str, Type, Frame | None]]:
+        """Each step's target, the type of what it assigns and its frame, as the checker sees them (the
+        lines so far check: the grammar wrote them); by the modules' return types if they do not."""
+        try:
+            checked = check(text, self.inputs, registry=self.registry, known_inputs=self.inputs)
+        except ProgramError:
+            return [(t, r, None) for t, r in _assignments(text, self.registry)]
+        return [(s.step.target, s.type, s.frame) for s in checked.steps]
 
 
 def _assignments(text: str, registry: Registry) -> list[tuple[str, Type]]:

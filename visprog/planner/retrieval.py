@@ -34,7 +34,7 @@ DEFAULT_EXAMPLES = 8
 #: BM25's term-frequency saturation and length normalisation (the usual values).
 _K1 = 1.5
 _B = 0.75
-_WORD = re.compile(r"[a-z0-9]+")
+_WORD = re.compile(r"[^\W_]+")  # letters and digits of any script
 #: Words that say nothing about which example fits; British spellings read as the examples' American ones.
 _STOP = frozenset({"the", "an", "of", "to", "it", "its", "this", "that", "these", "those"})
 _SPELLING = {"colour": "color", "coloured": "colored", "grey": "gray", "centre": "center"}

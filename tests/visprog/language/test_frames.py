@@ -176,3 +176,19 @@ def test_objects_map_to_the_root_and_back_along_any_crop_path(
     assert on_root[0].box == (x0 + ox, y0 + oy, w + ox, h + oy)
     back = on_root.in_frame((ox, oy), (w, h))
     assert back[0].box == found[0].box
+
+
+def test_objects_passed_through_eval_keep_their_frame(registry: Registry) -> None:
+    program = (
+        "BOX0=Loc(image=IMAGE, object='dog')\n"
+        "IMAGE0=Crop(image=IMAGE, box=BOX0)\n"
+        "BOX1=Loc(image=IMAGE0, object='cat')\n"
+        "BOX2=Eval(expr='{BOX1}')\n"
+        "IMAGE1=Tag(image=IMAGE, object=BOX2)\n"
+        "FINAL_RESULT=Result(var=IMAGE1)"
+    )
+    checked = fakes.check(program, ["IMAGE"], registry=registry)
+    assert checked.steps[3].frame == Frame("IMAGE", (1,))
+    assert checked.steps[4].remap == {"object": (Frame("IMAGE", (1,)), Frame("IMAGE"))}
+    other = "BOX0=Loc(image=LEFT, object='dog')\nBOX1=Eval(expr='{BOX0}')\nIMAGE0=Tag(image=RIGHT, object=BOX1)"
+    assert "found on LEFT, but the step's image is RIGHT" in _error(other, registry).diagnostics[0].message

@@ -188,3 +188,21 @@ def test_the_default_precision_is_the_checkpoints_own(tmp_path: Path) -> None:
 def test_an_unknown_precision_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="dtype must be one of auto, float32, bfloat16, float16, got 'half'"):
         TransformersClient("org/model", dtype="half")
+
+
+def test_the_token_mask_fits_a_model_wider_than_its_tokenizer() -> None:
+    """Models often have more output rows than tokens (padded vocabularies): the mask covers them all."""
+    import torch
+
+    from tests.visprog.planner.test_constraint import INPUTS, _byte_tokenizer, _registry
+    from visprog.llm.constrained import GrammarLogits
+    from visprog.planner.constraint import ProgramConstraint
+
+    tokenizer = _byte_tokenizer()
+    for extra in (0, 7, 40):
+        logits = GrammarLogits(ProgramConstraint(_registry(), INPUTS), tokenizer, 0, tokenizer.eos_token_id)
+        scores = torch.zeros((1, len(tokenizer) + extra))
+        masked = logits(torch.zeros((1, 0), dtype=torch.long), scores)
+        allowed = torch.isfinite(masked[0]).nonzero().flatten().tolist()
+        assert allowed and all(tokenizer.decode([t])[:1].isupper() for t in allowed)  # a target name starts a line
+        assert not torch.isfinite(masked[0, len(tokenizer) :]).any()

@@ -21,7 +21,7 @@ from visprog.language import parser
 from visprog.language.checker import check
 from visprog.language.signatures import Registry, at_least, module, not_empty
 from visprog.language.values import Image, Objects, Type
-from visprog.planner.constraint import ProgramConstraint, choose_mode, line_grammar, program_grammar
+from visprog.planner.constraint import NONBLANK_TEXT, ProgramConstraint, choose_mode, line_grammar, program_grammar
 from visprog.planner.grammar import to_gbnf, to_lark
 
 llguidance = pytest.importorskip("llguidance")
@@ -174,7 +174,7 @@ def test_validators_say_which_literals_they_accept(registry: Registry) -> None:
     text = to_lark(line_grammar(registry, INPUTS, 0))
     repeat = text.split("Repeat(")[1].split("\n")[0]
     assert "[1-9][0-9]{1,8}" in repeat and '"3"' in repeat and '"9"' in repeat and '"2"' not in repeat  # n >= 3
-    assert "'[ ,]{0,20}[^'" in repeat  # word: not blank
+    assert NONBLANK_TEXT.regex in repeat  # word: not blank
     after = ProgramConstraint(registry, INPUTS).next("OBJ0=FaceDet(image=IMAGE)\n")
     assert after is not None and "|face_with_tongue|" in after  # Emoji's names, all of them, as one lexeme
 
@@ -202,7 +202,29 @@ def test_programs_outside_the_grammar_are_refused(registry: Registry, tokenizer:
     assert not fits("BOX0=Locate(image=IMAGE, object='dog')\n")  # an alias: canonical names only
     assert not fits("BOX0=Loc(IMAGE, 'dog')\n")  # positional: canonical form only
     assert not fits("BOX0=Count(box=IMAGE)\n")  # no Objects yet
-    assert not fits("BOX0=Loc(image=IMAGE, object='')\n")  # Loc's object must not be blank
+    assert not fits("BOX0=Loc(image=IMAGE, object='')\n")  # text is never empty
+    assert not fits("W=Repeat(word='\u00a0 ,\t', n=3)\n")  # Repeat's word must not be blank, to str.strip too
+    assert fits("W=Repeat(word=' ,dog', n=3)\n")
+    assert not fits("W=Repeat(word='dog', n=2)\n")  # n: at least 3
+
+
+def test_objects_are_offered_only_with_images_of_their_frame(registry: Registry, tokenizer: Any) -> None:
+    import llguidance.hf
+
+    lltok = llguidance.hf.from_tokenizer(tokenizer)
+    c = ProgramConstraint(registry, PAIR)
+    so_far = "BOX0=Loc(image=LEFT, object='dog')\nIMAGE0=Crop(image=LEFT, box=BOX0)\nX=Eval(expr='1')\n"
+    grammar = c.next(so_far)
+    assert grammar is not None
+
+    def fits(line: str) -> bool:
+        m = llguidance.LLMatcher(lltok, grammar, log_level=0)
+        return m.consume_tokens(tokenizer(line)["input_ids"]) and not m.is_error()
+
+    assert fits("IMAGE1=Tag(image=LEFT, object=BOX0)\n")
+    assert fits("IMAGE1=Tag(image=IMAGE0, object=BOX0)\n")  # a crop of LEFT: mapped when it runs
+    assert not fits("IMAGE1=Tag(image=RIGHT, object=BOX0)\n")  # LEFT's objects on RIGHT
+    assert not fits("IMAGE1=Tag(image=X, object=BOX0)\n")  # an Eval's value is no image
 
 
 def test_the_constraint_mode_is_chosen_and_checked() -> None:
