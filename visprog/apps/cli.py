@@ -1,19 +1,21 @@
 """The ``visprog`` command.
 
-    visprog exec PROGRAM --image IMAGE=photo.jpg [-o OUTDIR]
-    visprog check PROGRAM
+    visprog exec PROGRAM --image IMAGE=photo.jpg [-o FILE.png|DIR] [--json] [-q]
+    visprog check PROGRAM [--format json]
     visprog fmt PROGRAM [--check]
     visprog graph PROGRAM [--dot]
     visprog modules
     visprog models list | pull [MODULE ...]
-    visprog demo [-o OUTDIR]
+    visprog demo [-o FILE.png|DIR]
     visprog ask IMAGE "question" | verify LEFT RIGHT "statement" | edit IMAGE "instruction" -o out.png | tag ...
         (one command per task: prompts/*.toml and the files in $VISPROG_TASKS)
     visprog serve [--host 127.0.0.1] [--port 7860]
     visprog eval DATA --task gqa --images DIR -o results.jsonl
 
-PROGRAM is a file, ``-`` for standard input, or the program text itself.
-Exit status: 0 on success, 1 when the program or a step fails, 2 on a usage error.
+PROGRAM is a file, ``-`` for standard input, or the program text itself. Standard output carries the answer
+alone (``-q``: without its label; ``--json``: one JSON object); the program, the trace, progress, warnings and
+"wrote ..." go to standard error. Exit status: 0 on success, 1 when the program or a step fails, 2 on a usage
+error, 141 when the reader of standard output has gone (``visprog modules | head``).
 
 This file holds the parser and :func:`main`; the commands live in :mod:`visprog.apps.commands` (no LLM)
 and :mod:`visprog.apps.task_commands` (planning with an LLM).
@@ -22,17 +24,22 @@ and :mod:`visprog.apps.task_commands` (planning with an LLM).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from visprog import __version__
 from visprog.apps.commands import (
+    RunReport,
     UsageError,
     check_command,
     demo_command,
     exec_command,
     fmt_command,
+    format_diagnostic,
     graph_command,
     input_dest,
     models_command,
@@ -54,18 +61,23 @@ def _add_task_options(p: argparse.ArgumentParser, task: Task) -> None:
     p.add_argument("--plan-only", action="store_true", help="print the program and stop")
     p.add_argument("--samples", type=int, default=1, help="draw K programs, run the valid ones, vote (default 1)")
     p.add_argument("--feed-errors", action="store_true", help="send a failing step's error back for a new plan")
-    p.add_argument(
-        "-q", "--quiet", action="store_true", help="print only the program and the result; no progress output"
-    )
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("--trace", metavar="FILE", help="write the step-by-step trace as a self-contained HTML page")
     _add_planner_options(p)
     if task.answer == "image":
-        p.add_argument("-o", "--output", metavar="FILE", help="where to write the result image")
+        p.add_argument("-o", "--output", metavar="FILE|DIR", help=OUTPUT_HELP)
     else:
         p.set_defaults(output=None)
 
 
 OPTION_HELP = "set a module's option, e.g. Loc.nms_iou=0.3 (visprog modules lists them)"
+QUIET_HELP = "print the answer alone (an image result: the file written); no program, trace or progress"
+JSON_HELP = "print one JSON object: program, result, agreement, the trace, files written, timings"
+OUTPUT_HELP = (
+    "a path ending in an image suffix (.png, .jpg, ...) is the result image; anything else is a folder for "
+    "result.png and every image step (steps/)"
+)
 
 
 def _add_planner_options(p: argparse.ArgumentParser) -> None:
@@ -108,7 +120,9 @@ def _add_planner_options(p: argparse.ArgumentParser) -> None:
         help="how the server takes the program grammar, which turns on --constrain grammar (default none: no "
         "grammar is sent; [llm] grammar_format)",
     )
-    p.add_argument("--local", metavar="MODEL", help="plan with a local transformers causal LM (hub id or folder)")
+    p.add_argument(
+        "--local", metavar="MODEL", help="plan with a local transformers causal LM (hub id, folder or .gguf file)"
+    )
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the LLM")
@@ -128,8 +142,9 @@ def _add_planner_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", metavar="OUTDIR", help="write the result image and every image step here")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the result; no progress output")
+    p.add_argument("-o", "--output", metavar="FILE|DIR", help=OUTPUT_HELP)
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("--device", default=None, help="cuda, mps, cpu or cuda:1 (default: the best available)")
     p.add_argument("--fp32", action="store_true", help="full precision on a GPU (default: half)")
     p.add_argument("--backend", action="append", metavar="MODULE=NAME", help="choose a module's backend")
@@ -165,8 +180,13 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
 
     Raises :class:`~visprog.errors.ConfigError` for a task file that is malformed.
     """
-    parser = argparse.ArgumentParser(prog="visprog", description="Check and run VisProg programs on images.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = argparse.ArgumentParser(
+        prog="visprog",
+        description="Check and run VisProg programs on images. The answer goes to standard output; the program, "
+        "the trace, progress and warnings to standard error.",
+    )
+    parser.add_argument("--version", action="version", version=f"visprog {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     known = tasks()
     for task in known.values():  # one command per task, from its TOML file
@@ -233,6 +253,12 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--input", action="append", metavar="NAME", help="an input the caller passes (default: every task's inputs)"
     )
+    p.add_argument(
+        "--format",
+        choices=["text", "json"],
+        default="text",
+        help="text: FILE:LINE:COL: message on standard error (default); json: every diagnostic as one JSON object",
+    )
     p.set_defaults(func=check_command)
 
     p = sub.add_parser("fmt", help="print a program in canonical form")
@@ -267,8 +293,9 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
 
 def _print_error(e: BaseException, name: str, err: TextIO, command: str | None = None) -> None:
     if isinstance(e, ProgramError):
-        print(f"{name}: {len(e.diagnostics)} {e.kind}{'s' if len(e.diagnostics) > 1 else ''}:", file=err)
-        print(e.render(), file=err)
+        for diagnostic in e.diagnostics:
+            print(format_diagnostic(name, diagnostic), file=err)
+        print(f"{name}: {len(e.diagnostics)} {e.kind}{'s' if len(e.diagnostics) > 1 else ''}", file=err)
         if command == "exec" and isinstance(e, ProgramCheckError) and e.missing_inputs:
             print("hint: give the program its images with --image NAME=PATH (NAME defaults to IMAGE)", file=err)
     else:
@@ -285,11 +312,26 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     out = out or sys.stdout
     err = err or sys.stderr
     try:
+        return _main(argv, out, err)
+    except BrokenPipeError:  # `visprog modules | head`: the reader has gone; end quietly, as a shell tool does
+        for stream in (out, err):
+            try:  # nothing more can reach the reader: the interpreter's last flush must not fail either
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except (OSError, ValueError):  # not a file (a StringIO), or closed already
+                pass
+        return 128 + 13  # as if ended by SIGPIPE
+
+
+def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
+    try:
         parser = build_parser(err)
     except ConfigError as e:  # a task file the user added is malformed
         print(f"error: {e}", file=err)
         return 2
     args = parser.parse_args(argv)
+    if args.command is None:  # bare `visprog`: what it can do
+        parser.print_help(out)
+        return 0
     program = getattr(args, "program", None)
     if program == "-":
         name = "<stdin>"
@@ -297,7 +339,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         name = "<argument>" if program else "program"
     else:
         name = program
-    args.stderr = err  # where a command writes its warnings
+    args.stderr = err  # where a command writes everything but its answer
     try:
         _warn_about_plugins(err)
         return int(args.func(args, out))
@@ -305,6 +347,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         print(f"error: {e}", file=err)
         return 2
     except VisprogError as e:
+        if getattr(args, "json", False) and not getattr(args, "json_shown", False):  # --json: one object, always
+            json.dump(RunReport(args.command, error=e).to_json(), out)
+            out.write("\n")
         _print_error(e, name, err, getattr(args, "command", None))
         return 1
     except KeyboardInterrupt:

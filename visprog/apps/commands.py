@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import os
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from visprog.errors import StepError, VisprogError
+from visprog.errors import Diagnostic, ProgramError, StepError, VisprogError
 from visprog.language.checker import CheckedProgram, check
 from visprog.language.format import format_program
 from visprog.language.signatures import OptionError, Registry
@@ -30,16 +33,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEMO_PROGRAM",
+    "OutputTarget",
+    "RunReport",
     "UsageError",
     "build_runtime",
     "check_command",
     "demo_command",
+    "diagnostic_data",
     "exec_command",
     "fmt_command",
+    "format_diagnostic",
     "graph_command",
+    "json_value",
     "models_command",
     "modules_command",
-    "save_trace",
+    "output_target",
+    "show_run",
+    "stderr_of",
+    "write_outputs",
 ]
 
 DEMO_PROGRAM = """\
@@ -139,19 +150,59 @@ def _check(text: str, inputs: Sequence[str] | None) -> CheckedProgram:
     return check(text, inputs, registry=default_registry(), known_inputs=input_names())
 
 
+def stderr_of(args: argparse.Namespace) -> TextIO:
+    """Where a command writes everything but its answer: warnings, progress, the trace, "wrote ..."."""
+    err: TextIO = getattr(args, "stderr", None) or sys.stderr
+    return err
+
+
+def format_diagnostic(name: str, diagnostic: Diagnostic, severity: str = "") -> str:
+    """``FILE:LINE:COL: message`` (``severity`` before the message, e.g. ``"warning: "``), then the source line
+    with a caret under the column: the form editors and terminals link to the place."""
+    head = f"line {diagnostic.line}, col {diagnostic.column}: "
+    text = diagnostic.render()
+    body = text[len(head) :] if text.startswith(head) else text
+    return f"{name}:{diagnostic.line}:{diagnostic.column}: {severity}{body}"
+
+
+def diagnostic_data(diagnostic: Diagnostic, severity: str, name: str | None = None) -> dict[str, Any]:
+    """One diagnostic as JSON (``check --format json``, ``--json``)."""
+    data = {"line": diagnostic.line, "column": diagnostic.column, "severity": severity}
+    return {**({"file": name} if name else {}), **data, "message": diagnostic.message, "source": diagnostic.source_line}
+
+
 def check_command(args: argparse.Namespace, out: TextIO) -> int:
     text, name = _read_program(args.program)
+    if args.format == "json":
+        return _check_json(text, name, args.input or None, out)
     checked = _check(text, args.input or None)
     result = checked.steps[checked.result]
-    err = getattr(args, "stderr", None) or sys.stderr
     for warning in checked.warnings:
-        print(f"{name}: warning: {warning}", file=err)
+        print(format_diagnostic(name, warning, "warning: "), file=stderr_of(args))
     print(
         f"{name}: ok, {len(checked.steps)} steps, inputs {', '.join(checked.used_inputs) or 'none'}, "
         f"result {result.step.target} ({result.type})",
         file=out,
     )
     return 0
+
+
+def _check_json(text: str, name: str, inputs: Sequence[str] | None, out: TextIO) -> int:
+    """``check --format json``: one object with every diagnostic, and what the program reads and gives."""
+    report: dict[str, Any] = {"file": name, "ok": True, "kind": None, "diagnostics": []}
+    try:
+        checked = _check(text, inputs)
+    except ProgramError as e:
+        diagnostics = [diagnostic_data(d, "error", name) for d in e.diagnostics]
+        report.update(ok=False, kind=e.kind, diagnostics=diagnostics, steps=None, inputs=None, result=None)
+    else:
+        result = checked.steps[checked.result]
+        report["diagnostics"] = [diagnostic_data(d, "warning", name) for d in checked.warnings]
+        report.update(steps=len(checked.steps), inputs=list(checked.used_inputs))
+        report["result"] = {"name": result.step.target, "type": str(result.type)}
+    json.dump(report, out, indent=2)
+    out.write("\n")
+    return 0 if report["ok"] else 1
 
 
 def fmt_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -282,65 +333,207 @@ def models_command(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _write_images(trace: Trace, outdir: Path, out: TextIO) -> None:
+@dataclass(frozen=True)
+class OutputTarget:
+    """What ``-o`` names: the result image ``file``, or a ``folder`` for ``result.png`` and every image step."""
+
+    file: Path | None = None
+    folder: Path | None = None
+
+
+def output_target(arg: str | None) -> OutputTarget | None:
+    """``-o``: a path ending in an image suffix is the result file, anything else a folder; checked before a run."""
+    if not arg:
+        return None
+    from PIL import Image as PILImage
+
+    path = Path(arg)
+    writable = {ext for ext, fmt in PILImage.registered_extensions().items() if fmt in PILImage.SAVE}
+    if not arg.endswith(("/", os.sep)) and path.suffix.lower() in writable:
+        if path.is_dir():
+            raise UsageError(f"-o {arg}: that is a folder, but a path ending in {path.suffix} names the result file")
+        target, folder = OutputTarget(file=path), path.parent
+    else:
+        if path.exists() and not path.is_dir():
+            raise UsageError(
+                f"-o {arg}: that is a file, but -o names a folder unless the path ends in an image suffix "
+                "such as .png or .jpg"
+            )
+        target, folder = OutputTarget(folder=path), path
+    for parent in (folder, *folder.parents):  # the nearest folder that exists must be one
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"-o {arg}: {parent} is a file, not a folder")
+            break
+    return target
+
+
+def write_outputs(trace: Trace, target: OutputTarget) -> list[Path]:
+    """The files ``-o`` asks for: the result image, and in a folder every image step too (also of a failed run)."""
     from visprog.running.images import save_image  # numpy: keeps `visprog check` fast
 
-    for record in sorted(trace.records, key=lambda r: r.index):
-        if record.ok and isinstance(record.output, Image) and record.module not in ("Result", "="):
-            path = save_image(record.output, outdir / "steps" / f"{record.line:02d}_{record.target}.png")
-            print(f"wrote {path}", file=out)
-    if isinstance(trace.result, Image):
-        path = save_image(trace.result, outdir / "result.png")
-        print(f"wrote {path}", file=out)
+    written = []
+    if target.folder is not None:
+        for record in sorted(trace.records, key=lambda r: r.index):
+            if record.ok and isinstance(record.output, Image) and record.module not in ("Result", "="):
+                step = target.folder / "steps" / f"{record.line:02d}_{record.target}.png"
+                written.append(save_image(record.output, step))
+    if trace.ok and isinstance(trace.result, Image):
+        written.append(save_image(trace.result, target.file or (target.folder or Path()) / "result.png"))
+    return written
 
 
-def _execute(text: str, images: dict[str, Any], args: argparse.Namespace, out: TextIO, label: str | None = None) -> int:
+def json_value(value: Any) -> Any:
+    """``value`` as JSON: text, numbers, booleans and lists of them as they are; anything else described."""
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)) and all(v is None or isinstance(v, (str, int, float, bool)) for v in value):
+        return [json_value(v) for v in value]
+    return describe_value(value)
+
+
+def _error_data(error: VisprogError) -> dict[str, Any]:
+    data: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
+    if isinstance(error, StepError):
+        data.update(line=error.line, module=error.module, target=error.target, reason=error.reason)
+    if isinstance(error, ProgramError):
+        data["diagnostics"] = [diagnostic_data(d, "error") for d in error.diagnostics]
+    return data
+
+
+@dataclass
+class RunReport:
+    """A run as a command shows it: the answer on standard output and the rest on standard error, or, with
+    ``--json``, one JSON object (:meth:`to_json`). A failed run (``error``) still shows its program and trace."""
+
+    command: str
+    program: str | None = None
+    trace: Trace | None = None
+    task: str | None = None
+    text: str | None = None
+    agreement: float | None = None
+    samples: dict[str, int] | None = None  # drawn, valid
+    files: list[Path] = field(default_factory=list)
+    result_file: Path | None = None
+    timings: dict[str, float | None] = field(default_factory=dict)
+    error: VisprogError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and (self.trace is None or self.trace.ok)
+
+    def to_json(self) -> dict[str, Any]:
+        trace = self.trace
+        return {
+            "command": self.command,
+            "ok": self.ok,
+            "task": self.task,
+            "text": self.text,
+            "program": self.program,
+            "result": json_value(trace.result) if trace is not None and trace.ok else None,
+            "result_var": trace.result_var if trace is not None and trace.ok else None,
+            "result_file": str(self.result_file) if self.result_file else None,
+            "agreement": self.agreement,
+            "samples": self.samples,
+            "files": [str(p) for p in self.files],
+            "timings": self.timings,
+            "error": _error_data(self.error) if self.error is not None else None,
+            "trace": trace.to_dict() if trace is not None else None,
+        }
+
+
+def show_run(
+    report: RunReport,
+    args: argparse.Namespace,
+    out: TextIO,
+    target: OutputTarget | None,
+    *,
+    label: str | None = None,
+    result_label: str | None = None,
+    show_program: bool = False,
+    warned: bool = False,
+    offers_output: bool = True,
+) -> None:
+    """Write what ``-o`` and ``--trace`` ask for, then print ``report`` (and note ``args.json_shown``).
+
+    ``label``: the text the trace page shows; ``result_label``: the answer's label (default: the result's
+    variable); ``warned``: the program's warnings are shown already; ``offers_output``: the command takes ``-o``.
+    """
+    err, trace = stderr_of(args), report.trace
+    quiet, as_json = getattr(args, "quiet", False), getattr(args, "json", False)
+    if trace is not None and target is not None:
+        report.files += write_outputs(trace, target)
+        if trace.ok and isinstance(trace.result, Image):
+            report.result_file = report.files[-1]
+    if trace is not None and getattr(args, "trace", None):
+        from visprog.presentation.report import save_html  # only with --trace: keeps `visprog check` fast
+
+        report.files.append(save_html(trace, args.trace, text=label))
+    args.json_shown = as_json
+    if as_json:
+        json.dump(report.to_json(), out)
+        out.write("\n")
+    elif not quiet:
+        if report.program and show_program:
+            print(f"program:\n{report.program.strip()}\n", file=err)
+        if trace is not None:
+            print((replace(trace, warnings=[]) if warned else trace).to_text(), file=err)
+        if report.samples and report.samples["drawn"] > 1 and report.agreement is not None:
+            valid, drawn = report.samples["valid"], report.samples["drawn"]
+            print(f"agreement: {report.agreement:.0%} of {valid} valid sample(s) out of {drawn}", file=err)
+        for path in report.files:
+            print(f"wrote {path}", file=err)
+    if trace is None or not report.ok:
+        return
+    result = trace.result
+    shown = result if isinstance(result, (str, int, float, bool)) else describe_value(result)
+    if target is not None and target.file is not None and not isinstance(result, Image):
+        print(f"warning: the result is not an image ({shown}), so nothing was written to {target.file}", file=err)
+    elif target is None and offers_output and isinstance(result, Image) and not (quiet or as_json):
+        print("the result is an image: -o FILE.png writes it (-o FOLDER: it and every image step)", file=err)
+    if quiet and not as_json:
+        print(report.result_file or shown, file=out)
+    elif not as_json:
+        print(f"{result_label or trace.result_var}: {shown}", file=out)
+
+
+def _execute(
+    text: str, name: str, paths: dict[str, Any], args: argparse.Namespace, out: TextIO, label: str | None = None
+) -> int:
+    from visprog.running.images import load_image
     from visprog.running.interpreter import Interpreter  # loaded by the commands that run programs
 
-    interpreter = Interpreter(runtime=build_runtime(args), known_inputs=input_names())
-    types = {name: type_of_value(value) for name, value in images.items()}
-    checked = check(text, types, registry=interpreter.registry, known_inputs=input_names())
-    err = getattr(args, "stderr", None) or sys.stderr
-    for warning in checked.warnings:  # e.g. no result step: the last step's value is the result
-        print(f"warning: {warning}", file=err)
+    started = time.perf_counter()
+    target = output_target(args.output)
+    report = RunReport(args.command, program=text)
+    runtime = build_runtime(args)
     try:
-        trace = interpreter.run(checked, images)
-    except StepError as e:
-        if e.trace is not None and args.output:
-            _write_images(e.trace, Path(args.output), out)
-        if e.trace is not None:
-            print(e.trace.to_text(), file=out)
-            save_trace(e.trace, args, out, text=label)
+        images = {
+            key: path if isinstance(path, Image) else load_image(path, max_pixels=args.max_pixels)
+            for key, path in paths.items()
+        }
+        interpreter = Interpreter(runtime=runtime, known_inputs=input_names())
+        types = {key: type_of_value(value) for key, value in images.items()}
+        checked = check(text, types, registry=interpreter.registry, known_inputs=input_names())
+        for warning in checked.warnings:  # e.g. no result step: the last step's value is the result
+            print(format_diagnostic(name, warning, "warning: "), file=stderr_of(args))
+        report.trace = interpreter.run(checked, images)
+    except VisprogError as e:
+        report.error, report.trace = e, getattr(e, "trace", None)  # a failed step keeps the trace so far
         raise
-    save_trace(trace, args, out, text=label)
-    if not args.quiet:
-        print(trace.to_text(), file=out)
-    result = trace.result
-    print(
-        f"{trace.result_var}: {result if isinstance(result, (str, int, float, bool)) else describe_value(result)}",
-        file=out,
-    )
-    if args.output:
-        _write_images(trace, Path(args.output), out)
+    finally:
+        if report.trace is not None or report.error is not None:
+            run = report.trace.seconds if report.trace is not None else None
+            report.timings = {"plan": None, "run": run, "total": time.perf_counter() - started}
+            show_run(report, args, out, target, label=label, show_program=args.command == "demo", warned=True)
     return 0
 
 
-def save_trace(trace: Trace, args: argparse.Namespace, out: TextIO, text: str | None = None) -> None:
-    """--trace FILE: the run as one self-contained HTML page (also for a failed run)."""
-    if getattr(args, "trace", None):
-        from visprog.presentation.report import save_html  # only with --trace: keeps `visprog check` fast
-
-        path = save_html(trace, args.trace, text=text)
-        print(f"wrote {path}", file=out)
-
-
 def exec_command(args: argparse.Namespace, out: TextIO) -> int:
-    from visprog.running.images import load_image
-
-    text, _ = _read_program(args.program)
-    paths = _pairs(args.image, "--image", default_key="IMAGE")
-    images = {name: load_image(path, max_pixels=args.max_pixels) for name, path in paths.items()}
-    return _execute(text, images, args, out)
+    text, name = _read_program(args.program)
+    return _execute(text, name, _pairs(args.image, "--image", default_key="IMAGE"), args, out)
 
 
 def demo_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -350,7 +543,5 @@ def demo_command(args: argparse.Namespace, out: TextIO) -> int:
 
     if not args.backend:
         args.backend = ["FaceDet=cascade"]
-    print("program:", file=out)
-    print(DEMO_PROGRAM, file=out)
-    image = load_image(data.astronaut(), name="astronaut (scikit-image)")
-    return _execute(DEMO_PROGRAM, {"IMAGE": image}, args, out, label="Hide the astronaut's face with an emoji.")
+    image = {"IMAGE": load_image(data.astronaut(), name="astronaut (scikit-image)")}
+    return _execute(DEMO_PROGRAM, "<demo>", image, args, out, label="Hide the astronaut's face with an emoji.")

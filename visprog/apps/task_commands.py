@@ -8,75 +8,100 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+import re
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from visprog.apps.commands import build_runtime, input_dest, save_trace
-from visprog.errors import ConfigError, StepError
-from visprog.language.values import Image, describe_value
-from visprog.planner.events import PlanFailed, Planned
+from visprog.apps.commands import RunReport, build_runtime, input_dest, output_target, show_run, stderr_of
+from visprog.errors import ConfigError, VisprogError
+from visprog.planner.events import CacheHit, PlanFailed, RepairRound, RequestSent
 from visprog.planner.retrieval import check_examples
 from visprog.planner.tasks import get_task, input_names
-from visprog.running.events import Event, Listener, RunFinished
+from visprog.running.events import Event, Listener, RunStarted
 from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Runtime
+from visprog.running.tracing import Trace
 from visprog.solve import create_planner, solve
 
-__all__ = ["eval_command", "serve_command", "task_command"]
+__all__ = ["eval_command", "planner_lines", "serve_command", "task_command"]
 
 
 def task_command(args: argparse.Namespace, out: TextIO) -> int:
-    from visprog.running.images import load_image, save_image  # numpy: keeps `visprog check` fast
+    from visprog.running.images import load_image  # numpy: keeps `visprog check` fast
 
+    started = time.perf_counter()
     task = get_task(args.task)
+    target = output_target(args.output)
     runtime, options = _planner_options(args)
     planner = create_planner(**options)
-    if args.plan_only:
-        seen = None  # the images are read only when the model is to see them
-        if planner.see_image:
-            seen = {
-                name: load_image(getattr(args, input_dest(name)), max_pixels=args.max_pixels) for name in task.inputs
-            }
-        plan = planner.plan(task, args.text, images=seen)
-        print(plan.program.strip(), file=out)
-        return 0
-    images = {name: load_image(getattr(args, input_dest(name)), max_pixels=args.max_pixels) for name in task.inputs}
+    report = RunReport(args.command, task=task.name, text=args.text)
+    err = stderr_of(args)
+    timer = _Timer(started, None if args.quiet else planner_lines(args.samples, args.repair, err))
+
+    def read_images() -> dict[str, Any]:
+        return {name: load_image(getattr(args, input_dest(name)), max_pixels=args.max_pixels) for name in task.inputs}
+
     try:
-        solution = solve(
-            task,
-            args.text,
-            images,
-            planner=planner,
-            runtime=runtime,
-            samples=args.samples,
-            feed_errors=args.feed_errors,
-            on_event=None if args.quiet or args.samples == 1 else _progress(args.samples),
-        )
-    except StepError as e:
-        if e.trace is not None:  # the last sample's failed run
-            save_trace(e.trace, args, out, text=args.text)
+        if args.plan_only:  # the images are read only when the model is to see them
+            seen = read_images() if planner.see_image else None
+            report.program = planner.plan(task, args.text, images=seen, on_event=timer).program.strip()
+        else:
+            images = read_images()
+            solution = solve(
+                task,
+                args.text,
+                images,
+                planner=planner,
+                runtime=runtime,
+                samples=args.samples,
+                feed_errors=args.feed_errors,
+                on_event=timer,
+            )
+            report.program, report.trace, report.agreement = solution.program, solution.trace, solution.agreement
+            valid = sum(1 for _, t in solution.samples if t is not None and not isinstance(t, Exception))
+            report.samples = {"drawn": args.samples, "valid": valid}
+    except VisprogError as e:
+        report.error, report.trace = e, getattr(e, "trace", None)  # the last sample's failed run, if one ran
+        report.program = report.trace.source if report.trace is not None else None
         raise
-    save_trace(solution.trace, args, out, text=args.text)
-    print("program:", file=out)
-    print(solution.program.strip(), file=out)
-    if not args.quiet:
-        print(file=out)
-        print(solution.trace.to_text(), file=out)
-    result = solution.result
-    shown = result if isinstance(result, (str, int, float, bool)) else describe_value(result)
-    print(f"result: {shown}", file=out)
-    if args.samples > 1:
-        valid = sum(1 for p, t in solution.samples if not isinstance(t, Exception) and t is not None)
-        print(f"agreement: {solution.agreement:.0%} of {valid} valid sample(s) out of {args.samples}", file=out)
-    if isinstance(result, Image):
-        target = Path(args.output or f"{task.name}_result.png")
-        if args.output and (target.is_dir() or args.output.endswith(("/", os.sep))):
-            target = target / f"{task.name}_result.png"  # -o a folder: the image goes in it
-        print(f"wrote {save_image(result, target)}", file=out)
-    elif args.output:
-        print(f"warning: the result is not an image ({shown}), so nothing was written to {args.output}", file=out)
+    finally:
+        if report.program is not None or report.error is not None:
+            report.timings = timer.timings(report.trace)
+            if args.plan_only and not args.json and report.error is None:
+                print(report.program, file=out)  # the program is the answer
+            else:
+                offers_output = task.answer == "image"
+                show_run(
+                    report,
+                    args,
+                    out,
+                    target,
+                    label=args.text,
+                    result_label="result",
+                    show_program=True,
+                    offers_output=offers_output,
+                )
     return 0
+
+
+class _Timer:
+    """Passes events on to ``listener`` and notes when planning ended: the first run's start."""
+
+    def __init__(self, started: float, listener: Listener | None) -> None:
+        self.started, self.listener = started, listener
+        self.planned: float | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted) and self.planned is None:
+            self.planned = time.perf_counter()
+        if self.listener is not None:
+            self.listener(event)
+
+    def timings(self, trace: Trace | None) -> dict[str, float | None]:
+        now = time.perf_counter()
+        plan = (self.planned or now) - self.started
+        return {"plan": plan, "run": trace.seconds if trace is not None else None, "total": now - self.started}
 
 
 def _planner_options(args: argparse.Namespace) -> tuple[Runtime, dict[str, Any]]:
@@ -146,13 +171,13 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         all_traces=args.all_traces,
         plan_workers=args.plan_workers,
     )
-    results = Path(args.output)
-    print(f"wrote {results} and {results.with_name(results.stem + '.summary.json')}", file=out)
+    results, err = Path(args.output), stderr_of(args)
+    print(f"wrote {results} and {results.with_name(results.stem + '.summary.json')}", file=err)
     images = Path(args.outputs) if args.outputs else results.with_name(results.stem + ".outputs")
     if images.is_dir():
-        print(f"image answers in {images}", file=out)
+        print(f"image answers in {images}", file=err)
     if args.traces and Path(args.traces).is_dir():
-        print(f"trace pages in {args.traces}", file=out)
+        print(f"trace pages in {args.traces}", file=err)
     return 0
 
 
@@ -172,22 +197,24 @@ def serve_command(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _progress(total: int) -> Listener:
-    """A listener drawing the samples planned, then the runs finished, as a bar on standard error."""
-    counts = {"planned": 0, "ran": 0}
-
-    def bar(what: str, done: int, of: int) -> None:
-        if done > of:  # a sample planned and run again (--feed-errors): the bar is full already
-            return
-        filled = "#" * (20 * done // of)
-        print(f"\r{what} [{filled:<20}] {done}/{of}", end="\n" if done == of else "", file=sys.stderr)
+def planner_lines(samples: int, repair: int, err: TextIO) -> Listener:
+    """A listener printing the planner's progress on ``err``, one line each: a plan from the cache, a repair round
+    with the number of errors sent back, and with several samples each sample's start and outcome."""
 
     def show(event: Event) -> None:
-        if isinstance(event, (Planned, PlanFailed)):
-            counts["planned"] += 1
-            bar("samples", counts["planned"], total)
-        elif isinstance(event, RunFinished):
-            counts["ran"] += 1
-            bar("runs   ", counts["ran"], counts["planned"])
+        of = f"sample {event.sample + 1} of {samples}: " if samples > 1 and hasattr(event, "sample") else ""
+        if isinstance(event, CacheHit):
+            print(f"{of}plan from the cache", file=err)
+        elif isinstance(event, RequestSent) and event.attempt == 1 and samples > 1:
+            print(f"{of}asking the LLM", file=err)
+        elif isinstance(event, RepairRound):
+            found = len(re.findall(r"^line \d+, col \d+: ", event.diagnostics, flags=re.M))
+            if found:
+                what = f"{found} error{'s' if found != 1 else ''} in the program"
+            else:  # no program in the reply, or one cut at the token limit: its first sentence says which
+                what = event.diagnostics.strip().split(". ")[0].split(":")[0].lower() or "no program"
+            print(f"{of}repair round {event.attempt} of {repair}: {what}, sent back to the LLM", file=err)
+        elif isinstance(event, PlanFailed) and samples > 1:
+            print(f"{of}no valid program after {event.attempts} request(s)", file=err)
 
     return show
