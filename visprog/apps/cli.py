@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TextIO
 
 from visprog import __version__
+from visprog.apps.cache_commands import add_cache_parser
 from visprog.apps.commands import (
     RunReport,
     UsageError,
@@ -172,7 +173,7 @@ def _planning(name: str) -> Callable[[argparse.Namespace, TextIO], int]:
 
 
 #: The commands of visprog itself; a task's verb may not take one of these names.
-BUILTIN_COMMANDS = frozenset({"eval", "serve", "exec", "check", "graph", "fmt", "modules", "models", "demo"})
+BUILTIN_COMMANDS = frozenset({"eval", "serve", "exec", "check", "graph", "fmt", "modules", "models", "demo", "cache"})
 
 
 def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
@@ -284,6 +285,8 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", metavar="MODULE=ID", help="choose a module's model")
     p.add_argument("--config", metavar="FILE", help="a TOML config file (default: $VISPROG_CONFIG)")
     p.set_defaults(func=models_command)
+
+    add_cache_parser(sub)
 
     p = sub.add_parser("demo", help="hide the face in the astronaut photo with an emoji, offline")
     _add_run_options(p)

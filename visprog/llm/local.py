@@ -82,6 +82,14 @@ class TransformersClient:
     constraint_modes: tuple[str, ...] = ("grammar", "types")
 
     @property
+    def generation(self) -> str:
+        """The settings that change what the model writes: part of a plan's key."""
+        return (
+            f"temperature={self.temperature!r} max_new_tokens={self.max_new_tokens!r} "
+            f"stop={self.stop!r} dtype={self.dtype}"
+        )
+
+    @property
     def gguf_file(self) -> str | None:
         """The GGUF file's name when the model is one ``.gguf`` file (transformers dequantizes it on loading)."""
         return os.path.basename(self.model) if self.model.lower().endswith(".gguf") else None

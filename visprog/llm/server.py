@@ -185,6 +185,12 @@ class OpenAIClient:
         return (self.who, self.identity, digest, *settings)
 
     @property
+    def generation(self) -> str:
+        """The settings that change what the model writes (not where or how it is reached): part of a plan's key."""
+        c = self.config
+        return f"temperature={c.temperature!r} max_tokens={c.max_tokens!r} stop={c.stop!r}"
+
+    @property
     def where(self) -> str:
         """The caller, the server and the model, as errors start."""
         return f"{self.who}: the LLM server at {self.base_url} (model '{self.model}')"

@@ -126,6 +126,23 @@ class PlanCache:
         except (sqlite3.Error, OSError) as e:
             self._unusable(e)
 
+    def info(self) -> dict[str, object]:
+        """What the cache holds: its path, whether the file exists, its size in bytes, the number of plans,
+        and when the oldest and newest were stored (seconds since the epoch, None when empty)."""
+        exists = self.path.is_file()
+        out: dict[str, object] = {"path": str(self.path), "exists": exists, "bytes": 0, "plans": 0}
+        out.update(oldest=None, newest=None)
+        if not exists:
+            return out
+        out["bytes"] = self.path.stat().st_size
+        try:
+            with self._connect() as conn:
+                row = conn.execute("SELECT COUNT(*), MIN(created), MAX(created) FROM plans").fetchone()
+        except (sqlite3.Error, OSError) as e:
+            raise OSError(f"the plan cache {self.path} cannot be read ({type(e).__name__}: {e})") from e
+        out.update(plans=int(row[0]), oldest=row[1], newest=row[2])
+        return out
+
     def clear(self) -> None:
         """Forget every plan."""
         try:

@@ -182,6 +182,7 @@ class Planner:
             feedback or "",
             *([images_key(seen)] if seen else []),  # without images: the keys plans were cached under before
             *([f"constrain={self.constrain}"] if self.constrain != "none" else []),
+            *([generation] if (generation := getattr(self.backend, "generation", "")) else []),
         )
         if self.cache is not None:
             stored = self.cache.get(key)
