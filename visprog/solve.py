@@ -309,21 +309,125 @@ def solve_by_verb(verb: str, images: Sequence[Any], text: str, **options: Any) -
     return solve(task, text, dict(zip(task.inputs, images, strict=True)), **options)
 
 
-def ask(image: Any, question: str, **options: Any) -> Solution:
-    """Answer a question about one image (the task whose verb is ``ask``: GQA style)."""
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options a caller gave (not None), for :func:`solve`; ``llm_options`` merged in."""
+    extra = options.pop("llm_options")
+    return {**{k: v for k, v in options.items() if v is not None}, **extra}
+
+
+def ask(
+    image: Any,
+    question: str,
+    *,
+    samples: int | None = None,
+    temperature: float | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    local: str | None = None,
+    constrain: str | None = None,
+    examples: int | None = None,
+    see_image: bool | None = None,
+    repair_rounds: int | None = None,
+    cache: bool | None = None,
+    planner: Planner | None = None,
+    registry: Registry | None = None,
+    runtime: Runtime | None = None,
+    max_pixels: int | None = None,
+    on_event: Listener | None = None,
+    **llm_options: Any,
+) -> Solution:
+    """Answer a question about one image (the task whose verb is ``ask``: GQA style).
+
+    The options are :func:`solve`'s (``samples``, ``temperature``, ``planner``, ``registry``, ``runtime``,
+    ``max_pixels``, ``on_event``) and :func:`create_planner`'s (``model``, ``base_url``, ``api_key``,
+    ``local``, ``constrain``, ``examples``, ``see_image``, ``repair_rounds``, ``cache``); ``llm_options``
+    go to the LLM client (``max_tokens``, ``stop``, ``device``, ...). Unset ones take their defaults.
+    """
+    options = _given({k: v for k, v in locals().items() if k not in ("image", "question")})
     return solve_by_verb("ask", [image], question, **options)
 
 
-def verify(left: Any, right: Any, statement: str, **options: Any) -> Solution:
-    """Decide whether a statement about two images holds (verb ``verify``: NLVR style); ``.result`` is a bool."""
+def verify(
+    left: Any,
+    right: Any,
+    statement: str,
+    *,
+    samples: int | None = None,
+    temperature: float | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    local: str | None = None,
+    constrain: str | None = None,
+    examples: int | None = None,
+    see_image: bool | None = None,
+    repair_rounds: int | None = None,
+    cache: bool | None = None,
+    planner: Planner | None = None,
+    registry: Registry | None = None,
+    runtime: Runtime | None = None,
+    max_pixels: int | None = None,
+    on_event: Listener | None = None,
+    **llm_options: Any,
+) -> Solution:
+    """Decide whether a statement about two images holds (verb ``verify``: NLVR style); ``.result`` is a bool.
+
+    The options are :func:`ask`'s.
+    """
+    options = _given({k: v for k, v in locals().items() if k not in ("left", "right", "statement")})
     return solve_by_verb("verify", [left, right], statement, **options)
 
 
-def edit(image: Any, instruction: str, **options: Any) -> Solution:
-    """Edit an image by instruction (verb ``edit``); ``.result`` is the edited image."""
+def edit(
+    image: Any,
+    instruction: str,
+    *,
+    samples: int | None = None,
+    temperature: float | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    local: str | None = None,
+    constrain: str | None = None,
+    examples: int | None = None,
+    see_image: bool | None = None,
+    repair_rounds: int | None = None,
+    cache: bool | None = None,
+    planner: Planner | None = None,
+    registry: Registry | None = None,
+    runtime: Runtime | None = None,
+    max_pixels: int | None = None,
+    on_event: Listener | None = None,
+    **llm_options: Any,
+) -> Solution:
+    """Edit an image by instruction (verb ``edit``); ``.result`` is the edited image. The options are :func:`ask`'s."""
+    options = _given({k: v for k, v in locals().items() if k not in ("image", "instruction")})
     return solve_by_verb("edit", [image], instruction, **options)
 
 
-def tag(image: Any, instruction: str, **options: Any) -> Solution:
-    """Tag objects in an image with knowledge (verb ``tag``); ``.result`` is an image."""
+def tag(
+    image: Any,
+    instruction: str,
+    *,
+    samples: int | None = None,
+    temperature: float | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    local: str | None = None,
+    constrain: str | None = None,
+    examples: int | None = None,
+    see_image: bool | None = None,
+    repair_rounds: int | None = None,
+    cache: bool | None = None,
+    planner: Planner | None = None,
+    registry: Registry | None = None,
+    runtime: Runtime | None = None,
+    max_pixels: int | None = None,
+    on_event: Listener | None = None,
+    **llm_options: Any,
+) -> Solution:
+    """Tag objects in an image with knowledge (verb ``tag``); ``.result`` is an image. The options are :func:`ask`'s."""
+    options = _given({k: v for k, v in locals().items() if k not in ("image", "instruction")})
     return solve_by_verb("tag", [image], instruction, **options)

@@ -313,6 +313,27 @@ def exact_type(expected: Type) -> type | None:
     return _EXACT.get(expected)
 
 
+def _array_image(value: Any) -> _PILImage.Image:
+    """A numpy array a module returned as an image: (height, width), (height, width, 1|3|4); uint8, bool, or
+    float in 0..1. Raises ``TypeError`` saying what the array is when it is none of these."""
+    import numpy as np
+
+    array = np.asarray(value)
+    shape = array.shape
+    if array.ndim == 3 and shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))) or 0 in array.shape:
+        raise TypeError(f"expected Image, got an array of shape {shape} (an image is HxW, HxWx3 or HxWx4)")
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype.kind == "f":
+        array = (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise TypeError(f"expected Image, got an array of {array.dtype} (use uint8, bool, or float in 0..1)")
+    mode = "L" if array.ndim == 2 else ("RGB" if array.shape[2] == 3 else "RGBA")
+    return _PILImage.fromarray(np.ascontiguousarray(array), mode)
+
+
 def coerce(value: Any, expected: Type, optional: bool = False) -> Any:
     """Convert a run-time value to ``expected``; raise ``TypeError`` saying expected vs. got.
 
@@ -328,6 +349,8 @@ def coerce(value: Any, expected: Type, optional: bool = False) -> Any:
         raise TypeError(f"expected {expected}, got None")
     if expected is Type.IMAGE and isinstance(value, _PILImage.Image):
         return value
+    if expected is Type.IMAGE and hasattr(value, "__array_interface__"):
+        return _array_image(value)
     if expected is Type.OBJECTS and isinstance(value, list):
         if isinstance(value, Objects):
             return value
