@@ -8,12 +8,12 @@ from typing import Any
 
 from visprog.errors import ConfigError, did_you_mean
 from visprog.llm.base import PLANNER, LLMClient
+from visprog.llm.constrained import CONSTRAIN_MODES
 from visprog.llm.images import check_see_image, check_side
 from visprog.llm.local import TransformersClient
 from visprog.llm.server import STYLES, LLMConfig, OpenAIClient, check_grammar_format
 
 __all__ = [
-    "CONSTRAIN_SETTINGS",
     "LOCAL_OPTIONS",
     "SEE_IMAGE_OPTIONS",
     "SERVER_OPTIONS",
@@ -31,9 +31,6 @@ LOCAL_OPTIONS = frozenset({"device", "dtype", "max_new_tokens", "max_tokens", "t
 
 #: The planner's settings for sending the input images to the model (:mod:`visprog.llm.images`).
 SEE_IMAGE_OPTIONS = frozenset({"see_image", "see_image_side"})
-#: The values of the planner's ``constrain`` setting (``--constrain``, ``[llm] constrain``): the strengths of
-#: :mod:`visprog.planner.constraint` (its ``CONSTRAIN_MODES``, which a test keeps equal to these).
-CONSTRAIN_SETTINGS: tuple[str, ...] = ("none", "grammar", "types")
 #: Every key an ``[llm]`` table of a config file may hold (``examples``, ``constrain``: the planner's, not the
 #: client's).
 SETTINGS = frozenset({"model", "base_url", "api_key", "style", "local", "examples", "constrain"})
@@ -41,12 +38,12 @@ SETTINGS |= SERVER_OPTIONS | LOCAL_OPTIONS | SEE_IMAGE_OPTIONS
 
 
 def check_constrain(value: Any, source: str = PLANNER) -> str:
-    """``value`` if it is one of :data:`CONSTRAIN_SETTINGS`; else a :class:`ConfigError` naming the setting
+    """``value`` if it is one of :data:`CONSTRAIN_MODES`; else a :class:`ConfigError` naming the setting
     and ``source``."""
-    if value not in CONSTRAIN_SETTINGS:
-        hint = did_you_mean(value, CONSTRAIN_SETTINGS) if isinstance(value, str) else ""
+    if value not in CONSTRAIN_MODES:
+        hint = did_you_mean(value, CONSTRAIN_MODES) if isinstance(value, str) else ""
         raise ConfigError(
-            f"{source}: constrain (--constrain, [llm] constrain) must be one of {', '.join(CONSTRAIN_SETTINGS)}, "
+            f"{source}: constrain (--constrain, [llm] constrain) must be one of {', '.join(CONSTRAIN_MODES)}, "
             f"got {value!r}{hint}"
         )
     return str(value)

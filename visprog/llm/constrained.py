@@ -20,7 +20,11 @@ from typing import Any, Protocol
 
 from visprog.errors import ConfigError
 
-__all__ = ["FINISH_TOKENS", "Completion", "GrammarLogits", "GrammarSource", "llguidance_tokenizer"]
+__all__ = ["CONSTRAIN_MODES", "FINISH_TOKENS", "Completion", "GrammarLogits", "GrammarSource", "llguidance_tokenizer"]
+
+#: How generation is held to valid programs: ``none``; ``grammar`` (the language's syntax, one grammar);
+#: ``types`` (syntax, assigned names and types, a grammar per line). The planner builds the grammars.
+CONSTRAIN_MODES: tuple[str, ...] = ("none", "grammar", "types")
 
 #: When fewer tokens than this are left as a grammar ends, the next grammar is asked to finish the output
 #: (a program's result line), so that a constrained run ends complete rather than cut at the limit.

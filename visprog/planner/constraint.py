@@ -34,12 +34,11 @@ from visprog.language.checker import check
 from visprog.language.frames import Frame
 from visprog.language.signatures import ModuleSpec, Param, Registry, Validator, accepts
 from visprog.language.values import Type, assignable
+from visprog.llm.constrained import CONSTRAIN_MODES
 from visprog.planner.grammar import Grammar, Node, Opt, Ref, Star, Term, alt, seq, to_gbnf, to_lark
 
 __all__ = ["CONSTRAIN_MODES", "GRAMMAR_FORMATS", "ProgramConstraint", "choose_mode", "line_grammar", "program_grammar"]
 
-#: ``none``: no constraint; ``grammar``: syntax (one grammar); ``types``: syntax, names and types, per line.
-CONSTRAIN_MODES: tuple[str, ...] = ("none", "grammar", "types")
 #: How a server takes a grammar: ``lark`` (llguidance's Lark: vLLM's guidance backend) or ``gbnf``
 #: (llama.cpp's ``grammar``, and the EBNF of xgrammar, vLLM's default, and SGLang).
 GRAMMAR_FORMATS: tuple[str, ...] = ("lark", "gbnf")

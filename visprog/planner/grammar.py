@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 __all__ = ["Alt", "Grammar", "Lit", "Node", "Opt", "Ref", "Seq", "Star", "Term", "alt", "seq", "to_gbnf", "to_lark"]
@@ -109,28 +109,34 @@ def _check(grammar: Grammar) -> None:
             raise ValueError(f"rule name {name!r} must be lower-case letters, digits and underscores")
 
 
-def to_lark(grammar: Grammar) -> str:
-    """The grammar in llguidance's Lark dialect (``start`` first)."""
+@dataclass(frozen=True)
+class _Syntax:
+    """How one grammar syntax writes what differs between them: literals, terminals, rule names, definitions."""
+
+    literal: Callable[[str], str]
+    terminal: Callable[[Term], str]
+    rule: Callable[[str], str]
+    defines: str
+
+
+def _render(grammar: Grammar, syntax: _Syntax) -> str:
     _check(grammar)
 
     def node(n: Node, top: bool = False) -> str:
         if isinstance(n, Lit):
-            return json.dumps(n.text, ensure_ascii=False)
+            return syntax.literal(n.text)
         if isinstance(n, Ref):
-            return n.name
+            return syntax.rule(n.name)
         if isinstance(n, Term):
-            return f"/{n.regex}/"
-        if isinstance(n, Seq):
-            text = " ".join(node(i) for i in n.items)
+            return syntax.terminal(n)
+        if isinstance(n, (Seq, Alt)):
+            parts = [node(i) for i in n.items] if isinstance(n, Seq) else [node(o, top=True) for o in n.options]
+            text = (" " if isinstance(n, Seq) else " | ").join(parts)
             return text if top else f"({text})"
-        if isinstance(n, Alt):
-            text = " | ".join(node(o, top=True) for o in n.options)
-            return text if top else f"({text})"
-        if isinstance(n, Opt):
-            return f"{node(n.item)}?"
-        return f"{node(n.item)}*"
+        return f"{node(n.item)}{'?' if isinstance(n, Opt) else '*'}"
 
-    return "\n".join(f"{name}: {node(body, top=True)}" for name, body in _ordered(grammar)) + "\n"
+    rules = (f"{syntax.rule(name)}{syntax.defines}{node(body, top=True)}" for name, body in _ordered(grammar))
+    return "\n".join(rules) + "\n"
 
 
 def _gbnf_string(text: str) -> str:
@@ -138,31 +144,28 @@ def _gbnf_string(text: str) -> str:
     return f'"{escaped}"'
 
 
+_LARK = _Syntax(
+    literal=lambda text: json.dumps(text, ensure_ascii=False),
+    terminal=lambda t: f"/{t.regex}/",
+    rule=lambda name: name,
+    defines=": ",
+)
+_GBNF = _Syntax(
+    literal=_gbnf_string,
+    terminal=lambda t: f"({t.gbnf})",
+    rule=lambda name: "root" if name == "start" else name.replace("_", "-"),
+    defines=" ::= ",
+)
+
+
+def to_lark(grammar: Grammar) -> str:
+    """The grammar in llguidance's Lark dialect (``start`` first)."""
+    return _render(grammar, _LARK)
+
+
 def to_gbnf(grammar: Grammar) -> str:
     """The grammar in GBNF (``root`` is the start rule; rule names use ``-`` for ``_``)."""
-    _check(grammar)
-
-    def name(rule: str) -> str:
-        return "root" if rule == "start" else rule.replace("_", "-")
-
-    def node(n: Node, top: bool = False) -> str:
-        if isinstance(n, Lit):
-            return _gbnf_string(n.text)
-        if isinstance(n, Ref):
-            return name(n.name)
-        if isinstance(n, Term):
-            return f"({n.gbnf})"
-        if isinstance(n, Seq):
-            text = " ".join(node(i) for i in n.items)
-            return text if top else f"({text})"
-        if isinstance(n, Alt):
-            text = " | ".join(node(o, top=True) for o in n.options)
-            return text if top else f"({text})"
-        if isinstance(n, Opt):
-            return f"{node(n.item)}?"
-        return f"{node(n.item)}*"
-
-    return "\n".join(f"{name(rule)} ::= {node(body, top=True)}" for rule, body in _ordered(grammar)) + "\n"
+    return _render(grammar, _GBNF)
 
 
 def _ordered(grammar: Grammar) -> list[tuple[str, Node]]:

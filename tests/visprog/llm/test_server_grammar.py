@@ -17,10 +17,9 @@ from tests.servers import serve
 from visprog.errors import ConfigError, ServiceError
 from visprog.language.values import Type
 from visprog.llm import LLMConfig, OpenAIClient, client_from_options
-from visprog.llm.clients import CONSTRAIN_SETTINGS
 from visprog.llm.constrained import Completion
 from visprog.llm.server import GRAMMAR_FIELDS, SERVER_GRAMMAR_FORMATS, grammar_body
-from visprog.planner.constraint import CONSTRAIN_MODES, ProgramConstraint
+from visprog.planner.constraint import ProgramConstraint
 from visprog.running.plugins import default_registry
 
 PROGRAM = "BOX0=Loc(image=IMAGE, object='cat')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"
@@ -156,10 +155,6 @@ def test_grammar_body_nests_dotted_fields() -> None:
     with pytest.raises(ValueError, match="sends no grammar"):
         grammar_body("none", "root ::= x")
     assert set(GRAMMAR_FIELDS) == set(SERVER_GRAMMAR_FORMATS) - {"none"}
-
-
-def test_the_client_layer_knows_the_planners_constrain_modes() -> None:
-    assert CONSTRAIN_SETTINGS == CONSTRAIN_MODES
 
 
 # --- how a reply ended, and refusals ------------------------------------------------------
