@@ -4,7 +4,8 @@ Each notebook is executed with nbclient in a kernel on this interpreter (a
 kernelspec written to a temporary ``JUPYTER_PATH``, so no other Python's
 ``python3`` kernel is picked up). The notebooks use only offline backends
 (FaceDet ``cascade``, modules without a model) and a scripted planner
-(``notebooks/_offline.py``).
+(:mod:`visprog.planner.scripted`). They import only what is installed, never a
+file next to them, so a notebook copied anywhere runs.
 
 When a notebook or what it shows changes, store it executed again with::
 
@@ -13,6 +14,8 @@ When a notebook or what it shows changes, store it executed again with::
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import io
 import json
 import os
@@ -74,7 +77,8 @@ def _plain(cell: dict[str, Any]) -> str:
             parts.append(_join(out["text"]))
         elif set(out.get("data", {})) == {"text/plain"}:
             parts.append(_join(out["data"]["text/plain"]))
-    return re.sub(r"0x[0-9a-fA-F]+", "0x…", re.sub(r"\d+(\.\d+)? ms\b", "… ms", "".join(parts)))
+    text = re.sub(r"0x[0-9a-fA-F]+", "0x…", re.sub(r"\d+(\.\d+)? ms\b", "… ms", "".join(parts)))
+    return re.sub(r" \(at [^()\n]+:\d+\)", " (at …)", text)  # where a module raised: a path of this checkout
 
 
 def _mimes(cell: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -111,7 +115,7 @@ def _check_quickstart(nb: dict[str, Any]) -> None:
     ask = _cell(nb, "visprog.ask(")
     assert "FaceDet(image=IMAGE)" in _text(ask)
     assert _text(ask).rstrip().endswith("'yes'")
-    assert "result: str 'yes'" in _text(_cell(nb, "print(solution.trace.to_text())"))
+    assert "result: FINAL_RESULT (line 4), total " in _text(_cell(nb, "print(solution.trace.to_text())"))
 
     # the trace renders inline: `import visprog` has IPython show it as its HTML page
     html = _data(_trace_cell(nb), "text/html")
@@ -187,7 +191,9 @@ def _check_programs_by_hand(nb: dict[str, Any]) -> None:
     failed = _text(_cell(nb, "error.partial_results"))
     assert "line 3, Emoji (step IMAGE0) failed" in failed
     assert "computed before it: {'IMAGE': 'Image', 'NAME': 'str', 'OBJ0': 'Objects', 'N': 'int'}" in failed
-    assert "run failed at line 3 (Emoji); the steps before it are kept" in _text(_cell(nb, "error.trace.to_text()"))
+    assert "run failed at line 3 (Emoji); not run: line 4 (it needs line 3)" in _text(
+        _cell(nb, "error.trace.to_text()")
+    )
 
     injection = _text(_cell(nb, "payload ="))
     assert "still the same string: True | compared as a value: False" in injection
@@ -260,6 +266,66 @@ def _errors(nb: dict[str, Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- tests
+
+
+def _imported(source: str) -> list[str]:
+    """The top-level modules a code cell imports (IPython's ``%magic`` and ``!shell`` lines left out)."""
+    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    names = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names += [alias.name.partition(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"a relative import: {ast.unparse(node)}"
+            names.append(str(node.module).partition(".")[0])
+    return names
+
+
+def test_notebooks_import_nothing_from_their_folder() -> None:
+    """A notebook copied out of the repository runs: every import is an installed module, none a file beside it."""
+    assert sorted(p.name for p in NOTEBOOKS.iterdir() if p.suffix == ".py" or p.is_dir()) == []
+    for name in NAMES:
+        for cell in _code_cells(_stored(name)):
+            source = _source(cell)
+            assert "sys.path" not in source, f"{name} changes sys.path:\n{source}"
+            for module in _imported(source):
+                spec = importlib.util.find_spec(module)
+                assert spec is not None, f"{name} imports {module}, which is not installed"
+                where = Path(spec.origin or next(iter(spec.submodule_search_locations or []), "")).resolve()
+                assert NOTEBOOKS not in where.parents, f"{name} imports {module} from {where}"
+
+
+def test_the_scripted_planner_is_a_real_planner() -> None:
+    """What the notebooks plan with: the planner's checking and repair, the replies from a list."""
+    from tests import fakes
+    from visprog.planner.events import RepairRound
+    from visprog.planner.scripted import ScriptedLLM, scripted_planner
+
+    good = "OBJ0=Loc(image=IMAGE, object='dog')\nANSWER0=Count(box=OBJ0)\nFINAL_RESULT=Result(var=ANSWER0)"
+    planner = scripted_planner([good.replace("Count(box=", "Count(boxes="), good], registry=fakes.registry())
+    events: list[object] = []
+    plan = planner.plan("gqa", "How many dogs?", on_event=events.append)
+    assert plan.program.strip() == good
+    assert [type(e) for e in events].count(RepairRound) == 1
+    llm = planner.backend
+    assert isinstance(llm, ScriptedLLM) and len(llm.requests) == 2 and llm.replies == []
+    assert "boxes" in str(llm.requests[1][-1]["content"])  # the checker's diagnostics went back to the model
+    with pytest.raises(RuntimeError, match="no scripted reply left"):
+        planner.plan("gqa", "How many cats?")
+
+
+def test_show_puts_images_side_by_side() -> None:
+    import numpy as np
+
+    from visprog.presentation.notebook import contact_sheet
+
+    photo = np.zeros((100, 200, 3), dtype=np.uint8)
+    mask = np.ones((50, 50), dtype=bool)
+    sheet = np.asarray(contact_sheet(photo, mask, height=40, gap=4))
+    assert sheet.shape == (40, 80 + 4 + 40, 3)
+    assert (sheet[:, :80] == 0).all() and (sheet[:, 80:84] == 255).all() and (sheet[:, 84:] == 255).all()
+    with pytest.raises(ValueError, match="at least one image"):
+        contact_sheet()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -186,7 +186,14 @@ class EvalError(VisprogError):
 
 
 class StepError(VisprogError):
-    """A step failed while running. Carries the partial trace: nothing is lost."""
+    """A step failed while running. Carries the trace: nothing is lost.
+
+    The run raises the first failing step's error after running every step that does not need that
+    step's value; ``trace`` holds them all (the steps that ran before the failure and after it), and
+    lists the steps that were not run in ``trace.skipped``. ``reason`` is the step's own message: for
+    an exception raised in a module's code, its type, message and where it was raised
+    (``ValueError: bad thing (at /path/my_plugin.py:12)``); ``cause`` is the exception itself.
+    """
 
     def __init__(
         self,
@@ -210,7 +217,8 @@ class StepError(VisprogError):
 
     @property
     def partial_results(self) -> dict[str, Any]:
-        """Values computed before the failure, by variable name."""
+        """The values the run computed, by variable name: before the failure and, by the steps that did not
+        need the failed one, after it."""
         return dict(self.trace.values) if self.trace is not None else {}
 
 

@@ -10,10 +10,12 @@ answers. Every step is told to an ``on_event`` listener: the planner's events
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visprog.errors import ConfigError, ServiceError, StepError, VisprogError
 from visprog.language.checker import CheckedProgram
@@ -27,6 +29,9 @@ from visprog.running.events import Listener, emit
 from visprog.running.plugins import default_registry
 from visprog.running.runtime import Runtime
 from visprog.running.tracing import Trace
+
+if TYPE_CHECKING:
+    from visprog.running.interpreter import Interpreter
 
 __all__ = [
     "Solution",
@@ -71,7 +76,8 @@ def run(
 
     ``images`` maps input names to images (a path, bytes, a PIL image or a
     numpy array); a single image is passed as ``IMAGE``. Other values (text,
-    numbers) are passed through as they are. ``on_event`` receives the run's events.
+    numbers) are passed through as they are. ``on_event`` receives the run's events,
+    and those of the models that load for it (:meth:`~visprog.running.runtime.Runtime.listening`).
     """
     from visprog.running.interpreter import Interpreter
 
@@ -79,7 +85,8 @@ def run(
         images = {"IMAGE": images}
     loaded = load_inputs(images, max_pixels=max_pixels)
     interpreter = Interpreter(registry, runtime, max_batch=max_batch, known_inputs=input_names())
-    return interpreter.run(program, loaded, on_event=on_event)
+    with interpreter.runtime.listening(on_event) if on_event is not None else contextlib.nullcontext():
+        return interpreter.run(program, loaded, on_event=on_event)
 
 
 def load_inputs(images: Mapping[str, Any], *, max_pixels: int | None = None) -> dict[str, Any]:
@@ -193,7 +200,24 @@ def solve(
     max_pixels: int | None = None,
     max_batch: int | None = None,
     on_event: Listener | None = None,
-    **planner_options: Any,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    style: str | None = None,
+    local: str | None = None,
+    repair_rounds: int | None = None,
+    cache: bool | None = None,
+    examples: int | None = None,
+    see_image: bool | None = None,
+    see_image_side: int | None = None,
+    constrain: str | None = None,
+    max_tokens: int | None = None,
+    stop: list[str] | None = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    grammar_format: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> Solution:
     """Plan a program for ``text`` with the ``task``'s prompts, run it on ``images``, return the :class:`Solution`.
 
@@ -203,11 +227,20 @@ def solve(
     many programs are drawn (at ``temperature``, 0.7 by default), the valid ones
     run together and their answers are voted on. With ``feed_errors``, a
     program that fails while running is sent back with the step's error for a
-    new plan (once per sample). Without ``planner``, one is made by
-    :func:`create_planner` from ``planner_options`` (``see_image=True`` shows the
-    model the images while it plans; ``constrain="none"``, ``"grammar"`` or ``"types"``
-    holds its generation to valid programs). ``on_event`` receives every event of the
-    planner and of the runs.
+    new plan (once per sample). ``on_event`` receives every event of the planner,
+    of the runs and of the models that load for them (it listens to the runtime
+    while ``solve`` runs: :meth:`~visprog.running.runtime.Runtime.listening`).
+
+    Without ``planner``, one is made by :func:`create_planner` from the options after
+    ``on_event``, those given (not None); with ``planner``, giving any of them is a
+    :class:`~visprog.errors.ConfigError`. ``model``, ``base_url``, ``api_key``, ``style``:
+    an OpenAI-compatible server; ``local``: a transformers model run in this process
+    (a hub id, folder or ``.gguf`` file), on ``device`` in ``dtype``; ``repair_rounds``,
+    ``cache``, ``examples``; ``see_image=True`` shows the model the images while it
+    plans (their longer side cut to ``see_image_side``); ``constrain="none"``,
+    ``"grammar"`` or ``"types"`` holds its generation to valid programs, sent to a server
+    in its ``grammar_format``; ``max_tokens``, ``stop``, ``timeout``, ``max_retries`` go to
+    the LLM client.
 
     Raises the last sample's error when no program ran to the end: a
     :class:`~visprog.planner.core.PlanningError`, a
@@ -222,9 +255,53 @@ def solve(
         raise VisprogError(
             f"task {spec.name} reads {', '.join(spec.inputs)}: no image was given for {', '.join(missing)}"
         )
+    options = {k: v for k, v in locals().items() if k in PLANNER_OPTIONS and v is not None}
+    if planner is not None and options:
+        raise ConfigError(
+            f"solve: {', '.join(options)} choose how a planner is made and cannot be given with planner= "
+            "(give them to create_planner, or leave planner= out)"
+        )
     loaded = load_inputs(images, max_pixels=max_pixels)
-    planner = planner or create_planner(registry=registry, **planner_options)
+    planner = planner or create_planner(registry=registry, **options)
     interpreter = Interpreter(planner.registry, runtime, max_batch=max_batch, known_inputs=input_names())
+    with interpreter.runtime.listening(on_event) if on_event is not None else contextlib.nullcontext():
+        return _solve(spec, text, loaded, planner, interpreter, samples, temperature, feed_errors, on_event)
+
+
+#: :func:`solve`'s options that make its planner: :func:`create_planner`'s, and the LLM client's.
+PLANNER_OPTIONS = (
+    "model",
+    "base_url",
+    "api_key",
+    "style",
+    "local",
+    "repair_rounds",
+    "cache",
+    "examples",
+    "see_image",
+    "see_image_side",
+    "constrain",
+    "max_tokens",
+    "stop",
+    "timeout",
+    "max_retries",
+    "grammar_format",
+    "device",
+    "dtype",
+)
+
+
+def _solve(
+    spec: Task,
+    text: str,
+    loaded: dict[str, Any],
+    planner: Planner,
+    interpreter: Interpreter,
+    samples: int,
+    temperature: float | None,
+    feed_errors: bool,
+    on_event: Listener | None,
+) -> Solution:
     plans = planner.plan_samples(spec, text, samples, temperature=temperature, images=loaded, on_event=on_event)
     valid = [(k, plan) for k, plan in enumerate(plans) if isinstance(plan, Plan)]
     ran = interpreter.run_many([(plan.checked, loaded) for _, plan in valid], on_event=on_event)
@@ -234,7 +311,8 @@ def solve(
         if feed_errors and isinstance(result, StepError):
             feedback = (
                 f"An earlier program failed while running:\n{plan.program}\n"
-                f"line {result.line}, {result.module}: {result.reason}\nWrite a program that avoids this."
+                f"line {result.line}, {result.module}: {_RAISED_AT.sub('', result.reason)}\n"
+                "Write a program that avoids this."
             )
             try:  # the new plan is drawn like the sample it replaces
                 again = planner.plan(
@@ -289,6 +367,10 @@ def vote_runs(
 
 def _shown(value: Any) -> str:
     return str(value) if isinstance(value, (str, int, float, bool)) else describe_value(value)
+
+
+#: where in a module's code an exception was raised (a path of this machine): not the LLM's business
+_RAISED_AT = re.compile(r" \(at [^()\n]+:\d+\)$")
 
 
 def solve_by_verb(verb: str, images: Sequence[Any], text: str, **options: Any) -> Solution:

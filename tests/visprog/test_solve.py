@@ -13,7 +13,8 @@ from skimage import data
 from tests import fakes
 from tests.llm_server import ScriptedServer, _clean_llm_env, llm_server
 from visprog.errors import StepError, VisprogError
-from visprog.language.values import answer_key, normalize_answer, same_answer
+from visprog.language.signatures import module
+from visprog.language.values import Image, answer_key, normalize_answer, same_answer
 from visprog.llm import client_from_options
 from visprog.planner.cache import PlanCache
 from visprog.planner.core import Planner, PlanningError, vote
@@ -254,3 +255,33 @@ def test_the_program_that_runs_and_is_shown_is_the_canonical_one(
     assert solution.trace.source.rstrip("\n") == COUNT
     assert solution.plan.attempts[-1].reply == written  # the reply as written stays with the plan
     assert solution.result == 1
+
+
+
+@module
+def Broken(image: Image) -> int:
+    """Raises, as a plugin's own code may.
+
+    Args:
+        image: any image.
+
+    Returns:
+        Never.
+    """
+    raise ValueError("no frames in this picture")
+
+
+def test_errors_fed_back_to_the_llm_keep_the_message_not_this_machines_paths(
+    llm_server: ScriptedServer, images: dict[str, Any]
+) -> None:
+    """--feed-errors: the step's error reaches the LLM; the file and line where the module raised do not."""
+    registry = fakes.registry().copy()
+    registry.register(Broken)
+    backend = client_from_options(base_url=llm_server.url, model="scripted", max_retries=0)
+    planner = Planner(backend, registry=registry, cache=False)
+    llm_server.script(["ANSWER0=Broken(image=IMAGE)\nFINAL_RESULT=Result(var=ANSWER0)", COUNT])
+    solution = solve("gqa", "How many dogs?", images, planner=planner, feed_errors=True, runtime=RUNTIME)
+    assert solution.program == COUNT and solution.result == 1
+    sent = str(llm_server.requests[-1].body)
+    assert "line 1, Broken: ValueError: no frames in this picture" in sent
+    assert __file__ not in sent and " (at " not in sent

@@ -5,8 +5,10 @@ base64 ``data:`` URIs, no JavaScript, no external URL): the question or
 instruction, the result, the program with syntax colouring, then one card per
 step with its line, inputs and output drawn as pictures. Objects are drawn as
 numbered, labelled boxes (and masks as coloured overlays) over the image the
-step looked at; a failed step is shown in red with its error, after the steps
-that ran before it. :func:`save_html` writes the page to a file.
+step looked at; a failed step is shown in red with its error, among the steps
+that ran (those that did not need it run after it), and the result says which
+steps ran after it and which were not run (as :meth:`Trace.to_text
+<visprog.running.tracing.Trace.to_text>` does). :func:`save_html` writes the page to a file.
 :func:`trace_fragment` is the same page without the document wrapper, for
 notebooks (``import visprog`` has IPython show a trace with it); its CSS is
 scoped to the ``.visprog-trace`` element so it does not restyle the notebook.
@@ -347,7 +349,7 @@ class _Page:
             return (
                 '<div class="result failed" data-type="error"><h2>Result</h2>'
                 f'<p class="fail-where">The run failed at <a href="#line-{f.line}">line {f.line} '
-                f"({_esc(f.module)})</a>; the steps before it are shown below.</p>"
+                f"({_esc(f.module)})</a>; {_esc(t.after_failure() or '')}.</p>"
                 f'<pre class="fail-message">{_esc(f.error)}</pre></div>'
             )
         if t.error is not None:

@@ -6,13 +6,23 @@ iterator (:func:`stream`). The web app, the CLI's progress and any server read
 progress from these and nothing else.
 
 Interpreter events: :class:`RunStarted`, :class:`StepStarted`,
-:class:`StepFinished`, :class:`StepFailed`, :class:`RunFinished`. For one
-program they come in this order: ``RunStarted``, then for each step that runs
-``StepStarted`` and either ``StepFinished`` or ``StepFailed``, then
-``RunFinished``. Steps handed to a module in one batched call all start before
-any of them finishes. ``Interpreter.run_many`` numbers its programs
+:class:`StepFinished`, :class:`StepFailed`, :class:`StepSkipped`,
+:class:`RunFinished`. For one program they come in this order: ``RunStarted``,
+then for each step that runs ``StepStarted`` and either ``StepFinished`` or
+``StepFailed``, then (after a failure) ``StepSkipped`` for each step not run
+because it needs a failed step, then ``RunFinished``. A failing step does not
+stop the steps that do not need it: their events come after its ``StepFailed``.
+Steps handed to a module in one batched call all start before any of them
+finishes. ``Interpreter.run_many`` numbers its programs
 (``job``); their events interleave as their steps do. The planner's own
 events share the :class:`Event` base.
+
+Model events: :class:`ModelLoading`, :class:`ModelDownload` (bytes of the
+model's files fetched so far, while a model downloads) and :class:`ModelLoaded`.
+They come from the runtime (:meth:`Runtime.listening
+<visprog.running.runtime.Runtime.listening>`), on the thread that loads the
+model, inside the step that needs it; a listener of them that raises is
+logged and skipped, never stopping the load.
 
 A listener runs on the thread doing the work, between steps: keep it quick.
 If it raises, the interpreter stops the run and raises
@@ -32,10 +42,14 @@ from visprog.language.values import describe_value
 __all__ = [
     "Event",
     "Listener",
+    "ModelDownload",
+    "ModelLoaded",
+    "ModelLoading",
     "RunFinished",
     "RunStarted",
     "StepFailed",
     "StepFinished",
+    "StepSkipped",
     "StepStarted",
     "Stream",
     "emit",
@@ -129,6 +143,20 @@ class StepFailed(Event):
 
 
 @dataclass(frozen=True)
+class StepSkipped(Event):
+    """Step ``index`` was not run: it needs the value of a step that failed (``reason`` says which lines)."""
+
+    kind: ClassVar[str] = "step_skipped"
+    job: int
+    index: int
+    total: int
+    target: str
+    module: str
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class RunFinished(Event):
     """A program ended: ``ok`` with its result, or not with the error's message."""
 
@@ -138,6 +166,40 @@ class RunFinished(Event):
     seconds: float
     result: Any = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelLoading(Event):
+    """``module`` starts loading ``model_id`` (a hub id or a folder) onto ``device``."""
+
+    kind: ClassVar[str] = "model_loading"
+    module: str
+    model_id: str
+    device: str
+
+
+@dataclass(frozen=True)
+class ModelDownload(Event):
+    """``done`` bytes of ``model_id``'s files downloaded so far, of ``total`` (None: not known yet).
+
+    Sent at most about four times a second while the files download, and once when they are all in.
+    """
+
+    kind: ClassVar[str] = "model_download"
+    module: str
+    model_id: str
+    done: int
+    total: int | None
+
+
+@dataclass(frozen=True)
+class ModelLoaded(Event):
+    """``module`` loaded ``model_id`` in ``seconds`` (download included)."""
+
+    kind: ClassVar[str] = "model_loaded"
+    module: str
+    model_id: str
+    seconds: float
 
 
 class Stream(Generic[T]):

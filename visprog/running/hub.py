@@ -12,7 +12,15 @@ not on this machine and cannot be fetched (``HF_HUB_OFFLINE=1``, no network),
 the error names the module, the model and the command that fetches it. A hub
 id with nothing in the cache is first checked with one quick request to the
 hub, so that an unreachable hub fails in seconds rather than after
-huggingface_hub's retries.
+huggingface_hub's retries; when the hub has it, its files are fetched as
+``visprog models pull`` fetches them, before the loader runs.
+
+The runtime's listeners (:meth:`Runtime.listening
+<visprog.running.runtime.Runtime.listening>`) hear every load that is not
+served from the pool: :class:`~visprog.running.events.ModelLoading`, then
+:class:`~visprog.running.events.ModelDownload` while files download (bytes done
+of the total, through huggingface_hub's ``tqdm_class``: :class:`DownloadReport`),
+then :class:`~visprog.running.events.ModelLoaded`.
 """
 
 from __future__ import annotations
@@ -21,16 +29,20 @@ import inspect
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from visprog.errors import ModelUnavailableError, ServiceError
-from visprog.running.runtime import Context
+from visprog.running.events import ModelDownload, ModelLoaded, ModelLoading
+from visprog.running.runtime import Context, Runtime
 
 __all__ = [
+    "DOWNLOAD_EVENTS_PER_S",
     "IGNORE_PATTERNS",
+    "DownloadReport",
     "ModelStatus",
     "Placement",
     "fetch_command",
@@ -124,13 +136,16 @@ def load_model(
     def load() -> T:
         placement = Placement(runtime.device, runtime.torch_dtype()) if on_device else Placement("cpu")
         started = time.perf_counter()
+        runtime.emit(ModelLoading(ctx.module, model_id, placement.device))
         if runtime.progress:
             where = f" on {runtime.device} ({runtime.dtype_name})" if on_device else ""
             print(f"{ctx.module}: loading {model_id}{where} ...", file=sys.stderr, flush=True)
         try:
-            unreachable = _hub_unreachable(model_id)
+            unreachable, files = _probe_hub(model_id)
             if unreachable is not None:  # fail now, not after huggingface_hub's ~30 s of retries
                 raise ModelUnavailableError(ctx.module, model_id, unreachable, fetch_command(ctx.module, model_id))
+            if files is not None:  # on the hub, not in the cache: fetched here, where its progress is told
+                _fetch(model_id, files, DownloadReport(runtime, ctx.module, model_id))
             takes_placement = _takes_placement(loader)
             loaded = loader(model_id, placement) if takes_placement else loader(model_id)  # type: ignore[call-arg]
         except ModelUnavailableError:
@@ -148,10 +163,10 @@ def load_model(
         if on_device:
             # a one-argument loader (the older form) gets float32 weights: they are cast here
             _to_device(loaded, placement.device, None if takes_placement else placement.dtype)
+        seconds = time.perf_counter() - started
         if runtime.progress:
-            print(
-                f"{ctx.module}: loaded {model_id} in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True
-            )
+            print(f"{ctx.module}: loaded {model_id} in {seconds:.1f} s", file=sys.stderr, flush=True)
+        runtime.emit(ModelLoaded(ctx.module, model_id, seconds))
         return loaded
 
     return ctx.pool.get(key, load)
@@ -168,42 +183,56 @@ def forget_unreachable() -> None:
     _unreachable.clear()
 
 
-def _hub_unreachable(model_id: str) -> str | None:
-    """Why ``model_id`` cannot come from the hub right now, or None to let the loader try.
+def _probe_hub(model_id: str) -> tuple[str | None, list[str] | None]:
+    """Why ``model_id`` cannot come from the hub right now (or None to let the loader try), and the
+    repository's files when the hub listed them (None: nothing to fetch before the loader runs).
 
     Only for a hub id with nothing of it in the Hugging Face cache, when offline mode is off:
     one request of at most :data:`PROBE_TIMEOUT_S` seconds, not retried, to the hub's model
-    API. None when the hub answered (even "no such model": the loader says that better), when
-    ``model_id`` is a file or folder or not a hub id, or when the model is (partly) cached.
+    API. ``(None, None)`` when the hub answered with an error (even "no such model": the loader
+    says that better), when ``model_id`` is a file or folder or not a hub id, or when the model
+    is (partly) cached.
     """
     if is_offline() or os.path.exists(os.path.expanduser(model_id)) or not _is_repo_id(model_id):
-        return None
+        return None, None
     if _in_cache(model_id):
-        return None
+        return None, None
     try:
         from huggingface_hub import HfApi, constants
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        return None
+        return None, None
     if getattr(constants, "HF_HUB_OFFLINE", False):  # offline as huggingface_hub sees it (TRANSFORMERS_OFFLINE too)
-        return None
+        return None, None
     endpoint = constants.ENDPOINT
     known = _unreachable.get(endpoint)
     if known is not None and time.monotonic() - known[0] < _UNREACHABLE_FOR_S:
-        return known[1]
+        return known[1], None
     try:
-        HfApi(endpoint=endpoint).model_info(model_id, timeout=PROBE_TIMEOUT_S)
+        info = HfApi(endpoint=endpoint).model_info(model_id, timeout=PROBE_TIMEOUT_S)
     except Exception as e:
         if not _is_network_error(e):
-            return None  # the hub answered (unknown, gated, ...) or something else: the loader decides
+            return None, None  # the hub answered (unknown, gated, ...) or something else: the loader decides
         lines = str(e).strip().splitlines()
         why = (
             f"it is not in the Hugging Face cache and the hub at {endpoint} could not be reached "
             f"[{type(e).__name__}: {lines[0] if lines else 'no answer'}]; {OFFLINE_HINT}"
         )
         _unreachable[endpoint] = (time.monotonic(), why)
-        return why
+        return why, None
     _unreachable.pop(endpoint, None)
-    return None
+    return None, [s.rfilename for s in info.siblings or []]
+
+
+def _fetch(model_id: str, files: list[str], report: DownloadReport) -> None:
+    """Download ``model_id`` into the Hugging Face cache as :func:`pull` does (``files``: the repository's
+    listing), its progress told by ``report``. A failed download is left to the loader, which tries again
+    and says why it cannot load the model."""
+    try:
+        pull(model_id, files=files, tqdm_class=report.tqdm_class)
+    except ServiceError:
+        pass
+    finally:
+        report.finish()
 
 
 #: A Hugging Face repository id, as huggingface_hub validates one: ``name`` or ``owner/name``.
@@ -315,28 +344,121 @@ def redundant_files(files: Iterable[str]) -> list[str]:
     return skip
 
 
-def pull(model_id: str) -> str:
+def pull(model_id: str, *, files: list[str] | None = None, tqdm_class: Any = None) -> str:
     """Download a model into the Hugging Face cache, with progress bars; returns its folder.
 
     Only one copy of each weight file is fetched (safetensors when the repo has them). A model already
     complete in the cache, or a local folder, needs no network. A failed download raises
-    :class:`ServiceError` naming the model, the hub and why.
+    :class:`ServiceError` naming the model, the hub and why. ``files`` is the repository's file
+    listing when the caller has it (else it is asked of the hub); ``tqdm_class`` makes huggingface_hub's
+    progress bars (:attr:`DownloadReport.tqdm_class` tells them as events).
     """
     if os.path.isdir(model_id):  # a local folder: nothing to download
         return model_id
     from huggingface_hub import HfApi, constants, snapshot_download
 
-    try:  # one request, not retried: the paginated file listing retries for ~20 s when the hub is down
-        files = [s.rfilename for s in HfApi().model_info(model_id).siblings or []]
-    except Exception:  # unreachable, offline or unknown: snapshot_download says which
-        files = _cached_files(model_id)
+    if files is None:
+        try:  # one request, not retried: the paginated file listing retries for ~20 s when the hub is down
+            files = [s.rfilename for s in HfApi().model_info(model_id).siblings or []]
+        except Exception:  # unreachable, offline or unknown: snapshot_download says which
+            files = _cached_files(model_id)
     skip = redundant_files(files)
     try:
-        return str(snapshot_download(model_id, ignore_patterns=[*IGNORE_PATTERNS, *skip]))
+        return str(snapshot_download(model_id, ignore_patterns=[*IGNORE_PATTERNS, *skip], tqdm_class=tqdm_class))
     except Exception as e:
         if not _is_download_error(e):
             raise
         raise ServiceError(f"could not download '{model_id}' from {constants.ENDPOINT}: {_download_failure(e)}") from e
+
+
+#: The most :class:`~visprog.running.events.ModelDownload` events a second, per model.
+DOWNLOAD_EVENTS_PER_S = 4.0
+#: huggingface_hub's bar of the bytes a snapshot received: the bytes its bar of bytes written counts again.
+_TRANSFER_BAR = "huggingface_hub.snapshot_download.transfer"
+
+
+class DownloadReport:
+    """The bytes downloaded of one model's files, told to ``runtime``'s listeners as
+    :class:`~visprog.running.events.ModelDownload` events.
+
+    :attr:`tqdm_class` is what huggingface_hub takes as ``tqdm_class`` (``snapshot_download``,
+    ``hf_hub_download``; transformers' ``from_pretrained`` passes it on): its byte bars are counted
+    (done, and the total of their sizes once every bar knows its size), and shown on standard error as
+    huggingface_hub shows its own when ``runtime.progress`` is on. Events go out as the bytes come, at
+    most :data:`DOWNLOAD_EVENTS_PER_S` a second; :meth:`finish` sends the last count.
+    """
+
+    def __init__(self, runtime: Runtime, module: str, model_id: str) -> None:
+        self.runtime = runtime
+        self.module = module
+        self.model_id = model_id
+        self._lock = threading.Lock()
+        self._bars: list[Any] = []
+        self._sent: tuple[int, int | None] | None = None
+        self._last = 0.0
+        self.tqdm_class: type = _progress_bar_class(self)
+
+    def progress(self) -> tuple[int, int | None]:
+        """Bytes downloaded so far, and of how many (None while a file's size is not known)."""
+        with self._lock:
+            return self._progress()
+
+    def _progress(self) -> tuple[int, int | None]:
+        done = sum(bar.visprog_bytes for bar in self._bars)
+        totals = [bar.total for bar in self._bars]
+        return done, int(sum(totals)) if totals and all(totals) else None
+
+    def add(self, bar: Any) -> None:
+        """Count ``bar``'s bytes (a bar of :attr:`tqdm_class` counting bytes does this itself)."""
+        with self._lock:
+            self._bars.append(bar)
+        self._tell()
+
+    def count(self, bar: Any, n: float | None) -> None:
+        """``n`` more bytes of ``bar`` are in."""
+        with self._lock:
+            bar.visprog_bytes += int(n or 0)
+        self._tell()
+
+    def finish(self) -> None:
+        """Send the last count, if any bytes were counted and it was not sent yet."""
+        self._tell(final=True)
+
+    def _tell(self, *, final: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not self._bars:
+                return
+            progress = self._progress()
+            if progress == self._sent or (not final and now - self._last < 1 / DOWNLOAD_EVENTS_PER_S):
+                return
+            self._sent, self._last = progress, now
+        self.runtime.emit(ModelDownload(self.module, self.model_id, *progress))
+
+
+def _progress_bar_class(report: DownloadReport) -> type:
+    """A huggingface_hub progress bar whose byte counts go to ``report``."""
+    from huggingface_hub.utils import tqdm as hub_tqdm
+
+    class ModelDownloadBar(hub_tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # bars of bytes count; a bar of files does not (tqdm compares bars by position: a flag, not `in`)
+            counts = kwargs.get("unit") == "B" and kwargs.get("name") != _TRANSFER_BAR
+            if not report.runtime.progress:
+                kwargs["disable"] = True
+            self.visprog_bytes = int(kwargs.get("initial") or 0)
+            self.visprog_counts = False
+            super().__init__(*args, **kwargs)
+            if counts:
+                self.visprog_counts = True
+                report.add(self)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self.visprog_counts:
+                report.count(self, n)
+            return super().update(n)
+
+    return ModelDownloadBar
 
 
 def _error_names(e: BaseException) -> set[str]:

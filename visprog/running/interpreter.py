@@ -2,15 +2,20 @@
 
 Steps run in dependency order. Steps that become ready together and use the
 same module are handed to that module in one call when it declares a batch
-implementation. Every run returns a :class:`~visprog.running.tracing.Trace`; a failing
-step raises :class:`~visprog.errors.StepError` carrying the trace so far.
+implementation. Every run returns a :class:`~visprog.running.tracing.Trace`.
+A failing step does not stop the steps that do not need its value: they run,
+the steps that need it do not (the trace lists them in ``skipped``), and then
+the run raises the first failing step's :class:`~visprog.errors.StepError`,
+which carries the trace with every step that ran, before the failure and after.
+An exception a module raises names where in the module's code it was raised.
 :meth:`Interpreter.run_many` runs many programs through the same engine and
 batches ready steps of one module across all of them.
 
 Progress is reported as events (:mod:`visprog.running.events`) to an
 ``on_event`` listener, as the run goes: for each program :class:`RunStarted`,
 then per step :class:`StepStarted` and :class:`StepFinished` (its value and
-time) or :class:`StepFailed` (its error), then :class:`RunFinished`. Steps of a
+time) or :class:`StepFailed` (its error), after a failure :class:`StepSkipped`
+for each step that needs a failed one, then :class:`RunFinished`. Steps of a
 batched call each get their own events. A listener that raises stops the run:
 it raises :class:`~visprog.errors.ListenerError`, which carries the trace so far.
 
@@ -21,8 +26,10 @@ are mapped into the frame of the image the step works on (see
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from visprog.errors import ListenerError, StepError, VisprogError
@@ -30,19 +37,12 @@ from visprog.language import syntax
 from visprog.language.checker import CheckedProgram, CheckedStep, check
 from visprog.language.signatures import ModuleSpec, Registry
 from visprog.language.values import Type, coerce, type_of_value
-from visprog.running.events import (
-    Event,
-    Listener,
-    RunFinished,
-    RunStarted,
-    StepFailed,
-    StepFinished,
-    StepStarted,
-)
+from visprog.running.events import Listener, RunFinished, RunStarted
 from visprog.running.framing import map_objects, uncrop
-from visprog.running.plan import INPUT, LITERAL, TEMPLATE, VALUE, RunPlan, lookup, resolve
+from visprog.running.plan import INPUT, LITERAL, TEMPLATE, VALUE, lookup, resolve
 from visprog.running.plugins import default_registry
 from visprog.running.runtime import Context, RunCache, Runtime, default_runtime
+from visprog.running.scheduling import Job, Stopped
 from visprog.running.tracing import StepRecord, Trace
 
 __all__ = ["Interpreter"]
@@ -55,91 +55,6 @@ class _Failure(Exception):
         super().__init__(message)
         self.message = message
         self.cause = cause
-
-
-class _Stopped(Exception):
-    """The listener raised ``cause`` on ``event`` (of ``job``): the run stops."""
-
-    def __init__(self, job: _Job, event: Event, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.job = job
-        self.event = event
-        self.cause = cause
-
-    def message(self) -> str:
-        cause = self.cause
-        return (
-            f"the run was stopped: the on_event listener raised {type(cause).__name__}: {cause} "
-            f"(on the {self.event.kind} event)"
-        )
-
-
-class _Job:
-    """One program being run: its plan, computed values, ready steps, trace, failure and listener.
-
-    ``number`` is the program's place in the ``run_many`` call (0 for ``run``); events carry it.
-    """
-
-    __slots__ = (
-        "checked",
-        "error",
-        "indegree",
-        "listener",
-        "number",
-        "offsets",
-        "pending",
-        "plan",
-        "ready",
-        "trace",
-        "values",
-    )
-
-    def __init__(
-        self, checked: CheckedProgram, trace: Trace, number: int = 0, listener: Listener | None = None
-    ) -> None:
-        self.checked = checked
-        self.trace = trace
-        self.number = number
-        self.listener = listener
-        self.values: dict[int, Any] = {}
-        #: crop step -> where its crop's top-left corner lies in the image it cut (x, y)
-        self.offsets: dict[int, tuple[int, int]] = {}
-        self.plan = RunPlan.of(checked)
-        self.indegree = list(self.plan.indegree)
-        self.ready = [i for i, d in enumerate(self.indegree) if d == 0]
-        self.pending = len(self.indegree)
-        self.error: StepError | None = None
-
-    def done(self, index: int) -> None:
-        self.pending -= 1
-        indegree = self.indegree
-        for nxt in self.plan.successors[index]:
-            indegree[nxt] -= 1
-            if indegree[nxt] == 0:
-                self.ready.append(nxt)
-
-    def emit(self, event: Event) -> None:
-        """Hand ``event`` to the listener (call only when there is one); its exception stops the run."""
-        assert self.listener is not None
-        try:
-            self.listener(event)
-        except Exception as e:
-            raise _Stopped(self, event, e) from e
-
-    def step_started(self, s: CheckedStep) -> None:
-        total = len(self.checked.steps)
-        self.emit(StepStarted(self.number, s.index, total, s.step.target, s.module, s.step.line))
-
-    def step_ended(self, r: StepRecord, seconds: float) -> None:
-        """:class:`StepFinished` or :class:`StepFailed` for the record of a step that ran (or failed)."""
-        total = len(self.checked.steps)
-        if r.error is None:
-            event: Event = StepFinished(
-                self.number, r.index, total, r.target, r.module, r.line, r.output, r.seconds, r.batch
-            )
-        else:
-            event = StepFailed(self.number, r.index, total, r.target, r.module, r.line, r.error, seconds)
-        self.emit(event)
 
 
 class Interpreter:
@@ -182,7 +97,7 @@ class Interpreter:
         job = self._job(program, inputs, 0, on_event)
         try:
             self._execute([job], Context(self.runtime, cache or RunCache()))
-        except _Stopped as stop:
+        except Stopped as stop:
             raise _listener_error(stop, [job.error or job.trace]) from stop.cause
         if job.error is not None:
             raise job.error
@@ -208,16 +123,16 @@ class Interpreter:
         :class:`~visprog.errors.ListenerError` carries what each got as far as (``results``).
         """
         results: list[Trace | VisprogError | None] = [None] * len(jobs)
-        running: list[tuple[int, _Job]] = []
+        running: list[tuple[int, Job]] = []
         for k, (program, inputs) in enumerate(jobs):
             try:
                 running.append((k, self._job(program, inputs, k, on_event)))
             except VisprogError as e:
                 results[k] = e
-        stopped: _Stopped | None = None
+        stopped: Stopped | None = None
         try:
             self._execute([job for _, job in running], Context(self.runtime, cache or RunCache()))
-        except _Stopped as stop:
+        except Stopped as stop:
             stopped = stop
         for k, job in running:
             results[k] = job.error if job.error is not None else job.trace
@@ -235,7 +150,7 @@ class Interpreter:
         inputs: Mapping[str, Any],
         number: int,
         listener: Listener | None,
-    ) -> _Job:
+    ) -> Job:
         checked = (
             program
             if isinstance(program, CheckedProgram)
@@ -256,12 +171,12 @@ class Interpreter:
             {k: inputs[k] for k in checked.used_inputs},
             warnings=[f"line {w.line}, col {w.column}: {w.message}" for w in checked.warnings],
         )
-        return _Job(checked, trace, number, listener)
+        return Job(checked, trace, number, listener)
 
-    def _execute(self, jobs: list[_Job], ctx: Context) -> None:
-        """Run every job to its end or its first failing step (recorded on the job, never raised).
+    def _execute(self, jobs: list[Job], ctx: Context) -> None:
+        """Run every job to its end (failing steps are recorded on the job, never raised).
 
-        A listener that raises stops every job: their traces end there, and :class:`_Stopped` is raised.
+        A listener that raises stops every job: their traces end there, and :class:`Stopped` is raised.
         """
         start = time.perf_counter()
         try:
@@ -269,7 +184,7 @@ class Interpreter:
                 if job.listener is not None:
                     job.emit(RunStarted(job.number, job.checked.source, len(job.checked.steps)))
             self._loop(list(jobs), ctx, start)
-        except _Stopped as stop:
+        except Stopped as stop:
             message = stop.message()
             for job in jobs:  # a job that had not ended ends here
                 if job.trace.error is None and (job.pending or job.error is not None):
@@ -277,10 +192,10 @@ class Interpreter:
                     job.trace.error = message if job.error is None else str(job.error)
             raise
 
-    def _loop(self, active: list[_Job], ctx: Context, start: float) -> None:
+    def _loop(self, active: list[Job], ctx: Context, start: float) -> None:
         """Run ready steps until every job in ``active`` has ended."""
         while active:
-            ready: list[tuple[_Job, int]] = []
+            ready: list[tuple[Job, int]] = []
             for job in active:
                 if job.ready:
                     job.ready.sort()
@@ -289,59 +204,60 @@ class Interpreter:
             if len(ready) == 1:  # the common case of one program: no grouping to do
                 job, i = ready[0]
                 self._run_one(job, i, ctx)
-                if job.error is None:
+                if i in job.values:
                     job.done(i)
             else:
                 for group in self._groups(ready):
-                    members = [(job, i) for job, i in group if job.error is None]
-                    if members:
-                        self._run_group(members, ctx)
-                    for job, i in members:
-                        if job.error is None:
+                    self._run_group(group, ctx)
+                    for job, i in group:
+                        if i in job.values:
                             job.done(i)
             still = []
             for job in active:
-                if job.error is not None:
-                    job.trace.seconds = time.perf_counter() - start
-                    job.trace.error = str(job.error)
-                elif not job.pending:
-                    job.trace.seconds = time.perf_counter() - start
-                    job.trace.result = job.values[job.checked.result]
-                    job.trace.result_var = job.plan.result_var
-                elif not job.ready:  # cannot happen for a checked (acyclic) program
-                    raise AssertionError(f"no step of the program can run, {job.pending} left")
-                else:
+                if job.ready:
                     still.append(job)
                     continue
-                if job.listener is not None:  # the job has ended
+                # No step is ready: the job has ended.
+                job.trace.seconds = time.perf_counter() - start
+                if job.error is not None:  # the steps that need a failed one never became ready
+                    job.trace.error = str(job.error)
+                    job.trace.skipped = job.skipped()
+                elif not job.pending:
+                    job.trace.result = job.values[job.checked.result]
+                    job.trace.result_var = job.plan.result_var
+                else:  # cannot happen for a checked (acyclic) program
+                    raise AssertionError(f"no step of the program can run, {job.pending} left")
+                if job.listener is not None:
                     t = job.trace
+                    for k in t.skipped:
+                        job.step_skipped(k)
                     job.emit(RunFinished(job.number, t.error is None, t.seconds, t.result, t.error))
             active = still
 
-    def _groups(self, ready: list[tuple[_Job, int]]) -> list[list[tuple[_Job, int]]]:
+    def _groups(self, ready: list[tuple[Job, int]]) -> list[list[tuple[Job, int]]]:
         """Ready steps in job and line order; steps of one batch-capable module share a group across jobs."""
         if len(ready) == 1:
             return [ready]
-        groups: dict[Any, list[tuple[_Job, int]]] = {}
+        groups: dict[Any, list[tuple[Job, int]]] = {}
         order = {id(job): n for n, job in enumerate(dict.fromkeys(job for job, _ in ready))}
         for job, i in ready:
             spec = job.checked.steps[i].spec
             key = spec.name if spec is not None and spec.batch is not None else ("single", id(job), i)
             groups.setdefault(key, []).append((job, i))
-        out: list[list[tuple[_Job, int]]] = []
+        out: list[list[tuple[Job, int]]] = []
         cap = self.max_batch or len(ready) or 1
         for group in groups.values():
             out.extend(group[k : k + cap] for k in range(0, len(group), cap))
         return sorted(out, key=lambda g: (order[id(g[0][0])], g[0][1]))
 
-    def _run_one(self, job: _Job, i: int, ctx: Context) -> None:
+    def _run_one(self, job: Job, i: int, ctx: Context) -> None:
         """Run one step on its own: :meth:`_run_group` for a single member, without the lists."""
         s = job.checked.steps[i]
         listener = job.listener
         if listener is not None:
             job.step_started(s)
         r = StepRecord(i, s.step.line, s.step.target, s.module, s.step.source)
-        job.trace.records.append(r)
+        job.trace.records.append(r)  # in the order the steps ran (or failed)
         t0 = 0.0  # set when the module is called
         try:
             r.inputs = arguments = self._arguments(job, i)  # the module gets its own keyword dict
@@ -363,21 +279,22 @@ class Interpreter:
         if listener is not None:
             job.step_ended(r, r.seconds)
 
-    def _run_group(self, members: list[tuple[_Job, int]], ctx: Context) -> None:
-        """Run one module call for ``members``; a failure is recorded on the job(s) it belongs to."""
-        steps = [job.checked.steps[i] for job, i in members]
-        records = [StepRecord(s.index, s.step.line, s.step.target, s.module, s.step.source) for s in steps]
-        for (job, _), r in zip(members, records, strict=True):
-            job.trace.records.append(r)
-        calls: list[tuple[_Job, CheckedStep, StepRecord, dict[str, Any]]] = []
-        for (job, _), s, r in zip(members, steps, records, strict=True):
-            if job.error is not None:
-                continue
+    def _run_group(self, members: list[tuple[Job, int]], ctx: Context) -> None:
+        """Run one module call for ``members``; each failure is recorded on its own step and job.
+
+        A step whose arguments cannot be worked out fails alone; the others go on to the call. Records
+        join their traces as their steps end (failed at once, or after the call), before the events.
+        """
+        calls: list[tuple[Job, CheckedStep, StepRecord, dict[str, Any]]] = []
+        for job, i in members:
+            s = job.checked.steps[i]
+            r = StepRecord(i, s.step.line, s.step.target, s.module, s.step.source)
             try:
-                arguments = self._arguments(job, s.index)
-                if job.plan.remaps[s.index] is not None:
-                    _map_objects(job, s.index, arguments, r)
+                arguments = self._arguments(job, i)
+                if job.plan.remaps[i] is not None:
+                    _map_objects(job, i, arguments, r)
             except _Failure as f:
+                job.trace.records.append(r)
                 self._fail(job, r, f)
                 if job.listener is not None:  # the step started and failed at once
                     job.step_started(s)
@@ -385,7 +302,6 @@ class Interpreter:
                 continue
             r.inputs = dict(arguments)
             calls.append((job, s, r, arguments))
-        calls = [c for c in calls if c[0].error is None]
         if not calls:
             return
         for job, s, _, _ in calls:
@@ -404,17 +320,13 @@ class Interpreter:
                 outputs = [self._call(spec, calls[0][3], ctx)]
         except _Failure as f:
             if spec is None or len(calls) == 1:
-                job, _, r, _ = calls[0]
-                self._fail(job, r, f)
-                if job.listener is not None:
-                    job.step_ended(r, time.perf_counter() - t0)
-                return
-            # One bad argument set must not fail the others: run the batch's calls one by one.
-            outputs = self._one_by_one(spec, [c[3] for c in calls], ctx)
-            separate = True
+                outputs = [f]
+            else:  # one bad argument set must not fail the others: run the batch's calls one by one
+                outputs = self._one_by_one(spec, [c[3] for c in calls], ctx)
+                separate = True
         elapsed = time.perf_counter() - t0
         for (job, s, r, _), out in zip(calls, outputs, strict=True):
-            # A job's first failing step fails the job; its other steps in this call keep what they computed.
+            job.trace.records.append(r)
             try:
                 if isinstance(out, _Failure):
                     raise out
@@ -422,10 +334,7 @@ class Interpreter:
                     out = _uncrop(job, s.index, r, out)
                 r.output = self._check_output(s, out)
             except _Failure as f:
-                if job.error is None:
-                    self._fail(job, r, f)
-                else:
-                    r.error = f.message
+                self._fail(job, r, f)
                 continue
             r.seconds = elapsed / len(calls)
             r.batch = 1 if separate else len(calls)
@@ -445,8 +354,7 @@ class Interpreter:
         return out
 
     @staticmethod
-    def _fail(job: _Job, record: StepRecord, f: _Failure) -> None:
-        record.error = f.message
+    def _fail(job: Job, record: StepRecord, f: _Failure) -> None:
         error = StepError(
             f.message,
             line=record.line,
@@ -458,9 +366,9 @@ class Interpreter:
         )
         error.__cause__ = f.cause
         error.__suppress_context__ = True
-        job.error = error
+        job.fail(record, error)
 
-    def _arguments(self, job: _Job, i: int) -> dict[str, Any]:
+    def _arguments(self, job: Job, i: int) -> dict[str, Any]:
         values = job.values
         inputs = job.trace.inputs
         out: dict[str, Any] = {}
@@ -493,7 +401,7 @@ class Interpreter:
         except VisprogError as e:
             raise _Failure(str(e), e) from e
         except Exception as e:
-            raise _Failure(f"{type(e).__name__}: {e}", e) from e
+            raise _Failure(f"{type(e).__name__}: {e}{raised_at(e, spec.fn)}", e) from e
 
     def _call_batch(self, spec: ModuleSpec, calls: list[dict[str, Any]], ctx: Context) -> list[Any]:
         assert spec.batch is not None
@@ -502,7 +410,7 @@ class Interpreter:
         except VisprogError as e:
             raise _Failure(f"in a batch of {len(calls)}: {e}", e) from e
         except Exception as e:
-            raise _Failure(f"in a batch of {len(calls)}: {type(e).__name__}: {e}", e) from e
+            raise _Failure(f"in a batch of {len(calls)}: {type(e).__name__}: {e}{raised_at(e, spec.batch)}", e) from e
         if len(outputs) != len(calls):
             raise _Failure(
                 f"the batch implementation of {spec.name} returned {len(outputs)} outputs for {len(calls)} calls"
@@ -519,7 +427,38 @@ class Interpreter:
             raise _Failure(f"{s.spec.name} returned a wrong value: {e}") from None
 
 
-def _uncrop(job: _Job, i: int, r: StepRecord, output: Any) -> Any:
+#: this package's folder: frames in it are the interpreter's, not a module's
+_RUNNING = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def raised_at(error: BaseException, fn: Callable[..., Any]) -> str:
+    """Where in a module's code ``error`` was raised, as `` (at FILE:LINE)``: the innermost frame of
+    its traceback in the file that defines ``fn``, or else the innermost frame outside this package
+    (the module's code called a library that raised). Empty when the traceback has neither."""
+    frames = traceback.extract_tb(error.__traceback__)
+    own = _code_file(fn)
+    frame = next((f for f in reversed(frames) if own is not None and f.filename == own), None)
+    if frame is None:
+        frame = next((f for f in reversed(frames) if not os.path.abspath(f.filename).startswith(_RUNNING)), None)
+    return "" if frame is None else f" (at {frame.filename}:{frame.lineno})"
+
+
+def _code_file(fn: Any) -> str | None:
+    """The file of ``fn``'s code: a function, a method, a ``functools.partial`` or a callable object."""
+    for _ in range(8):  # unwrap a few layers at most
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            return str(code.co_filename)
+        fn = (
+            getattr(fn, "__wrapped__", None)
+            or getattr(fn, "func", None)
+            or getattr(fn, "__func__", None)
+            or type(fn).__call__
+        )
+    return None
+
+
+def _uncrop(job: Job, i: int, r: StepRecord, output: Any) -> Any:
     """The image of a crop step's output (:func:`~visprog.running.framing.uncrop`)."""
     try:
         return uncrop(job.checked.steps[i].spec, output, i, job.offsets, r.notes)
@@ -527,11 +466,11 @@ def _uncrop(job: _Job, i: int, r: StepRecord, output: Any) -> Any:
         raise _Failure(str(e)) from None
 
 
-def _map_objects(job: _Job, i: int, arguments: dict[str, Any], r: StepRecord) -> None:
+def _map_objects(job: Job, i: int, arguments: dict[str, Any], r: StepRecord) -> None:
     remaps = job.plan.remaps[i]
     assert remaps is not None
     map_objects(remaps, arguments, job.offsets, r.notes)
 
 
-def _listener_error(stop: _Stopped, results: list[Trace | VisprogError]) -> ListenerError:
+def _listener_error(stop: Stopped, results: list[Trace | VisprogError]) -> ListenerError:
     return ListenerError(stop.message(), event=stop.event, trace=stop.job.trace, results=results, cause=stop.cause)

@@ -9,20 +9,36 @@ deep inside torch).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from visprog.errors import ConfigError, did_you_mean
 from visprog.language.signatures import ModuleSpec, Option, OptionError, Registry
-from visprog.running.plugins import default_registry
+from visprog.running.events import Event, Listener
+from visprog.running.plugins import default_registry, load_plugin_files
 
-__all__ = ["Context", "ModelPool", "RunCache", "Runtime", "check_device", "default_runtime", "resolve_device"]
+__all__ = [
+    "CONFIG_KEYS",
+    "Context",
+    "ModelPool",
+    "RunCache",
+    "Runtime",
+    "check_device",
+    "config_file",
+    "config_plugins",
+    "default_runtime",
+    "read_config",
+    "resolve_device",
+]
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 #: Where a device can be asked for, as the device errors name it.
@@ -98,6 +114,66 @@ def check_device(requested: str, *, source: str = DEVICE_SOURCES) -> None:
                 f"{asked} but this torch ({version}) {why} (MPS needs an Apple-silicon Mac with macOS 12.3 "
                 "or later): use --device cpu"
             )
+
+
+#: the top-level keys of a config file
+CONFIG_KEYS = ("device", "half", "plugins", "modules", "llm")
+
+
+def config_file(path: str | os.PathLike[str] | None = None) -> str | os.PathLike[str] | None:
+    """The config file to read: ``path``, else ``$VISPROG_CONFIG``, else ``~/.config/visprog/config.toml`` when
+    it exists, else None (no config file)."""
+    if path is None:
+        path = os.environ.get("VISPROG_CONFIG") or None
+        default = Path.home() / ".config" / "visprog" / "config.toml"
+        if path is None and default.is_file():
+            path = default
+    return path
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The config file's top-level table; a :class:`ConfigError` when it cannot be read, is not TOML or has a
+    key that is not one of :data:`CONFIG_KEYS`."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    unknown = set(data) - set(CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}; "
+            "expected device, half, plugins, [modules.NAME], [llm]"
+        )
+    return data
+
+
+def config_plugins(path: str | os.PathLike[str] | None = None, registry: Registry | None = None) -> list[Path]:
+    """Load the Python files of the config file's ``plugins = ["my_modules.py", ...]`` (paths relative to the
+    config file; ``path`` as :meth:`Runtime.from_config` finds it) into ``registry`` (default: the default
+    registry). Returns the files loaded by this call; a file loaded before is skipped."""
+    path = config_file(path)
+    plugins = _plugin_files(read_config(path), path) if path is not None else []
+    if not plugins:
+        return []
+    reg = registry if registry is not None else default_registry()
+    return load_plugin_files(reg, plugins, source=f"config file {path}: plugins")
+
+
+def _plugin_files(data: Mapping[str, Any], path: str | os.PathLike[str] | None) -> list[Path]:
+    """The config file's ``plugins``, each relative to the file's folder unless absolute."""
+    plugins = data.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p.strip() for p in plugins):
+        raise ConfigError(
+            f'config file {path}: plugins must be a list of Python files, e.g. plugins = ["my_modules.py"], '
+            f"got {plugins!r}"
+        )
+    folder = Path(path).parent if path is not None else Path()
+    return [folder / Path(p).expanduser() for p in plugins]
 
 
 class ModelPool:
@@ -197,10 +273,43 @@ class Runtime:
     #: the registry whose modules' options ``modules`` is checked against (None: the default registry)
     registry: Registry | None = field(default=None, repr=False, compare=False)
     _device: str | None = field(default=None, init=False, repr=False)
+    #: who hears this runtime's model events now (:meth:`listening`), guarded by ``_listeners_lock``
+    _listeners: list[Listener] = field(default_factory=list, init=False, repr=False, compare=False)
+    _listeners_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.modules:
             self.modules = self.module_registry().validate_options(self.modules, "Runtime(modules=...)")
+
+    @contextlib.contextmanager
+    def listening(self, listener: Listener) -> Iterator[None]:
+        """While the ``with`` block runs, ``listener(event)`` hears this runtime's model events
+        (:class:`~visprog.running.events.ModelLoading`, ``ModelDownload``, ``ModelLoaded``).
+
+        Several listeners may listen at once, from any thread (two requests of a server sharing one
+        runtime): each hears every model event of the runtime while it listens. A listener runs on the
+        thread that loads the model: keep it quick.
+        """
+        with self._listeners_lock:
+            self._listeners.append(listener)
+        try:
+            yield
+        finally:
+            with self._listeners_lock:
+                self._listeners.remove(listener)
+
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to every listener listening now (:meth:`listening`).
+
+        A listener that raises is logged and skipped: it never breaks the model load that reports.
+        """
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.warning("a listener of %s events raised; the event is dropped for it", event.kind, exc_info=True)
 
     def module_registry(self) -> Registry:
         """The registry that declares the modules' options: ``registry``, else the default one."""
@@ -249,6 +358,7 @@ class Runtime:
 
             device = "cuda"      # or "auto", "cpu", "mps", "cuda:1"
             half = true
+            plugins = ["my_modules.py"]   # Python files of modules, relative to this file
             [modules.Loc]
             backend = "owlv2"
             model = "google/owlv2-base-patch16-ensemble"
@@ -258,42 +368,25 @@ class Runtime:
 
         Every ``[modules.NAME]`` table is checked against the module's declared options (``registry``'s,
         default: the default registry's): an unknown module or option, or a value that does not fit its
-        type, is an :class:`~visprog.language.options.OptionError` naming the file. Keyword overrides
-        that are not None win over the file.
+        type, is an :class:`~visprog.language.options.OptionError` naming the file. The ``plugins`` files load
+        into that registry first (:func:`config_plugins`). Keyword overrides that are not None win over the file.
         """
-        import tomllib
-
         unexpected = sorted(set(overrides) - {"device_request", "half"})
         if unexpected:
             said = ", ".join(f"'{k}'{did_you_mean(k, ['device_request', 'half'], cutoff=0.5)}" for k in unexpected)
             raise ConfigError(f"Runtime.from_config: unknown override(s) {said}; it takes device_request and half")
-        if path is None:
-            path = os.environ.get("VISPROG_CONFIG") or None
-            default = Path.home() / ".config" / "visprog" / "config.toml"
-            if path is None and default.is_file():
-                path = default
-        data: dict[str, Any] = {}
-        if path is not None:
-            try:
-                with open(path, "rb") as f:
-                    data = tomllib.load(f)
-            except OSError as e:
-                raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
-            unknown = set(data) - {"device", "half", "modules", "llm"}
-            if unknown:
-                raise ConfigError(
-                    f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}; "
-                    "expected device, half, [modules.NAME], [llm]"
-                )
+        path = config_file(path)
+        data = read_config(path) if path is not None else {}
         tables = data.get("modules", {})
         if not isinstance(tables, dict):
             raise ConfigError(f"config file {path}: modules must be tables, [modules.NAME]")
         half = data.get("half", True)
         if not isinstance(half, bool):
             raise ConfigError(f"config file {path}: half must be true or false, got {half!r}")
-        reg = registry if registry is not None else default_registry() if tables else None
+        plugins = _plugin_files(data, path)
+        reg = registry if registry is not None else default_registry() if tables or plugins else None
+        if reg is not None and plugins:  # before the [modules.NAME] tables, which may set a plugin's options
+            load_plugin_files(reg, plugins, source=f"config file {path}: plugins")
         modules = reg.validate_options(tables, f"config file {path}") if reg is not None else {}
         runtime = cls(
             device_request=data.get("device"),

@@ -2,7 +2,7 @@
 
 A :class:`Trace` is returned by every run and carried by every
 :class:`~visprog.errors.StepError`, so a failing step never loses the steps
-before it. The HTML page of a trace is drawn by :mod:`visprog.presentation.report`.
+that ran, before it or after it. The HTML page of a trace is drawn by :mod:`visprog.presentation.report`.
 
 A trace is data: :meth:`Trace.to_dict` and :meth:`Trace.to_json` write it,
 :meth:`Trace.from_dict` and :meth:`Trace.from_json` read it back, with every
@@ -22,6 +22,8 @@ value of every step. The schema, version ``visprog.trace/1`` (:data:`SCHEMA`)::
       ],
       "result": VALUE, "result_var": "RESULT", "seconds": 0.015, "error": null,
       "warnings": ["line 2, col 1: the program has no result step: ..."],   (what the checker warned of)
+      "skipped": [{"index": 3, "line": 4, "target": "N", "module": "Count", "source": "N=Count(box=BOX0)",
+                   "needs": [2]}, ...],     (steps not run: they need the failed steps on these lines)
       "images": [IMAGE, ...],                      (each image once; VALUEs refer to them by position)
       "objects": [[DETECTION, ...], ...],          (each Objects value once, likewise)
       "masks": [MASK, ...]                         (each mask once, likewise)
@@ -53,7 +55,13 @@ encoded as in COCO's uncompressed RLE: ``{"size": [height, width], "counts": [..
 alternating runs of false and true pixels (starting with false), the pixels read column by column.
 
 The schema version changes when a reader of the old one would misread the new one; fields may be
-added within a version. :meth:`Trace.from_dict` refuses another version with
+added within a version (``notes`` and ``warnings`` and ``skipped`` were: a trace without them reads as
+having none).
+
+A failing step does not stop the steps that do not need its value: they run after it, and the trace
+holds them. The steps that need it (directly or through other steps) are not run; the trace lists
+them in ``skipped`` with the lines of the failed steps they need. :meth:`Trace.to_text` says which ran
+after the failure and which did not. :meth:`Trace.from_dict` refuses another version with
 :class:`~visprog.errors.TraceFormatError`.
 """
 
@@ -67,8 +75,9 @@ from typing import Any
 from visprog.errors import TraceFormatError
 from visprog.language.values import Template, describe_value
 from visprog.running.encoding import ImageFormat, OpaqueValue, ValueReader, ValueWriter
+from visprog.running.wording import after_failure, step_call
 
-__all__ = ["SCHEMA", "ImageFormat", "OpaqueValue", "StepRecord", "Trace"]
+__all__ = ["SCHEMA", "ImageFormat", "OpaqueValue", "Skipped", "StepRecord", "Trace"]
 
 #: The schema version written into every trace's data (``"schema"``).
 SCHEMA = "visprog.trace/1"
@@ -98,16 +107,37 @@ class StepRecord:
         return self.error is None
 
     def summary(self) -> str:
+        """The step in two lines: its call as the program wrote it, each variable with its value in brackets
+        (``IMAGE1 = Emoji(image=IMAGE [512x512], object=OBJ0 [Objects (1)], emoji='smiling_face')``), then
+        its output and time, or its error."""
         if self.module == "=":  # a bare assignment, RESULT=X: shown as written
             head = f"line {self.line:>2}  {self.source.strip()}"
         else:
-            args = ", ".join(f"{k}={_show(v)}" for k, v in self.inputs.items())
-            head = f"line {self.line:>2}  {self.target} = {self.module}({args})"
+            call = step_call(self.source, self.inputs, self.output if self.error is None else _NOTHING)
+            if call is None:  # a source that does not parse (written by hand): the values alone
+                call = ", ".join(f"{k}={_show(v)}" for k, v in self.inputs.items())
+            head = f"line {self.line:>2}  {self.target} = {self.module}({call})"
         batch = f" [batch of {self.batch}]" if self.batch > 1 else ""
         notes = "".join(f"\n         note: {n}" for n in self.notes)
         if self.error is not None:
             return f"{head}{notes}\n         FAILED: {self.error}"
         return f"{head}{notes}\n         -> {_show(self.output)}  ({self.seconds * 1000:.1f} ms{batch})"
+
+
+#: stands for "no output" (a failed step's) where ``None`` is a value
+_NOTHING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A step that was not run: it needs the value of a step that failed (``needs``: those steps' lines)."""
+
+    index: int
+    line: int
+    target: str
+    module: str
+    source: str
+    needs: tuple[int, ...]
 
 
 def _strings(data: Mapping[str, Any], name: str, where: str) -> list[str]:
@@ -117,6 +147,32 @@ def _strings(data: Mapping[str, Any], name: str, where: str) -> list[str]:
         path = f"{where}.{name}" if where else name
         raise TraceFormatError(f"{path}: expected a list of strings, got {json.dumps(value)[:60]}")
     return value
+
+
+def _skipped(reader: ValueReader, data: Mapping[str, Any]) -> list[Skipped]:
+    """The optional ``skipped`` list (absent in traces written before it was added: empty)."""
+    entries = data.get("skipped", [])
+    if not isinstance(entries, list):
+        raise TraceFormatError(f"skipped: expected a list, got {json.dumps(entries)[:60]}")
+    out = []
+    for k, entry in enumerate(entries):
+        where = f"skipped[{k}]"
+        if not isinstance(entry, Mapping):
+            raise TraceFormatError(f"{where}: expected an object, got {type(entry).__name__}")
+        needs = reader.field(entry, "needs", list, where)
+        if not all(type(n) is int for n in needs):
+            raise TraceFormatError(f"{where}.needs: expected a list of line numbers, got {json.dumps(needs)[:60]}")
+        out.append(
+            Skipped(
+                index=reader.field(entry, "index", int, where),
+                line=reader.field(entry, "line", int, where),
+                target=reader.field(entry, "target", str, where),
+                module=reader.field(entry, "module", str, where),
+                source=reader.field(entry, "source", str, where),
+                needs=tuple(needs),
+            )
+        )
+    return out
 
 
 def _show(value: Any) -> str:
@@ -139,6 +195,8 @@ class Trace:
     error: str | None = None
     #: what the checker accepted but warned of (a program without a result step), one line each
     warnings: list[str] = field(default_factory=list)
+    #: after a failure, the steps not run because they need a failed step's value, in program order
+    skipped: list[Skipped] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -166,15 +224,40 @@ class Trace:
             out[r.module] = out.get(r.module, 0.0) + r.seconds
         return out
 
+    @property
+    def failed(self) -> StepRecord | None:
+        """The record of the step whose failure failed the run (the first to fail), if a step failed."""
+        return next((r for r in self.records if r.error is not None), None)
+
+    def after_failure(self) -> str | None:
+        """What happened after the first failing step, in words: which steps ran after it and which did
+        not (``"ran after it: lines 3, 6 (independent of it); not run: lines 4, 5 (they need line 2)"``).
+        ``None`` when no step failed."""
+        at = next((k for k, r in enumerate(self.records) if r.error is not None), None)
+        if at is None:
+            return None
+        after = [(r.line, r.error is not None) for r in self.records[at + 1 :]]  # records are in run order
+        return after_failure(after, [(s.line, s.needs) for s in self.skipped])
+
     def to_text(self) -> str:
+        """Every step as :meth:`StepRecord.summary` writes it, in program order, then how the run ended:
+        the variable that holds the result (its value is on its step's line), or where the run failed and
+        what ran after it (:meth:`after_failure`)."""
         lines = [f"warning: {w}" for w in self.warnings]
         lines += [r.summary() for r in sorted(self.records, key=lambda r: r.index)]
-        if self.error is not None:
-            failed = [r for r in self.records if not r.ok]
-            where = f" at line {failed[0].line} ({failed[0].module})" if failed else ""
-            lines.append(f"run failed{where}; the steps before it are kept")
+        failed = self.failed
+        if failed is not None:
+            lines.append(f"run failed at line {failed.line} ({failed.module}); {self.after_failure()}")
+        elif self.error is not None:
+            lines.append(f"run failed: {self.error}")
         else:
-            lines.append(f"result: {_show(self.result)}  (total {self.seconds * 1000:.1f} ms)")
+            total = f"total {self.seconds * 1000:.1f} ms"
+            ran = [r for r in self.records if r.target == self.result_var]
+            holder = max(ran, key=lambda r: r.index) if ran else None
+            if holder is not None and holder.ok:  # its value is on its line: not written again
+                lines.append(f"result: {holder.target} (line {holder.line}), {total}")
+            else:
+                lines.append(f"result: {_show(self.result)}  ({total})")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -218,6 +301,17 @@ class Trace:
             "seconds": self.seconds,
             "error": self.error,
             "warnings": list(self.warnings),
+            "skipped": [
+                {
+                    "index": k.index,
+                    "line": k.line,
+                    "target": k.target,
+                    "module": k.module,
+                    "source": k.source,
+                    "needs": list(k.needs),
+                }
+                for k in self.skipped
+            ],
             "images": writer.images,
             "objects": writer.objects,
             "masks": writer.masks,
@@ -273,6 +367,7 @@ class Trace:
             seconds=float(reader.field(data, "seconds", (int, float), "")),
             error=reader.field(data, "error", (str, type(None)), ""),
             warnings=_strings(data, "warnings", ""),
+            skipped=_skipped(reader, data),
         )
 
     @classmethod

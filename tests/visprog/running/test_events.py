@@ -19,6 +19,7 @@ from visprog.running.events import (
     RunStarted,
     StepFailed,
     StepFinished,
+    StepSkipped,
     StepStarted,
     stream,
 )
@@ -84,14 +85,18 @@ def test_a_run_reports_each_step_as_it_goes(registry: Registry, image: Image) ->
     assert again.result == trace.result and again.result_var == trace.result_var
 
 
-def test_a_failing_step_is_reported_and_ends_the_run(registry: Registry, image: Image) -> None:
+def test_a_failing_step_is_reported_and_the_steps_that_need_it_are_skipped(registry: Registry, image: Image) -> None:
     fakes.VQA_ANSWERS["What is it?"] = "3"
     events: list[Event] = []
     with pytest.raises(StepError) as info:
         Interpreter(registry).run(FAILING, {"IMAGE": image}, on_event=events.append)
     assert [e.kind for e in events] == [
-        "run_started", "step_started", "step_finished", "step_started", "step_failed", "run_finished",
+        "run_started", "step_started", "step_finished", "step_started", "step_failed", "step_skipped", "run_finished",
     ]  # fmt: skip
+    assert events[5] == StepSkipped(
+        job=0, index=2, total=3, target="FINAL_RESULT", module="Result", line=3, reason="it needs line 2, which failed"
+    )
+    assert events[5].to_dict()["reason"] == "it needs line 2, which failed"
     failed = events[4]
     assert isinstance(failed, StepFailed)
     assert (failed.index, failed.target, failed.module, failed.line, failed.total) == (1, "ANSWER1", "Eval", 2, 3)
@@ -201,7 +206,7 @@ def test_stream_iterates_over_the_events_of_a_run(registry: Registry, image: Ima
     with pytest.raises(StepError):
         for event in failing:
             seen.append(event.kind)
-    assert seen[-2:] == ["step_failed", "run_finished"]  # every event before the error
+    assert seen[-3:] == ["step_failed", "step_skipped", "run_finished"]  # every event before the error
 
 
 def test_events_as_data(registry: Registry, image: Image) -> None:

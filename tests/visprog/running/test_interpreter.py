@@ -101,7 +101,11 @@ def test_trace_records_inputs_outputs_and_time(registry: Registry, images: dict[
     assert trace.result == 2 and trace.ok and trace.seconds > 0
     assert trace.seconds_by_module().keys() == {"Loc", "Count", "="}
     text = trace.to_text()
-    assert "line  2  ANSWER0 = Count(box=Objects (2))" in text and "result: int 2" in text
+    # the program's names, each variable's value in brackets; the result named once, at the end
+    assert "line  1  BOX0 = Loc(image=IMAGE [512x512], object='wolf')\n         -> Objects (2)  (" in text
+    assert "line  2  ANSWER0 = Count(box=BOX0 [Objects (2)])\n         -> int 2  (" in text
+    assert "line  3  RESULT=ANSWER0\n         -> int 2  (" in text
+    assert text.endswith(f"\nresult: RESULT (line 3), total {trace.seconds * 1000:.1f} ms")
 
 
 def test_a_failing_step_keeps_everything_computed_so_far(registry: Registry, images: dict[str, Image]) -> None:

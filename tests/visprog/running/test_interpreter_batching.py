@@ -191,12 +191,10 @@ def test_a_failing_batch_call_is_retried_one_by_one(ask_registry: Registry, imag
     assert isinstance(ok1, Trace) and ok1.result == "answer to Q1?" and ok1.step("ANSWER0").batch == 1
     assert isinstance(ok3, Trace) and ok3.result == "answer to Q3?"
     assert isinstance(failed, StepError)  # only the program whose own call fails
-    assert "ValueError: Ask: the question is empty" in str(failed) and "batch" not in str(failed)
+    assert "ValueError: Ask: the question is empty (at " in str(failed) and "in a batch" not in str(failed)
 
 
-def test_every_call_failing_gives_each_job_its_own_step_error(
-    ask_registry: Registry, images: dict[str, Image]
-) -> None:
+def test_every_call_failing_gives_each_job_its_own_step_error(ask_registry: Registry, images: dict[str, Image]) -> None:
     results = Interpreter(ask_registry).run_many([(_ask(" "), {"IMAGE": images["LEFT"]})] * 3)
     errors = [r for r in results if isinstance(r, StepError)]
     assert len(errors) == 3 and len({id(e) for e in errors}) == 3
@@ -218,7 +216,9 @@ def test_steps_of_one_program_in_a_failed_batch_keep_their_outputs(
     trace = info.value.trace
     assert trace is not None and info.value.target == "B"
     assert trace.step("A").output == "answer to Q1?" and trace.step("C").output == "answer to Q3?"
-    assert trace.step("B").error is not None and "FINAL_RESULT" not in trace.values
+    # FINAL_RESULT needs A, not B: it ran after B failed
+    assert trace.step("B").error is not None and trace.values["FINAL_RESULT"] == "answer to Q1?"
+    assert trace.skipped == [] and [r.target for r in trace.records] == ["A", "B", "C", "FINAL_RESULT"]
 
 
 def test_run_many_of_nothing(registry: Registry) -> None:
