@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from typing import TextIO
 
 from visprog.planner.cache import PlanCache
@@ -12,8 +13,11 @@ from visprog.planner.cache import PlanCache
 __all__ = ["add_cache_parser", "cache_command"]
 
 
-def add_cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("cache", help="show what the plan cache holds, or clear it")
+def add_cache_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser] = ()
+) -> None:
+    """``visprog cache``, with the options every command takes (``parents``)."""
+    p = sub.add_parser("cache", parents=list(parents), help="show what the plan cache holds, or clear it")
     p.add_argument("action", choices=["info", "clear"], help="info: where it is and what it holds; clear: forget it")
     p.add_argument("--json", action="store_true", help="machine-readable output (info)")
     p.set_defaults(func=cache_command)

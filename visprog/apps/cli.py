@@ -12,13 +12,18 @@
     visprog serve [--host 127.0.0.1] [--port 7860]
     visprog eval DATA --task gqa --images DIR -o results.jsonl
 
+Every command takes ``--plugin FILE.py`` (modules from a Python file; repeatable; also the config file's
+``plugins = [...]`` and ``$VISPROG_PLUGIN_PATH``), ``--config FILE`` and ``--traceback`` (the whole Python
+traceback of an error, e.g. of the exception inside a failing step's module).
+
 PROGRAM is a file, ``-`` for standard input, or the program text itself. Standard output carries the answer
 alone (``-q``: without its label; ``--json``: one JSON object); the program, the trace, progress, warnings and
-"wrote ..." go to standard error. Exit status: 0 on success, 1 when the program or a step fails, 2 on a usage
-error, 141 when the reader of standard output has gone (``visprog modules | head``).
+"wrote ..." go to standard error, in colour on a terminal only (``$NO_COLOR`` turns it off). Exit status: 0 on
+success, 1 when the program or a step fails, 2 on a usage error (a plugin file that cannot be loaded, a port that
+is in use), 141 when the reader of standard output has gone (``visprog modules | head``).
 
-This file holds the parser and :func:`main`; the commands live in :mod:`visprog.apps.commands` (no LLM)
-and :mod:`visprog.apps.task_commands` (planning with an LLM).
+This file holds the parser and :func:`main`; the commands live in :mod:`visprog.apps.commands` (no LLM) and
+:mod:`visprog.apps.task_commands` (planning with an LLM); what a run shows in :mod:`visprog.apps.run_output`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -34,23 +40,30 @@ from typing import TextIO
 from visprog import __version__
 from visprog.apps.cache_commands import add_cache_parser
 from visprog.apps.commands import (
-    RunReport,
-    UsageError,
     check_command,
     demo_command,
     exec_command,
     fmt_command,
-    format_diagnostic,
     graph_command,
     input_dest,
     models_command,
     modules_command,
 )
+from visprog.apps.console import UsageError, colour_on, format_diagnostic, severity_label
+from visprog.apps.run_output import RunReport
 from visprog.errors import ConfigError, ProgramCheckError, ProgramError, VisprogError
 from visprog.llm.server import SERVER_GRAMMAR_FORMATS
 from visprog.planner.constraint import CONSTRAIN_MODES
 from visprog.planner.tasks import Task, tasks
-from visprog.running.plugins import PLUGINS_ENV, default_registry
+from visprog.running.plugins import (
+    PLUGIN_PATH_ENV,
+    PLUGINS_ENV,
+    PluginError,
+    default_registry,
+    load_plugin_files,
+    plugin_path,
+)
+from visprog.running.runtime import config_plugins
 
 __all__ = ["main"]
 
@@ -124,8 +137,19 @@ def _add_planner_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--local", metavar="MODEL", help="plan with a local transformers causal LM (hub id, folder or .gguf file)"
     )
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="the LLM's sampling temperature (default 0, with --samples above 1: 0.7; [llm] temperature)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the most tokens the LLM may write for one program (default 512; [llm] max_tokens)",
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the LLM")
     p.add_argument("--stop", action="append", metavar="TEXT", help="a stop sequence for the LLM (repeatable)")
     p.add_argument("--device", default=None, help="cuda, mps, cpu or cuda:1 (default: the best available)")
@@ -139,7 +163,6 @@ def _add_planner_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--option", action="append", metavar="MODULE.NAME=VALUE", help=OPTION_HELP)
     p.add_argument("--max-pixels", type=int, default=None, help="reject input images larger than this")
-    p.add_argument("--config", metavar="FILE", help="a TOML config file (default: $VISPROG_CONFIG)")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -152,8 +175,26 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", metavar="MODULE=ID", help="choose a module's model (hub id or folder)")
     p.add_argument("--option", action="append", metavar="MODULE.NAME=VALUE", help=OPTION_HELP)
     p.add_argument("--max-pixels", type=int, default=None, help="reject input images larger than this")
-    p.add_argument("--config", metavar="FILE", help="a TOML config file (default: $VISPROG_CONFIG)")
     p.add_argument("--trace", metavar="FILE", help="write the step-by-step trace as a self-contained HTML page")
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """The options of every command: modules from Python files, the config file, tracebacks."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--plugin",
+        action="append",
+        metavar="FILE.py",
+        help=f"load the modules of a Python file (repeatable; also the config file's plugins = [...] and "
+        f"${PLUGIN_PATH_ENV})",
+    )
+    p.add_argument("--config", metavar="FILE", help="a TOML config file (default: $VISPROG_CONFIG)")
+    p.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, print the whole Python traceback too (a failing step: its module's exception)",
+    )
+    return p
 
 
 def _planning(name: str) -> Callable[[argparse.Namespace, TextIO], int]:
@@ -187,7 +228,10 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
         "the trace, progress and warnings to standard error.",
     )
     parser.add_argument("--version", action="version", version=f"visprog {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help="the command to run (visprog COMMAND -h lists its options)"
+    )
+    common = [_common_options()]
 
     known = tasks()
     for task in known.values():  # one command per task, from its TOML file
@@ -199,11 +243,15 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
             )
             continue
         what = task.description or f"the {task.name} task"
-        p = sub.add_parser(task.command, help=f"{what} ({task.name})", description=f"Plan and run: {what}.")
+        p = sub.add_parser(
+            task.command, parents=common, help=f"{what} ({task.name})", description=f"Plan and run: {what}."
+        )
         _add_task_options(p, task)
         p.set_defaults(func=_planning("task_command"), task=task.name)
 
-    p = sub.add_parser("eval", help="evaluate on a data set: accuracy, failure kinds, latency, time per module")
+    p = sub.add_parser(
+        "eval", parents=common, help="evaluate on a data set: accuracy, failure kinds, latency, time per module"
+    )
     p.add_argument("data", help="our JSONL, GQA question JSON or NLVR2 JSONL")
     p.add_argument("--task", choices=list(known), required=True, help="the task of every item")
     p.add_argument("--images", metavar="DIR", help="image folder (default: the data file's folder)")
@@ -234,14 +282,14 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     _add_planner_options(p)
     p.set_defaults(func=_planning("eval_command"))
 
-    p = sub.add_parser("serve", help="the web app: upload images, ask, see the program and its trace")
+    p = sub.add_parser("serve", parents=common, help="the web app: upload images, ask, see the program and its trace")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MB (default 20)")
     _add_planner_options(p)
     p.set_defaults(func=_planning("serve_command"), quiet=False)
 
-    p = sub.add_parser("exec", help="run a program on images")
+    p = sub.add_parser("exec", parents=common, help="run a program on images")
     p.add_argument("program", help="program file, '-' for stdin, or the program text")
     p.add_argument(
         "--image", "-i", action="append", metavar="NAME=PATH", help="an input image (NAME defaults to IMAGE)"
@@ -249,7 +297,7 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=exec_command)
 
-    p = sub.add_parser("check", help="check a program and print every problem")
+    p = sub.add_parser("check", parents=common, help="check a program and print every problem")
     p.add_argument("program", help="program file, '-' for stdin, or the program text")
     p.add_argument(
         "--input", action="append", metavar="NAME", help="an input the caller passes (default: every task's inputs)"
@@ -262,33 +310,34 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=check_command)
 
-    p = sub.add_parser("fmt", help="print a program in canonical form")
+    p = sub.add_parser("fmt", parents=common, help="print a program in canonical form")
     p.add_argument("program", help="program file, '-' for stdin, or the program text")
     p.add_argument("--check", action="store_true", help="exit 1 and show what would change if not canonical")
     p.set_defaults(func=fmt_command)
 
-    p = sub.add_parser("graph", help="print a program's dependency graph (Mermaid, or DOT)")
+    p = sub.add_parser("graph", parents=common, help="print a program's dependency graph (Mermaid, or DOT)")
     p.add_argument("program", help="program file, '-' for stdin, or the program text")
     p.add_argument("--dot", action="store_true", help="Graphviz DOT instead of Mermaid")
     p.add_argument("--input", action="append", metavar="NAME", help="an input the caller passes")
     p.set_defaults(func=graph_command)
 
-    p = sub.add_parser("modules", help="list the registered modules")
+    p = sub.add_parser("modules", parents=common, help="list the registered modules")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=modules_command)
 
-    p = sub.add_parser("models", help="list the models modules use, or download them ahead of time")
-    p.add_argument("action", choices=["list", "pull"])
+    p = sub.add_parser("models", parents=common, help="list the models modules use, or download them ahead of time")
+    p.add_argument(
+        "action", choices=["list", "pull"], help="list: each module's models and whether they are here; pull: fetch"
+    )
     p.add_argument("modules", nargs="*", metavar="MODULE", help="modules to pull (default: all)")
     p.add_argument("--all-backends", action="store_true", help="pull every backend's model, not only the selected")
     p.add_argument("--backend", action="append", metavar="MODULE=NAME", help="choose a module's backend")
     p.add_argument("--model", action="append", metavar="MODULE=ID", help="choose a module's model")
-    p.add_argument("--config", metavar="FILE", help="a TOML config file (default: $VISPROG_CONFIG)")
     p.set_defaults(func=models_command)
 
-    add_cache_parser(sub)
+    add_cache_parser(sub, common)
 
-    p = sub.add_parser("demo", help="hide the face in the astronaut photo with an emoji, offline")
+    p = sub.add_parser("demo", parents=common, help="hide the face in the astronaut photo with an emoji, offline")
     _add_run_options(p)
     p.set_defaults(func=demo_command)
     return parser
@@ -297,18 +346,36 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
 def _print_error(e: BaseException, name: str, err: TextIO, command: str | None = None) -> None:
     if isinstance(e, ProgramError):
         for diagnostic in e.diagnostics:
-            print(format_diagnostic(name, diagnostic), file=err)
+            print(format_diagnostic(name, diagnostic, colour=colour_on(err)), file=err)
         print(f"{name}: {len(e.diagnostics)} {e.kind}{'s' if len(e.diagnostics) > 1 else ''}", file=err)
         if command == "exec" and isinstance(e, ProgramCheckError) and e.missing_inputs:
-            print("hint: give the program its images with --image NAME=PATH (NAME defaults to IMAGE)", file=err)
+            hint = "give the program its images with --image NAME=PATH (NAME defaults to IMAGE)"
+            print(f"{severity_label('hint', err)} {hint}", file=err)
     else:
-        print(f"error: {e}", file=err)
+        print(f"{severity_label('error', err)} {e}", file=err)
+
+
+def _print_traceback(e: BaseException, err: TextIO) -> None:
+    """``--traceback``: the whole traceback of what went wrong; of a failing step, the exception its module
+    raised (``cause``), not visprog's own frames around it."""
+    cause = getattr(e, "cause", None)
+    shown = cause if isinstance(cause, BaseException) else e
+    err.write("".join(traceback.format_exception(shown)))
 
 
 def _warn_about_plugins(err: TextIO) -> None:
     """One warning per installed plugin that could not be loaded; every other module still works."""
     for e in default_registry().plugin_errors:
-        print(f"warning: {e} (its modules are left out; {PLUGINS_ENV}=0 turns plugins off)", file=err)
+        warning = f"{e} (its modules are left out; {PLUGINS_ENV}=0 turns plugins off)"
+        print(f"{severity_label('warning', err)} {warning}", file=err)
+
+
+def _load_plugin_files(args: argparse.Namespace) -> None:
+    """The modules of Python files: ``$VISPROG_PLUGIN_PATH``, the config file's ``plugins``, ``--plugin``."""
+    registry = default_registry()
+    load_plugin_files(registry, plugin_path(), source=f"${PLUGIN_PATH_ENV}")
+    config_plugins(args.config, registry)
+    load_plugin_files(registry, args.plugin or (), source="--plugin")
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -329,7 +396,7 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     try:
         parser = build_parser(err)
     except ConfigError as e:  # a task file the user added is malformed
-        print(f"error: {e}", file=err)
+        print(f"{severity_label('error', err)} {e}", file=err)
         return 2
     args = parser.parse_args(argv)
     if args.command is None:  # bare `visprog`: what it can do
@@ -345,14 +412,19 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     args.stderr = err  # where a command writes everything but its answer
     try:
         _warn_about_plugins(err)
+        _load_plugin_files(args)
         return int(args.func(args, out))
-    except UsageError as e:
-        print(f"error: {e}", file=err)
+    except (UsageError, PluginError) as e:  # a mistake in the command line, or in a plugin file it names
+        if args.traceback and isinstance(e, PluginError):
+            _print_traceback(e.__cause__ or e, err)
+        print(f"{severity_label('error', err)} {e}", file=err)
         return 2
     except VisprogError as e:
         if getattr(args, "json", False) and not getattr(args, "json_shown", False):  # --json: one object, always
             json.dump(RunReport(args.command, error=e).to_json(), out)
             out.write("\n")
+        if args.traceback:
+            _print_traceback(e, err)
         _print_error(e, name, err, getattr(args, "command", None))
         return 1
     except KeyboardInterrupt:

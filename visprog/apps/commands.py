@@ -1,4 +1,4 @@
-"""The commands that need no LLM: check, fmt, graph, exec, demo, modules, models; and what every command shares.
+"""The commands that need no LLM: check, fmt, graph, exec, demo, modules, models; and the runtime they share.
 
 Each ``*_command(args, out)`` reads the parsed command line (:func:`visprog.apps.cli.build_parser`), writes
 its answer to ``out`` and returns the exit status; a command-line mistake raises :class:`UsageError`.
@@ -9,48 +9,36 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import math
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-from visprog.errors import Diagnostic, ProgramError, StepError, VisprogError
+from visprog.apps.console import UsageError, colour_on, diagnostic_data, format_diagnostic, stderr_of
+from visprog.apps.run_output import RunReport, output_target, show_run
+from visprog.errors import ProgramError, VisprogError
 from visprog.language.checker import CheckedProgram, check
 from visprog.language.format import format_program
 from visprog.language.signatures import OptionError, Registry
-from visprog.language.values import Image, describe_value, type_of_value
+from visprog.language.values import Image, type_of_value
 from visprog.planner.tasks import input_names
 from visprog.running import hub
 from visprog.running.plugins import PLUGINS_ENV, default_registry, plugins_enabled
 from visprog.running.runtime import Runtime
 
-if TYPE_CHECKING:
-    from visprog.running.tracing import Trace
-
 __all__ = [
     "DEMO_PROGRAM",
-    "OutputTarget",
-    "RunReport",
-    "UsageError",
     "build_runtime",
     "check_command",
     "demo_command",
-    "diagnostic_data",
     "exec_command",
     "fmt_command",
-    "format_diagnostic",
     "graph_command",
-    "json_value",
+    "input_dest",
     "models_command",
     "modules_command",
-    "output_target",
-    "show_run",
-    "stderr_of",
-    "write_outputs",
 ]
 
 DEMO_PROGRAM = """\
@@ -59,10 +47,6 @@ OBJ0=FaceDet(image=IMAGE)
 IMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='smiling_face_with_sunglasses')
 FINAL_RESULT=Result(var=IMAGE0)
 """
-
-
-class UsageError(VisprogError):
-    """A command-line mistake (exit status 2)."""
 
 
 def _read_program(arg: str) -> tuple[str, str]:
@@ -150,35 +134,15 @@ def _check(text: str, inputs: Sequence[str] | None) -> CheckedProgram:
     return check(text, inputs, registry=default_registry(), known_inputs=input_names())
 
 
-def stderr_of(args: argparse.Namespace) -> TextIO:
-    """Where a command writes everything but its answer: warnings, progress, the trace, "wrote ..."."""
-    err: TextIO = getattr(args, "stderr", None) or sys.stderr
-    return err
-
-
-def format_diagnostic(name: str, diagnostic: Diagnostic, severity: str = "") -> str:
-    """``FILE:LINE:COL: message`` (``severity`` before the message, e.g. ``"warning: "``), then the source line
-    with a caret under the column: the form editors and terminals link to the place."""
-    head = f"line {diagnostic.line}, col {diagnostic.column}: "
-    text = diagnostic.render()
-    body = text[len(head) :] if text.startswith(head) else text
-    return f"{name}:{diagnostic.line}:{diagnostic.column}: {severity}{body}"
-
-
-def diagnostic_data(diagnostic: Diagnostic, severity: str, name: str | None = None) -> dict[str, Any]:
-    """One diagnostic as JSON (``check --format json``, ``--json``)."""
-    data = {"line": diagnostic.line, "column": diagnostic.column, "severity": severity}
-    return {**({"file": name} if name else {}), **data, "message": diagnostic.message, "source": diagnostic.source_line}
-
-
 def check_command(args: argparse.Namespace, out: TextIO) -> int:
     text, name = _read_program(args.program)
     if args.format == "json":
         return _check_json(text, name, args.input or None, out)
     checked = _check(text, args.input or None)
     result = checked.steps[checked.result]
+    err = stderr_of(args)
     for warning in checked.warnings:
-        print(format_diagnostic(name, warning, "warning: "), file=stderr_of(args))
+        print(format_diagnostic(name, warning, "warning: ", colour=colour_on(err)), file=err)
     print(
         f"{name}: ok, {len(checked.steps)} steps, inputs {', '.join(checked.used_inputs) or 'none'}, "
         f"result {result.step.target} ({result.type})",
@@ -333,172 +297,6 @@ def models_command(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class OutputTarget:
-    """What ``-o`` names: the result image ``file``, or a ``folder`` for ``result.png`` and every image step."""
-
-    file: Path | None = None
-    folder: Path | None = None
-
-
-def output_target(arg: str | None) -> OutputTarget | None:
-    """``-o``: a path ending in an image suffix is the result file, anything else a folder; checked before a run."""
-    if not arg:
-        return None
-    from PIL import Image as PILImage
-
-    path = Path(arg)
-    writable = {ext for ext, fmt in PILImage.registered_extensions().items() if fmt in PILImage.SAVE}
-    if not arg.endswith(("/", os.sep)) and path.suffix.lower() in writable:
-        if path.is_dir():
-            raise UsageError(f"-o {arg}: that is a folder, but a path ending in {path.suffix} names the result file")
-        target, folder = OutputTarget(file=path), path.parent
-    else:
-        if path.exists() and not path.is_dir():
-            raise UsageError(
-                f"-o {arg}: that is a file, but -o names a folder unless the path ends in an image suffix "
-                "such as .png or .jpg"
-            )
-        target, folder = OutputTarget(folder=path), path
-    for parent in (folder, *folder.parents):  # the nearest folder that exists must be one
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"-o {arg}: {parent} is a file, not a folder")
-            break
-    return target
-
-
-def write_outputs(trace: Trace, target: OutputTarget) -> list[Path]:
-    """The files ``-o`` asks for: the result image, and in a folder every image step too (also of a failed run)."""
-    from visprog.running.images import save_image  # numpy: keeps `visprog check` fast
-
-    written = []
-    if target.folder is not None:
-        for record in sorted(trace.records, key=lambda r: r.index):
-            if record.ok and isinstance(record.output, Image) and record.module not in ("Result", "="):
-                step = target.folder / "steps" / f"{record.line:02d}_{record.target}.png"
-                written.append(save_image(record.output, step))
-    if trace.ok and isinstance(trace.result, Image):
-        written.append(save_image(trace.result, target.file or (target.folder or Path()) / "result.png"))
-    return written
-
-
-def json_value(value: Any) -> Any:
-    """``value`` as JSON: text, numbers, booleans and lists of them as they are; anything else described."""
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, (list, tuple)) and all(v is None or isinstance(v, (str, int, float, bool)) for v in value):
-        return [json_value(v) for v in value]
-    return describe_value(value)
-
-
-def _error_data(error: VisprogError) -> dict[str, Any]:
-    data: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
-    if isinstance(error, StepError):
-        data.update(line=error.line, module=error.module, target=error.target, reason=error.reason)
-    if isinstance(error, ProgramError):
-        data["diagnostics"] = [diagnostic_data(d, "error") for d in error.diagnostics]
-    return data
-
-
-@dataclass
-class RunReport:
-    """A run as a command shows it: the answer on standard output and the rest on standard error, or, with
-    ``--json``, one JSON object (:meth:`to_json`). A failed run (``error``) still shows its program and trace."""
-
-    command: str
-    program: str | None = None
-    trace: Trace | None = None
-    task: str | None = None
-    text: str | None = None
-    agreement: float | None = None
-    samples: dict[str, int] | None = None  # drawn, valid
-    files: list[Path] = field(default_factory=list)
-    result_file: Path | None = None
-    timings: dict[str, float | None] = field(default_factory=dict)
-    error: VisprogError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and (self.trace is None or self.trace.ok)
-
-    def to_json(self) -> dict[str, Any]:
-        trace = self.trace
-        return {
-            "command": self.command,
-            "ok": self.ok,
-            "task": self.task,
-            "text": self.text,
-            "program": self.program,
-            "result": json_value(trace.result) if trace is not None and trace.ok else None,
-            "result_var": trace.result_var if trace is not None and trace.ok else None,
-            "result_file": str(self.result_file) if self.result_file else None,
-            "agreement": self.agreement,
-            "samples": self.samples,
-            "files": [str(p) for p in self.files],
-            "timings": self.timings,
-            "error": _error_data(self.error) if self.error is not None else None,
-            "trace": trace.to_dict() if trace is not None else None,
-        }
-
-
-def show_run(
-    report: RunReport,
-    args: argparse.Namespace,
-    out: TextIO,
-    target: OutputTarget | None,
-    *,
-    label: str | None = None,
-    result_label: str | None = None,
-    show_program: bool = False,
-    warned: bool = False,
-    offers_output: bool = True,
-) -> None:
-    """Write what ``-o`` and ``--trace`` ask for, then print ``report`` (and note ``args.json_shown``).
-
-    ``label``: the text the trace page shows; ``result_label``: the answer's label (default: the result's
-    variable); ``warned``: the program's warnings are shown already; ``offers_output``: the command takes ``-o``.
-    """
-    err, trace = stderr_of(args), report.trace
-    quiet, as_json = getattr(args, "quiet", False), getattr(args, "json", False)
-    if trace is not None and target is not None:
-        report.files += write_outputs(trace, target)
-        if trace.ok and isinstance(trace.result, Image):
-            report.result_file = report.files[-1]
-    if trace is not None and getattr(args, "trace", None):
-        from visprog.presentation.report import save_html  # only with --trace: keeps `visprog check` fast
-
-        report.files.append(save_html(trace, args.trace, text=label))
-    args.json_shown = as_json
-    if as_json:
-        json.dump(report.to_json(), out)
-        out.write("\n")
-    elif not quiet:
-        if report.program and show_program:
-            print(f"program:\n{report.program.strip()}\n", file=err)
-        if trace is not None:
-            print((replace(trace, warnings=[]) if warned else trace).to_text(), file=err)
-        if report.samples and report.samples["drawn"] > 1 and report.agreement is not None:
-            valid, drawn = report.samples["valid"], report.samples["drawn"]
-            print(f"agreement: {report.agreement:.0%} of {valid} valid sample(s) out of {drawn}", file=err)
-        for path in report.files:
-            print(f"wrote {path}", file=err)
-    if trace is None or not report.ok:
-        return
-    result = trace.result
-    shown = result if isinstance(result, (str, int, float, bool)) else describe_value(result)
-    if target is not None and target.file is not None and not isinstance(result, Image):
-        print(f"warning: the result is not an image ({shown}), so nothing was written to {target.file}", file=err)
-    elif target is None and offers_output and isinstance(result, Image) and not (quiet or as_json):
-        print("the result is an image: -o FILE.png writes it (-o FOLDER: it and every image step)", file=err)
-    if quiet and not as_json:
-        print(report.result_file or shown, file=out)
-    elif not as_json:
-        print(f"{result_label or trace.result_var}: {shown}", file=out)
-
-
 def _execute(
     text: str, name: str, paths: dict[str, Any], args: argparse.Namespace, out: TextIO, label: str | None = None
 ) -> int:
@@ -517,8 +315,9 @@ def _execute(
         interpreter = Interpreter(runtime=runtime, known_inputs=input_names())
         types = {key: type_of_value(value) for key, value in images.items()}
         checked = check(text, types, registry=interpreter.registry, known_inputs=input_names())
+        err = stderr_of(args)
         for warning in checked.warnings:  # e.g. no result step: the last step's value is the result
-            print(format_diagnostic(name, warning, "warning: "), file=stderr_of(args))
+            print(format_diagnostic(name, warning, "warning: ", colour=colour_on(err)), file=err)
         report.trace = interpreter.run(checked, images)
     except VisprogError as e:
         report.error, report.trace = e, getattr(e, "trace", None)  # a failed step keeps the trace so far

@@ -7,13 +7,17 @@ its answer to ``out`` and returns the exit status.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from visprog.apps.commands import RunReport, build_runtime, input_dest, output_target, show_run, stderr_of
+from visprog.apps.commands import build_runtime, input_dest
+from visprog.apps.console import UsageError, stderr_of
+from visprog.apps.run_output import RunReport, output_target, show_run
 from visprog.errors import ConfigError, VisprogError
 from visprog.planner.events import CacheHit, PlanFailed, RepairRound, RequestSent
 from visprog.planner.retrieval import check_examples
@@ -24,7 +28,7 @@ from visprog.running.runtime import Runtime
 from visprog.running.tracing import Trace
 from visprog.solve import create_planner, solve
 
-__all__ = ["eval_command", "planner_lines", "serve_command", "task_command"]
+__all__ = ["check_port", "eval_command", "planner_lines", "serve_command", "task_command"]
 
 
 def task_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -182,19 +186,47 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def serve_command(args: argparse.Namespace, out: TextIO) -> int:
+    runtime, options = _planner_options(args)
+    check_port(args.host, args.port)  # before the web app (and Gradio) load: a busy port is one clear line
+
     from visprog.apps.webapp import serve  # the web app loads only for `visprog serve`
 
-    runtime, options = _planner_options(args)
     print(f"visprog web app on http://{args.host}:{args.port} (Ctrl+C to stop)", file=out)
-    serve(
-        args.host,
-        args.port,
-        runtime=runtime,
-        planner_factory=lambda: create_planner(**options),
-        max_upload_bytes=int(args.max_upload_mb * 1_000_000),
-        max_pixels=args.max_pixels,
-    )
+    try:
+        serve(
+            args.host,
+            args.port,
+            runtime=runtime,
+            planner_factory=lambda: create_planner(**options),
+            max_upload_bytes=int(args.max_upload_mb * 1_000_000),
+            max_pixels=args.max_pixels,
+        )
+    except OSError:  # Gradio's own "cannot find empty port": another server took the port in the meantime
+        check_port(args.host, args.port)
+        raise
     return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """A :class:`UsageError` saying why ``visprog serve`` cannot listen on ``host:port`` (in use, not allowed,
+    no such address), found by binding a socket there as the server will; nothing when it can."""
+    if not 0 < port < 65536:
+        raise UsageError(f"--port {port}: a port is a number from 1 to 65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host}: no such address on this machine ({e.strerror})") from None
+    with socket.socket(family, kind, proto) as sock:
+        if os.name != "nt":  # as the server does: a port left in TIME_WAIT by an earlier run is free
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {host} is in use; pick another with --port") from None
+            if e.errno == errno.EACCES:
+                raise UsageError(f"port {port} on {host} needs privileges; pick another with --port") from None
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def planner_lines(samples: int, repair: int, err: TextIO) -> Listener:

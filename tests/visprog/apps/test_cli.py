@@ -331,9 +331,10 @@ def test_exec_real_program_on_a_photo(good: Path, photo: Path, tmp_path: Path) -
     code, out, err = cli("exec", good, "--image", f"IMAGE={photo}", *CASCADE, "-o", outdir)
     assert code == 0, err
     assert out == "FINAL_RESULT: Image 512x512\n"  # the answer alone; the trace and "wrote ..." on stderr
-    assert "OBJ0 = FaceDet(image=Image 512x512)\n         -> Objects (1)" in err
-    assert "N = Count(box=Objects (1))\n         -> int 1" in err
+    assert "OBJ0 = FaceDet(image=IMAGE [512x512])\n         -> Objects (1)" in err
+    assert "N = Count(box=OBJ0 [Objects (1)])\n         -> int 1" in err
     assert "-> str 'one face'" in err
+    assert "\nresult: FINAL_RESULT (line 7), total " in err  # named, its value shown once (on its step's line)
 
     result_path = outdir / "result.png"
     steps = sorted(p.name for p in (outdir / "steps").iterdir())
@@ -417,8 +418,9 @@ def test_exec_failing_step_prints_partial_trace(tmp_path: Path, photo: Path) -> 
     assert code == 1
     assert out == ""  # no answer
     # the steps before the failure, with their outputs
-    assert "line  1  OBJ0 = FaceDet(image=Image 512x512)\n         -> Objects (1)" in err
+    assert "line  1  OBJ0 = FaceDet(image=IMAGE [512x512])\n         -> Objects (1)" in err
     assert "line  2  IMAGE0 = CropBelow(" in err
+    assert "run failed at line 4 (Emoji); not run: line 5 (it needs line 4)" in err
     assert "line  4  IMAGE1 = Emoji(" in err
     assert "FAILED: ValueError: unknown emoji 'not_a_real_emoji_name'" in err
     assert "FINAL_RESULT" not in err.replace(f"wrote {outdir}", "").replace("IMAGE1=Emoji", "")

@@ -80,7 +80,7 @@ def test_exec_prints_the_answer_on_stdout_and_the_trace_on_stderr(photo: Path, t
     proc = visprog_run("exec", FACES, "-i", photo, *CASCADE, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "FINAL_RESULT: 1\n"
-    assert "line  1  OBJ0 = FaceDet(image=Image 512x512)\n         -> Objects (1)" in proc.stderr
+    assert "line  1  OBJ0 = FaceDet(image=IMAGE [512x512])\n         -> Objects (1)" in proc.stderr
     assert "the result is an image" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written that was not asked for
 
@@ -114,8 +114,8 @@ def test_a_failed_run_prints_its_partial_trace_and_in_json_the_error(photo: Path
     proc = visprog_run("exec", FAILING, "-i", photo, *CASCADE, cwd=tmp_path)
     assert_quiet_failure(proc, 1)
     assert proc.stdout == ""
-    assert "line  2  N = Count(box=Objects (1))\n         -> int 1" in proc.stderr
-    assert "run failed at line 3 (Eval)" in proc.stderr
+    assert "line  2  N = Count(box=OBJ0 [Objects (1)])\n         -> int 1" in proc.stderr
+    assert "run failed at line 3 (Eval); not run: line 4 (it needs line 3)" in proc.stderr
     assert proc.stderr.rstrip().endswith("X=Eval(expr='{N} / 0')")  # the error comes last
 
     proc = visprog_run("exec", FAILING, "-i", photo, *CASCADE, "--json", cwd=tmp_path)
@@ -242,7 +242,7 @@ def test_ask_prints_the_answer_alone_the_program_on_stderr_and_writes_no_file(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "result: 1\n"
     assert proc.stderr.startswith(f"program:\n{FACES}\n")
-    assert "line  3  ANSWER0 = Count(box=Objects (1))" in proc.stderr
+    assert "line  3  ANSWER0 = Count(box=OBJ0 [Objects (1)])" in proc.stderr
 
     quiet = visprog_run("ask", photo, "How many faces?", *CASCADE, "--no-cache", "-q", cwd=work)
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "1\n", "")
@@ -303,7 +303,7 @@ def test_a_failed_ask_prints_the_program_it_ran_and_its_partial_trace(
     assert_quiet_failure(proc, 1)
     assert proc.stdout == ""
     assert proc.stderr.startswith(f"program:\n{FAILING}\n")
-    assert "line  2  N = Count(box=Objects (1))\n         -> int 1" in proc.stderr
+    assert "line  2  N = Count(box=OBJ0 [Objects (1)])\n         -> int 1" in proc.stderr
     assert "error: line 3, Eval (step X) failed" in proc.stderr
 
     proc = visprog_run("ask", photo, "Faces per zero?", *CASCADE, "--no-cache", "--json", cwd=tmp_path)
