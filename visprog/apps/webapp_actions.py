@@ -6,11 +6,15 @@ the trace view, the result); :mod:`visprog.apps.webapp` only turns it into
 Gradio component updates, so everything here is tested without a browser or
 Gradio.
 
-The tasks on offer are the tasks' TOML files (:mod:`visprog.planner.tasks`):
+The tasks on offer are the tasks' TOML files (:mod:`visprog.planner.tasks`),
+offered by their labels (what the user does: "Ask about one image", "Edit"):
 one that reads one image uses the "One image" upload, one that reads two the
 "Two images" uploads, in order. "Plan and run" goes through
 :func:`visprog.solve.solve`, the path every surface shares, and its status
-line is made from the events it reports.
+line is made from the events it reports. Both handlers hand every event of
+the request (planner, interpreter, model loading) to ``on_event`` as it
+happens, which is how the app shows the work live
+(:mod:`visprog.apps.webapp_live`).
 
 Every error a user can cause (no image, a file over the upload limit, an
 image over the pixel limit, a program that does not check, a planner that
@@ -21,6 +25,7 @@ never as a stack trace.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import os
@@ -28,13 +33,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from visprog.apps.webapp_status import status_panel
 from visprog.errors import ConfigError, ImageError, ProgramError, ServiceError, StepError, VisprogError
 from visprog.language.signatures import Registry
 from visprog.language.values import Image, describe_value
 from visprog.planner.events import CacheHit, Planned, RepairRound, RequestSent, Voted
 from visprog.planner.tasks import Task, guess_task, input_names, tasks
 from visprog.presentation.report import trace_html as trace_page
-from visprog.running.events import Event
+from visprog.running.events import Event, Listener
 from visprog.running.runtime import Runtime
 from visprog.running.tracing import Trace
 
@@ -43,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_BYTES",
+    "UPLOAD_ERROR",
     "ImagePath",
     "Outcome",
     "Refused",
@@ -50,12 +57,16 @@ __all__ = [
     "infer_task",
     "load_uploads",
     "plan_and_run",
+    "program_to_run",
     "run_program",
     "task_choices",
     "trace_view",
 ]
 
 log = logging.getLogger(__name__)
+
+#: The class of a status panel whose message a good upload answers (and clears).
+UPLOAD_ERROR = "vp-upload-error"
 
 #: Largest uploaded file accepted, in bytes.
 DEFAULT_MAX_UPLOAD_BYTES = 20_000_000
@@ -75,23 +86,27 @@ def _offered() -> dict[str, Task]:
     return {name: t for name, t in tasks().items() if len(t.inputs) in (1, 2)}
 
 
+#: The label of the choice that lets the text and the uploads choose the task (its value is ``auto``).
+AUTO_LABEL = "Choose from the text"
+
+
 def task_choices() -> list[tuple[str, str]]:
-    """(label, value) of each task choice: ``auto`` first (see :func:`infer_task`), then every task's web label."""
-    return [("auto", "auto"), *((t.label, t.name) for t in _offered().values())]
+    """(label, value) of each task choice: ``auto`` first (see :func:`infer_task`), then every task by its label."""
+    return [(AUTO_LABEL, "auto"), *((t.label, t.name) for t in _offered().values())]
 
 
 def auto_help() -> str:
-    """What ``auto`` chooses, told from the tasks' files."""
+    """What the automatic choice picks, told from the tasks' files, in their labels."""
     offered = _offered()
     parts = []
     if any(len(t.inputs) == 2 for t in offered.values()):
-        parts.append(f"two images → {offered[guess_task(None, 2)].command}")
+        parts.append(f"two images → {offered[guess_task(None, 2)].label}")
     for t in offered.values():
         if t.first_words and len(t.inputs) == 1:
             words = ", ".join(t.first_words[:3]) + (", ..." if len(t.first_words) > 3 else "")
-            parts.append(f"a text starting with {words} → {t.command}")
-    parts.append(f"otherwise {offered[guess_task(None, 1)].command}")
-    return "auto: " + "; ".join(parts)
+            parts.append(f"a text starting with {words} → {t.label}")
+    parts.append(f"otherwise {offered[guess_task(None, 1)].label}")
+    return f"{AUTO_LABEL}: " + "; ".join(parts)
 
 
 def infer_task(text: str | None, n_images: int) -> str:
@@ -117,6 +132,9 @@ class Outcome:
     ``image`` is set when the result is an image, ``answer`` when it is
     anything else. ``title`` and ``message`` say what happened (or what went
     wrong, with ``ok=False``); ``message`` may span lines (diagnostics).
+    ``trace`` is the run's trace (also a failed run's partial one), for download.
+    ``uploads`` marks a message that uploading an image answers ("No image", a
+    file that is not an image): the app clears it when a good image is uploaded.
     """
 
     ok: bool
@@ -127,36 +145,30 @@ class Outcome:
     trace_html: str = ""
     image: Image | None = None
     answer: str | None = None
+    trace: Trace | None = None
+    uploads: bool = False
 
     def status_html(self) -> str:
-        """The title and message as a small HTML panel (green for success, red for an error)."""
-        if self.ok:
-            colours = "border-left:4px solid #16a34a;background:#f0fdf4;color:#14532d"
-        else:
-            colours = "border-left:4px solid #dc2626;background:#fef2f2;color:#7f1d1d"
-        body = ""
-        if "\n" in self.message:  # diagnostics: keep the carets under their columns
-            body = (
-                '<pre style="margin:6px 0 0;white-space:pre;overflow-x:auto;font-size:13px;line-height:1.4;'
-                f'background:none;color:inherit;border:0;padding:0">{html.escape(self.message)}</pre>'
-            )
-        elif self.message:
-            body = f'<div style="margin-top:4px">{html.escape(self.message)}</div>'
-        role = "status" if self.ok else "alert"
-        return (
-            f'<div class="vp-status vp-{"ok" if self.ok else "error"}" role="{role}" '
-            f'style="{colours};padding:10px 14px;border-radius:6px;font-size:14px">'
-            f"<strong>{html.escape(self.title)}</strong>{body}</div>"
-        )
+        """The title and message as a small HTML panel (green for success, red for an error).
+
+        The message wraps to the panel's width; only source lines with their carets stay unwrapped
+        (:func:`visprog.apps.webapp_status.status_panel`).
+        """
+        classes = UPLOAD_ERROR if self.uploads else ""
+        return status_panel("ok" if self.ok else "error", self.title, self.message, classes=classes)
 
 
 class Refused(VisprogError):
-    """A request the app will not run (no image, a file too large, ...): the title and message the user sees."""
+    """A request the app will not run (no image, a file too large, ...): the title and message the user sees.
 
-    def __init__(self, title: str, message: str = "") -> None:
+    ``uploads`` is set when uploading (another) image is the remedy.
+    """
+
+    def __init__(self, title: str, message: str = "", *, uploads: bool = False) -> None:
         super().__init__(f"{title}: {message}" if message else title)
         self.title = title
         self.message = message
+        self.uploads = uploads
 
 
 def _failure(title: str, message: str = "", **fields: Any) -> Outcome:
@@ -179,7 +191,9 @@ def load_uploads(
     """Load the uploaded files (``{"IMAGE": path}``; ``None`` for none) as RGB images.
 
     Raises :class:`Refused` for a file over ``max_upload_bytes`` or an image that
-    cannot be read or is over ``max_pixels``.
+    cannot be read or is over ``max_pixels``. The file is read as the CLI reads
+    it (:func:`visprog.running.images.load_image`), and the message is the
+    CLI's, naming the file as uploaded: ``notes.txt: not an image Pillow can read``.
     """
     from visprog.running.images import load_image
 
@@ -190,18 +204,19 @@ def load_uploads(
         try:
             size = os.path.getsize(path)
         except OSError as e:
-            raise Refused(f"{name}: the uploaded file cannot be read", e.strerror or str(e)) from e
+            raise Refused(f"{name}: the uploaded file cannot be read", e.strerror or str(e), uploads=True) from e
         if size > max_upload_bytes:
             raise Refused(
                 f"{name}: the file is too large",
                 f"The file is {_megabytes(size)}; the limit is {_megabytes(max_upload_bytes)} per image.",
+                uploads=True,
             )
         try:
-            loaded[name] = load_image(path, max_pixels=max_pixels, name=name)
+            loaded[name] = load_image(path, max_pixels=max_pixels, name=os.path.basename(os.fspath(path)) or name)
         except ImageError as e:
             if "pixels" in str(e) and "limit" in str(e):
-                raise Refused(f"{name}: the image has too many pixels", str(e)) from e
-            raise Refused(f"{name}: the image cannot be used", str(e)) from e
+                raise Refused(f"{name}: the image has too many pixels", str(e), uploads=True) from e
+            raise Refused(f"{name}: the image cannot be used", str(e), uploads=True) from e
     return loaded
 
 
@@ -212,12 +227,14 @@ def _images_for(task: Task, loaded: Mapping[str, Image]) -> dict[str, Image]:
     if missing and slots == _ONE_IMAGE:
         raise Refused(
             "No image",
-            f"Upload an image under 'One image' first: {task.name} works on one image ({task.inputs[0]}).",
+            f"Upload an image under 'One image' first: '{task.label}' works on one image ({task.inputs[0]}).",
+            uploads=True,
         )
     if missing:
         raise Refused(
             "Two images needed",
-            f"{task.name} compares two images: upload {' and '.join(missing)} under 'Two images'.",
+            f"'{task.label}' reads two images: upload {' and '.join(missing)} under 'Two images'.",
+            uploads=True,
         )
     return {name: loaded[slot] for name, slot in zip(task.inputs, slots, strict=True)}
 
@@ -239,6 +256,7 @@ def _images_for_program(used: Sequence[str], loaded: Mapping[str, Image]) -> dic
         raise Refused(
             "No image" if list(missing) == list(_ONE_IMAGE) else "Images missing",
             f"The program reads {', '.join(missing)}: upload {'it' if len(missing) == 1 else 'them'}{where} first.",
+            uploads=True,
         )
     return {name: loaded[name] for name in used}
 
@@ -285,13 +303,15 @@ def _result_fields(trace: Trace) -> dict[str, Any]:
 def _ran(trace: Trace, title: str, text: str | None = None, planning: str = "", **fields: Any) -> Outcome:
     steps = len(trace.records)
     message = f"{steps} step{'s' if steps != 1 else ''} in {trace.seconds:.2f} s{planning}"
-    return Outcome(True, title, message, trace_html=trace_view(trace, text), **_result_fields(trace), **fields)
+    view = trace_view(trace, text)
+    return Outcome(True, title, message, trace_html=view, trace=trace, **_result_fields(trace), **fields)
 
 
 class _Log:
-    """The planner's events of one request, told back as the status line's second half."""
+    """The planner's events of one request, told back as the status line's second half; each is passed on."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: Listener | None = None) -> None:
+        self.then = then
         self.requests = 0
         self.repairs = 0
         self.cached = 0
@@ -309,6 +329,8 @@ class _Log:
             self.program = event.program
         elif isinstance(event, Voted):
             self.vote = event
+        if self.then is not None:
+            self.then(event)
 
     def summary(self) -> str:
         parts = []
@@ -326,7 +348,7 @@ class _Log:
 def _step_failed(e: StepError, text: str | None = None, **fields: Any) -> Outcome:
     detail = f"line {e.line}, {e.module} (step {e.target}): {e.reason}\n  {e.source_line.strip()}"
     detail += "\nThe steps before it are shown in the trace."
-    return _failure(f"Step {e.target} failed", detail, trace_html=trace_view(e.trace, text), **fields)
+    return _failure(f"Step {e.target} failed", detail, trace_html=trace_view(e.trace, text), trace=e.trace, **fields)
 
 
 def _program_error(e: ProgramError, **fields: Any) -> Outcome:
@@ -354,6 +376,7 @@ def plan_and_run(
     samples: int = 1,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int | None = None,
+    on_event: Listener | None = None,
 ) -> Outcome:
     """Plan a program for ``text`` and run it on the uploaded images (:func:`visprog.solve.solve`).
 
@@ -363,7 +386,8 @@ def plan_and_run(
     runs them and votes on their answers. ``planner`` is a
     :class:`~visprog.planner.core.Planner` or a function that returns one
     (called here, so that a planner that cannot be created is reported like
-    any other error).
+    any other error). ``on_event`` receives every event of the request as it
+    happens, on the thread doing the work.
     """
     from visprog.planner.core import PlanningError
     from visprog.solve import solve
@@ -386,9 +410,9 @@ def plan_and_run(
         chosen = offered[task]
         images = _images_for(chosen, loaded)
     except Refused as e:
-        return _failure(e.title, e.message)
-    how = f"{task}{', inferred from the text' if inferred else ''}"
-    log = _Log()
+        return _failure(e.title, e.message, uploads=e.uploads)
+    how = f"{chosen.label}{', chosen from the text' if inferred else ''}"
+    log = _Log(on_event)
     try:
         active = cast("Planner", planner) if hasattr(planner, "plan") else cast("Callable[[], Planner]", planner)()
         solution = solve(chosen, text, images, planner=active, runtime=runtime, samples=samples, on_event=log)
@@ -434,11 +458,13 @@ def run_program(
     runtime: Runtime | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int | None = None,
+    on_event: Listener | None = None,
 ) -> Outcome:
     """Check and run ``program`` as written (no planner) on the uploaded images.
 
     A program that does not parse or check comes back with the checker's
     diagnostics (line, column, the line with a caret) as its message.
+    ``on_event`` receives the run's events and the runtime's model events.
     """
     from visprog.running.interpreter import Interpreter
     from visprog.solve import check
@@ -456,9 +482,11 @@ def run_program(
         )
         images = _images_for_program(checked.used_inputs, loaded)
     except Refused as e:
-        return _failure(e.title, e.message)
+        return _failure(e.title, e.message, uploads=e.uploads)
     try:
-        trace = Interpreter(registry, runtime, known_inputs=input_names()).run(checked, images)
+        interpreter = Interpreter(registry, runtime, known_inputs=input_names())
+        with interpreter.runtime.listening(on_event) if on_event is not None else contextlib.nullcontext():
+            trace = interpreter.run(checked, images, on_event=on_event)
     except StepError as e:
         return _step_failed(e)
     except ProgramError as e:
@@ -468,3 +496,18 @@ def run_program(
     except Exception as e:
         return _unexpected(e)
     return _ran(trace, "Done (edited program)")
+
+
+def program_to_run(sent: str | None, sent_version: float | None, latest: tuple[int, str] | None) -> str:
+    """The program a "Run edited program" request runs: what the program box shows when the request starts.
+
+    ``sent`` is the box as it was when the button was pressed, ``sent_version``
+    the number of the last program the app had written into the box by then;
+    ``latest`` is ``(number, program)`` of the last program the app wrote into
+    the box since (a plan that finished while this request waited in the queue).
+    When the app wrote a newer program, that is what the box shows now, and
+    what runs; otherwise the box holds what the user sent.
+    """
+    if latest is not None and latest[0] > int(sent_version or 0):
+        return latest[1]
+    return sent or ""

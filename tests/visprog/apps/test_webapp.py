@@ -20,7 +20,7 @@ from PIL import Image as PILImage
 from tests import fakes
 from tests.llm_server import ScriptedServer, serve_scripted
 from visprog.apps import webapp_actions
-from visprog.apps.webapp import CSS, build_app, launch_options, serve
+from visprog.apps.webapp import CSS, JS, build_app, launch_options, serve
 from visprog.apps.webapp_actions import (
     Outcome,
     Refused,
@@ -145,7 +145,7 @@ def test_plan_and_run_edits_the_astronaut(
     out = plan_and_run(INSTRUCTION, "edit", str(astronaut), planner=planner, runtime=runtime)
 
     assert out.ok, out.message
-    assert out.title == "Done (edit)"
+    assert out.title == "Done (Edit)"
     assert out.message.startswith("3 steps in ")
     assert out.task == "edit"
     assert out.program == EMOJI_PROGRAM
@@ -168,7 +168,7 @@ def test_auto_infers_edit_and_says_so(
     out = plan_and_run(INSTRUCTION, "auto", str(astronaut), planner=planner, runtime=runtime)
     assert out.ok, out.message
     assert out.task == "edit"
-    assert out.title == "Done (edit, inferred from the text)"
+    assert out.title == "Done (Edit, chosen from the text)"
     assert "Instruction:" in _user_text(server)
 
 
@@ -201,12 +201,13 @@ def test_samples_are_voted_on_and_the_status_says_how_planning_went(
 
 
 def test_the_task_choices_come_from_the_task_files() -> None:
+    # labels say what the user does, not which data set a task comes from
     assert task_choices() == [
-        ("auto", "auto"),
-        ("Edit one image", "edit"),
+        ("Choose from the text", "auto"),
+        ("Edit", "edit"),
         ("Ask about one image", "gqa"),
-        ("Verify a statement about two images", "nlvr"),
-        ("Tag things in one image", "tag"),
+        ("Compare two images", "nlvr"),
+        ("Tag", "tag"),
     ]
 
 
@@ -484,6 +485,7 @@ def test_build_app_wires_the_components() -> None:
     ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
     assert {"vp-image", "vp-left", "vp-right", "vp-text", "vp-task", "vp-plan", "vp-run", "vp-program"} <= ids
     assert {"vp-result", "vp-answer", "vp-trace", "vp-status", "vp-samples"} <= ids
+    assert {"vp-download-html", "vp-download-json", "vp-examples", "vp-program-version"} <= ids
     with pytest.raises(ValueError, match="max_upload_bytes"):
         build_app(max_upload_bytes=0)
 
@@ -502,6 +504,8 @@ def test_serve_launches_with_the_upload_limit(monkeypatch: pytest.MonkeyPatch) -
     assert launched["server_port"] == 7999
     assert launched["max_file_size"] == 1234
     assert launched["share"] is False
+    if "theme" in launched:  # Gradio 6 takes the theme, the style sheet and the page's script in launch()
+        assert launched["js"] == JS and "vp-image" in JS
     assert launch_options(99)["max_file_size"] == 99
 
 

@@ -7,6 +7,7 @@ scripted LLM that answers the emoji program. Screenshots are kept in
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import skimage.data
 from PIL import Image as PILImage
 
 from tests import fakes
-from tests.llm_server import ScriptedServer
+from tests.llm_server import Reply, ScriptedServer
 from tests.visprog.apps.test_webapp import EMOJI_PROGRAM, INSTRUCTION, scripted_llm
 from visprog.llm import client_from_options
 from visprog.planner.core import Planner
@@ -195,7 +196,7 @@ def test_plan_and_run_in_the_browser(page: Any, served: Served, astronaut_png: P
     trace = _wait_for_trace(page, "FaceDet", "Emoji")
     assert "smiling_face_with_sunglasses" in trace
     status = page.locator("#vp-status").inner_text()
-    assert "Done (edit, inferred from the text)" in status
+    assert "Done (Edit, chosen from the text)" in status
     program = page.locator("#vp-program .cm-content").inner_text()
     assert "OBJ0=FaceDet(image=IMAGE)" in program
     assert "emoji='smiling_face_with_sunglasses'" in program
@@ -243,3 +244,217 @@ def test_no_image_is_a_message(page: Any, served: Served) -> None:
     assert "No image" in alert.inner_text()
     assert len(served.llm.requests) == requests_before
     _shoot(page, served, "05_no_image.png")
+
+
+# --- live progress, uploads, wrapping, examples, downloads -------------------------------------
+
+#: Records every status the page shows and when step cards show in the trace (however briefly).
+_WATCH = """() => {
+  window.vpSeen = [];
+  window.vpCards = 0;
+  window.vpDisabledWhileBusy = [];
+  const look = () => {
+    const s = document.querySelector('#vp-status .vp-status');
+    if (s) {
+      const t = s.innerText;
+      if (window.vpSeen[window.vpSeen.length - 1] !== t) window.vpSeen.push(t);
+      if (s.classList.contains('vp-busy') && !t.startsWith('Queued')) {  // running, not just sent
+        const off = ['#vp-plan', '#vp-run'].map(id => document.querySelector(id).disabled);
+        window.vpDisabledWhileBusy.push(off.every(Boolean));
+      }
+    }
+    const cards = document.querySelectorAll('#vp-trace .vp-step-card').length;
+    window.vpCards = Math.max(window.vpCards, cards);
+  };
+  new MutationObserver(look).observe(document.body, {subtree: true, childList: true, characterData: true,
+                                                    attributes: true});
+}"""
+
+
+def _wait_for_status(page: Any, text: str) -> None:
+    page.wait_for_function(
+        "text => (document.querySelector('#vp-status .vp-status')?.innerText || '').includes(text)", arg=text
+    )
+
+
+def _status(page: Any, kind: str) -> str:
+    box = page.locator(f"#vp-status .vp-{kind}")
+    box.wait_for()
+    return str(box.inner_text())
+
+
+def test_the_work_shows_as_it_happens(page: Any, served: Served, astronaut_png: Path) -> None:
+    """Planning, a repair round with its diagnostics, each step as it runs; the buttons off meanwhile."""
+    bad = EMOJI_PROGRAM.replace("Emoji(", "Emoj(")
+    served.llm.script([Reply.slow(1.0, bad), Reply.slow(1.0, EMOJI_PROGRAM)])
+    page.locator("#vp-image input[type=file]").set_input_files(str(astronaut_png))
+    page.wait_for_selector("#vp-image img")
+    page.evaluate(_WATCH)
+    page.locator("#vp-text textarea").fill(INSTRUCTION)
+    page.locator("#vp-plan").click()
+    busy = _status(page, "busy")
+    assert busy.startswith(("Queued", "Starting", "Planning"))
+    assert page.locator("#vp-plan").is_disabled() and page.locator("#vp-run").is_disabled()
+    _wait_for_status(page, "repair round 1")
+    _shoot(page, served, "06_repair_round.png")
+    page.locator("#vp-status .vp-ok").wait_for()
+    page.wait_for_function(
+        "() => !document.querySelector('#vp-plan').disabled && !document.querySelector('#vp-run').disabled"
+    )
+
+    seen = "\n---\n".join(page.evaluate("window.vpSeen"))
+    assert "Planning: asking the LLM for a program" in seen
+    assert "Planning: repair round 1: the program has 1 error" in seen
+    assert "unknown module 'Emoj' (did you mean 'Emoji'?)" in seen  # the diagnostics, while repairing
+    assert "Step 1 of 3: OBJ0 = FaceDet (line 1)" in seen
+    assert "Step 2 of 3: IMAGE0 = Emoji (line 2)" in seen
+    assert "Done (Edit, chosen from the text)" in seen
+    assert page.evaluate("window.vpCards") >= 2  # step cards showed before the finished trace replaced them
+    assert all(page.evaluate("window.vpDisabledWhileBusy"))
+    assert _wait_for_trace(page, "FaceDet", "Emoji")
+
+
+def test_a_queued_run_reads_the_program_box_when_it_starts(page: Any, served: Served, astronaut_png: Path) -> None:
+    page.locator("#vp-image input[type=file]").set_input_files(str(astronaut_png))
+    page.wait_for_selector("#vp-image img")
+    _set_program(page, EMOJI_PROGRAM.replace("smiling_face_with_sunglasses", "grinning_face"))
+    served.llm.script([Reply.slow(1.5, EMOJI_PROGRAM)])
+    page.locator("#vp-text textarea").fill(INSTRUCTION)
+    page.locator("#vp-plan").click()
+    _status(page, "busy")
+    # a run that got into the queue anyway (the button is off): it waits for the plan
+    page.evaluate("() => { const b = document.querySelector('#vp-run'); b.disabled = false; b.click(); }")
+    _wait_for_status(page, "Done (edited program)")
+    trace = _wait_for_trace(page, "Emoji")
+    assert "smiling_face_with_sunglasses" in trace and "grinning_face" not in trace  # the planned program ran
+    assert "smiling_face_with_sunglasses" in page.locator("#vp-program .cm-content").inner_text()
+
+
+def _overflow(page: Any) -> dict[str, Any]:
+    return dict(
+        page.evaluate(
+            """() => {
+      const box = document.querySelector('#vp-status .vp-status');
+      const fits = e => e.scrollWidth <= e.clientWidth + 1;
+      return {box: fits(box), texts: [...box.querySelectorAll('.vp-message')].map(fits),
+              sources: [...box.querySelectorAll('.vp-source')].map(fits),
+              width: box.clientWidth};
+    }"""
+        )
+    )
+
+
+def test_errors_wrap_on_desktop_and_phone(browser: Any, served: Served, astronaut_png: Path) -> None:
+    """Only the source line and its caret stay unwrapped (and scroll); the rest of the message wraps."""
+    name = "OBJ_" + "X" * 150
+    program = f"IMAGE0=Emoji(image=IMAGE, object={name}, emoji='grinning_face', note='{'words ' * 30}')"
+    for width, shot in ((1400, "07_wrapped_error.png"), (390, "08_wrapped_error_phone.png")):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.goto(served.url)
+            page.locator("#vp-image input[type=file]").set_input_files(str(astronaut_png))
+            page.wait_for_selector("#vp-image img")
+            _set_program(page, program)
+            page.locator("#vp-run").click()
+            text = _status(page, "error")
+            assert f"undefined variable '{name}'" in text
+            fit = _overflow(page)
+            assert fit["box"] and fit["texts"] and all(fit["texts"]), fit
+            assert fit["sources"] and not any(fit["sources"]), fit  # the long source line scrolls, unwrapped
+            assert fit["width"] <= width
+            page.screenshot(path=str(served.artifacts / shot), full_page=True)
+        finally:
+            context.close()
+
+
+def test_a_file_that_is_not_an_image_gets_the_clis_message(
+    page: Any, served: Served, astronaut_png: Path, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    drawing = tmp_path / "drawing.svg"  # an image format Pillow cannot read
+    drawing.write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>'
+    )
+    requests_before = len(served.llm.requests)
+    upload = page.locator("#vp-image input[type=file]")
+    page.locator("#vp-text textarea").fill(INSTRUCTION)
+    for bad in (notes, drawing):
+        message = f"{bad.name}: not an image Pillow can read"  # what the CLI says of it
+        upload.set_input_files(str(bad))
+        _wait_for_status(page, message)  # said on upload
+        assert "IMAGE: the image cannot be used" in _status(page, "error")
+        page.evaluate("() => { document.querySelector('#vp-status .vp-status').remove(); }")
+        page.locator("#vp-plan").click()  # and again when it runs, in the status panel
+        _wait_for_status(page, message)
+        assert "IMAGE: the image cannot be used" in _status(page, "error")
+        assert not page.locator(".toast-body").count()  # not Gradio's own error
+        assert "Traceback" not in page.content()
+    # dropped rather than chosen: the same
+    page.evaluate(
+        """() => {
+      const files = new DataTransfer();
+      files.items.add(new File(['not a picture'], 'dropped.txt', {type: 'text/plain'}));
+      const target = document.querySelector('#vp-image button.upload-container') || document.querySelector('#vp-image');
+      const drop = {dataTransfer: files, bubbles: true, cancelable: true, composed: true};
+      target.dispatchEvent(new DragEvent('drop', drop));
+    }"""
+    )
+    _wait_for_status(page, "dropped.txt: not an image Pillow can read")
+    assert not page.locator(".toast-body").count()
+    _shoot(page, served, "09_not_an_image.png")
+    assert len(served.llm.requests) == requests_before
+
+    upload.set_input_files(str(astronaut_png))  # a good image clears the message
+    page.wait_for_function("() => !document.querySelector('#vp-status .vp-error')")
+    served.llm.script([EMOJI_PROGRAM])
+    page.locator("#vp-plan").click()
+    assert "Done (Edit, chosen from the text)" in _status(page, "ok")
+    assert "not an image" not in page.locator("#vp-status").inner_text()
+
+
+def test_examples_labels_enter_and_downloads(page: Any, served: Served) -> None:
+    radio = page.locator("#vp-task").inner_text()
+    for label in ("Ask about one image", "Compare two images", "Edit", "Tag"):
+        assert label in radio
+    for name in ("gqa", "nlvr"):
+        assert name not in radio
+    assert "Enter runs it; Shift+Enter adds a line." in page.locator("#vp-text").inner_text()
+
+    box = page.locator("#vp-text textarea")
+    box.fill("")
+    box.press_sequentially("one")
+    box.press("Shift+Enter")
+    box.press_sequentially("two")
+    assert box.input_value() == "one\ntwo"  # Shift+Enter adds a line, runs nothing
+    assert not page.locator("#vp-status .vp-status").count()
+
+    # the two-image example: its pictures in LEFT and RIGHT, its text in the box
+    page.locator("#vp-examples").get_by_text("There is a cat in exactly one").click()
+    page.wait_for_selector("#vp-left img")
+    page.wait_for_selector("#vp-right img")
+    assert box.input_value().startswith("There is a cat in exactly one")
+
+    # the astronaut example, run with Enter
+    page.locator("#vp-examples").get_by_text(INSTRUCTION).click()
+    page.wait_for_selector("#vp-image img")
+    assert box.input_value() == INSTRUCTION
+    served.llm.script([EMOJI_PROGRAM])
+    box.press("End")
+    box.press("Enter")
+    assert "Done (Edit, chosen from the text)" in _status(page, "ok")
+    _wait_for_trace(page, "FaceDet", "Emoji")
+    _shoot(page, served, "10_example.png")
+
+    with page.expect_download() as html_download:
+        page.locator("#vp-download-html").click()
+    document = Path(html_download.value.path()).read_text(encoding="utf-8")
+    assert html_download.value.suggested_filename == "visprog-trace.html"
+    assert "visprog-trace" in document and INSTRUCTION in document and "smiling_face_with_sunglasses" in document
+    with page.expect_download() as json_download:
+        page.locator("#vp-download-json").click()
+    data = json.loads(Path(json_download.value.path()).read_text(encoding="utf-8"))
+    assert data["schema"] == "visprog.trace/1" and data["ok"] is True
+    assert [s["module"] for s in data["steps"]] == ["FaceDet", "Emoji", "Result"][: len(data["steps"])]

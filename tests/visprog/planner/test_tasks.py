@@ -87,7 +87,7 @@ def test_the_web_app_offers_it(counting: Path) -> None:
     app = build_app(planner_factory=lambda: pytest.fail("the planner is made on first request"))
     radio = next(b for b in app.blocks.values() if isinstance(b, gr.Radio) and b.elem_id == "vp-task")
     assert ("Count things in a photo", "counting") in [tuple(c) for c in radio.choices]
-    assert "count, tally → count" in (radio.info or "")
+    assert "count, tally → Count things in a photo" in (radio.info or "")
 
 
 def test_its_command_plans_with_its_prompts(counting: Path, llm_server: ScriptedServer, tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_the_web_app_runs_it_on_the_one_image_upload(
     )
     out = plan_and_run("Count the cats", "auto", str(photo), planner=planner)
     assert out.ok, out.message
-    assert (out.task, out.answer, out.title) == ("counting", "1", "Done (counting, inferred from the text)")
+    assert (out.task, out.answer, out.title) == ("counting", "1", "Done (Count things in a photo, chosen from the text)")
     assert out.message.endswith("; 1 LLM request")
 
 
