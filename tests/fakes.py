@@ -4,7 +4,8 @@ They are declared exactly like real modules (typed signature + docstring), so
 the checker sees the same schema the real ones have. Answers are scripted:
 ``Vqa`` answers from ``VQA_ANSWERS`` (default 'yes'; 'how many' questions '2'),
 ``Loc`` finds ``LOC_COUNTS[object]`` boxes (default 1; region words give the
-matching half of the image). Every call is appended to ``CALLS``.
+matching half of the image); ``Ocr`` reads 'OPEN' and ``Text`` finds one line.
+Every call is appended to ``CALLS``.
 """
 
 from __future__ import annotations
@@ -146,6 +147,26 @@ def Classify(image: Image, object: Objects, categories: list[str]) -> Objects:
     return [o.with_label(categories[i % len(categories)]) for i, o in enumerate(object)]
 
 
+@module(aliases=["SEGMENT_BOXES", "SAM"])
+def Mask(image: Image, object: Objects) -> Objects:
+    """Give each object a pixel mask from its box (fake: the ellipse inscribed in the box).
+
+    Args:
+        image: the image the objects were found on.
+        object: the objects to outline.
+    """
+    CALLS.append(("Mask", 1))
+    w, h = image.size
+    ys, xs = np.mgrid[:h, :w] + 0.5
+    out = []
+    for o in object:
+        x0, y0, x1, y1 = o.box
+        rx, ry = max((x1 - x0) / 2, 0.5), max((y1 - y0) / 2, 0.5)
+        mask = ((xs - (x0 + x1) / 2) / rx) ** 2 + ((ys - (y0 + y1) / 2) / ry) ** 2 <= 1
+        out.append(Detection(o.box, o.score, o.label, mask) if mask.any() else o)
+    return out
+
+
 @module(aliases=["REPLACE"])
 def Replace(image: Image, object: Objects, prompt: str) -> Image:
     """Replace the objects with what the prompt describes (fake: paint them grey).
@@ -174,7 +195,31 @@ def List_(query: str, max: int) -> list[str]:
     return ["Sheldon", "Leonard", "Penny", "Howard", "Raj"][:max]
 
 
-FAKES = [Loc, Vqa, Seg, Select, Classify, Replace, List_]
+@module(aliases=["OCR", "READ"])
+def Ocr(image: Image) -> str:
+    """Read the text in an image (fake: 'OPEN').
+
+    Args:
+        image: the image to read.
+    """
+    CALLS.append(("Ocr", 1))
+    return "OPEN"
+
+
+@module(aliases=["TEXT"])
+def Text(image: Image, query: str | None = None) -> Objects:
+    """Find the text written in an image (fake: one line across the middle, labelled with the query or 'OPEN').
+
+    Args:
+        image: the image to search.
+        query: the text to look for; None for every line.
+    """
+    CALLS.append(("Text", 1))
+    w, h = image.size
+    return Objects([Detection((w // 4, (2 * h) // 5, (3 * w) // 4, (3 * h) // 5), 0.9, query or "OPEN")])
+
+
+FAKES = [Loc, Vqa, Seg, Select, Classify, Mask, Replace, List_, Ocr, Text]
 
 
 def registry() -> Registry:

@@ -159,7 +159,7 @@ def test_examples_use_the_whole_language_of_their_tasks() -> None:
         return {m.group(2) for e in get_task(task).examples for m in map(STEP.match, e.program.splitlines()) if m}
 
     crops = {"Crop", "CropLeftOf", "CropRightOf", "CropAbove", "CropBelow"}
-    assert crops | {"Loc", "Count", "Vqa", "Eval", "Result"} <= modules("gqa")
+    assert crops | {"Loc", "Count", "Vqa", "Eval", "Result", "Ocr", "Text"} <= modules("gqa")
     assert {"Vqa", "Loc", "Count", "Eval", "Result", "CropLeftOf"} <= modules("nlvr")
     assert {"Seg", "Select", "FaceDet", "Loc", "Replace", "ColorPop", "BgBlur", "Emoji", "Crop"} <= modules("edit")
     assert {"FaceDet", "Loc", "List", "Classify", "Tag"} <= modules("tag")

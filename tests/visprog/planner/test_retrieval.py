@@ -87,7 +87,8 @@ def test_an_edit_about_faces_gets_face_examples() -> None:
 @pytest.mark.parametrize(
     ("task", "text", "module"),
     [
-        ("gqa", "What does the sign on the shop say?", "Vqa("),
+        ("gqa", "What does the sign on the shop say?", "Ocr("),
+        ("gqa", "Is there a sign that says open?", "Text("),
         ("gqa", "Is the cup to the left of the laptop?", "CropLeftOf("),
         ("nlvr", "The left image shows more bottles than the right image.", "Count("),
         ("edit", "Keep the bus in colour and make the rest grey", "ColorPop("),
