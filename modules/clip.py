@@ -346,7 +346,7 @@ def Select(image: Image, object: Objects, query: str, category: str | None = Non
 
     Args:
         image: the image the objects come from.
-        object: the candidate objects (e.g. from Seg, Loc or FaceDet).
+        object: the candidate objects (e.g. from Seg, Loc, Mask or FaceDet).
         query: what to pick, e.g. 'dog' or 'man,woman' (one object per query).
         category: optional coarse class of what to pick, e.g. 'person': only
             the candidates labelled with it are considered (all of them when

@@ -151,7 +151,7 @@ def Replace(image: Image, object: Objects, prompt: str, ctx: Context) -> Image:
 
     Args:
         image: the image to edit.
-        object: the objects to replace, e.g. the output of Seg or Select.
+        object: the objects to replace, e.g. the output of Mask (after Loc) or Select (after Seg).
         prompt: what to paint in their place, a short description such as 'a red sports car'.
     """
     import numpy as np
