@@ -1,14 +1,19 @@
 # Two commands for a newcomer:
 #   make demo   set up, then run the embedded default (hide the astronaut's face with an emoji)
 #   make test   set up, then run lint, types and the test suite
+#   make test-original   the second lane: the backends on the original segment-anything and groundingdino-py
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build is enough for the tests; on a GPU machine pick the build for your CUDA, e.g.
 #   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# The second lane's venv: the packages import torchvision, which needs the torch it was built for, so this venv
+# has the matched CUDA builds torch 2.14.1 + torchvision 0.29.1 (requirements-original.txt; they run on a cpu too).
+ORIGINAL_VENV ?= .venv-original
+OBIN := $(ORIGINAL_VENV)/bin
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean setup-original test-original
 
 setup: $(VENV)/.installed
 
@@ -33,5 +38,16 @@ test: lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m weights
 
+setup-original: $(ORIGINAL_VENV)/.installed
+
+$(ORIGINAL_VENV)/.installed: pyproject.toml requirements-original.txt
+	$(PYTHON) -m venv $(ORIGINAL_VENV)
+	$(OBIN)/python -m pip install -q --upgrade pip
+	$(OBIN)/python -m pip install -q -r requirements-original.txt -e '.[models,test]'
+	touch $@
+
+test-original: setup-original
+	$(OBIN)/python -m pytest -q tests/original
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info out
+	rm -rf $(VENV) $(ORIGINAL_VENV) build dist *.egg-info out

@@ -6,6 +6,11 @@ Backends (``--backend Loc=NAME``, model with ``--model Loc=ID``):
   The query is lower-cased and ends with '.', as the model was trained.
 - ``owlv2``: OWLv2, ``google/owlv2-base-patch16-ensemble``. Images are padded
   to a square before resizing; boxes are mapped back to the original image.
+- ``groundingdino``: the original ``groundingdino-py`` package on a checkpoint of
+  its repository (``--model Loc=FILE.pth``, or a folder with the ``.pth`` and its
+  ``.py`` config); options ``config``, ``text_encoder``, ``image_size``. It needs
+  a real torchvision (``requirements-original.txt``); see
+  :mod:`~visprog.modules.groundingdino_original`.
 
 Options (``[modules.Loc]`` in the config file, ``--option Loc.NAME=VALUE``, or ``Runtime.set_option``):
 
@@ -37,6 +42,10 @@ from visprog.language.values import Detection, Image, Objects
 from visprog.running.hub import Placement, load_model
 from visprog.running.runtime import Context
 
+from .groundingdino_original import BOX_THRESHOLD as GROUNDINGDINO_BOX_THRESHOLD
+from .groundingdino_original import OPTIONS as GROUNDINGDINO_OPTIONS
+from .groundingdino_original import loc_groundingdino
+
 __all__ = ["BACKENDS", "OPTIONS", "REGION_WORDS", "Loc"]
 
 #: VisProg's region words: Loc answers them with that half of the image, without a model.
@@ -49,10 +58,11 @@ OPTIONS = [
         float,
         None,
         "the score a box needs",
-        backend_defaults={"grounding-dino": 0.3, "owlv2": 0.1},
+        backend_defaults={"grounding-dino": 0.3, "owlv2": 0.1, "groundingdino": GROUNDINGDINO_BOX_THRESHOLD},
     ),
     Option("text_threshold", float, 0.25, "Grounding DINO's token threshold (only for the text labels, unused)"),
     Option("nms_iou", float, 0.5, "boxes overlapping a better one by more than this IoU are dropped (1.0 keeps all)"),
+    *GROUNDINGDINO_OPTIONS,
 ]
 
 #: One query: (image, object) as the program gave them.
@@ -211,6 +221,7 @@ def _owlv2(ctx: Context, queries: Sequence[Query]) -> list[Objects]:
 BACKENDS: dict[str, Callable[[Context, Sequence[Query]], list[Objects]]] = {
     "grounding-dino": _grounding_dino,
     "owlv2": _owlv2,
+    "groundingdino": loc_groundingdino,
 }
 
 
@@ -237,7 +248,11 @@ def _loc_batch(calls: Sequence[dict[str, Any]], ctx: Context) -> list[Objects]:
 @module(
     aliases=["LOC", "Locate", "Detect"],
     batch=_loc_batch,
-    backends={"grounding-dino": "IDEA-Research/grounding-dino-tiny", "owlv2": "google/owlv2-base-patch16-ensemble"},
+    backends={
+        "grounding-dino": "IDEA-Research/grounding-dino-tiny",
+        "owlv2": "google/owlv2-base-patch16-ensemble",
+        "groundingdino": None,
+    },
     default_backend="grounding-dino",
     options=OPTIONS,
     validate={"object": not_empty("an object to find")},

@@ -14,6 +14,10 @@ Backends (``--backend Mask=NAME``, model with ``--model Mask=ID``):
   step on that image that use the same checkpoint (give Seg and Mask the same
   ``--model`` to share it). All the boxes on one image go through the decoder
   in one call, those of several Mask steps that are ready together included.
+- ``segment-anything``: the original package's ``SamPredictor`` on a ``.pth``
+  checkpoint (``--model Mask=FILE.pth``), one box prompt per object; it needs a
+  real torchvision (``requirements-original.txt``); see
+  :mod:`~visprog.modules.sam_original`.
 
 A backend is a function ``(ctx, image, boxes)`` that returns one boolean
 (height, width) mask per box, the boxes (x0, y0, x1, y1) in the image's

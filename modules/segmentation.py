@@ -10,10 +10,16 @@ Backends (``--backend Seg=NAME``):
   suppression on the masks' boxes. Segments have no category (label ``''``);
   the score is the predicted IoU. The image embedding is computed once per
   image per run and shared through the run cache (:func:`sam_image_embedding`),
-  so other modules that prompt SAM on the same image get it for free.
+  so other modules that prompt SAM on the same image (Mask, with boxes) get it
+  for free.
 - ``mask2former`` (``facebook/mask2former-swin-base-coco-panoptic``): COCO
   panoptic segmentation; each segment carries its COCO category (things and
   stuff) from the model's ``id2label`` and its class probability as score.
+- ``segment-anything``: the original package's automatic mask generator on a
+  ``.pth`` checkpoint (``--model Seg=FILE.pth``; SAM ViT-H/L/B or a fine-tuned
+  SAM saved the same way, the architecture read from its shapes), with the
+  ``sam`` options. It needs a real torchvision (``requirements-original.txt``);
+  see :mod:`~visprog.modules.sam_original`.
 
 Options (``[modules.Seg]`` in the config file):
 
@@ -42,10 +48,12 @@ from visprog.language.values import Detection, Image, Objects
 from visprog.running.hub import Placement, load_model
 from visprog.running.runtime import Context
 
+from .sam_original import seg_segment_anything
+
 if TYPE_CHECKING:  # numpy is imported by the functions that use it: loading the module stays cheap
     import numpy as np
 
-__all__ = ["SAM_EMBEDDING_CACHE", "Seg", "load_sam", "sam_image_embedding", "sam_input_size"]
+__all__ = ["SAM_DEFAULT", "SAM_EMBEDDING_CACHE", "Seg", "load_sam", "sam_image_embedding", "sam_input_size"]
 
 SAM_DEFAULT = "facebook/sam-vit-base"
 MASK2FORMER_DEFAULT = "facebook/mask2former-swin-base-coco-panoptic"
@@ -300,7 +308,11 @@ def _mask2former(image: Image, ctx: Context) -> Objects:
     return found.best_first()
 
 
-BACKENDS: dict[str, Callable[[Image, Context], Objects]] = {"sam": _sam, "mask2former": _mask2former}
+BACKENDS: dict[str, Callable[[Image, Context], Objects]] = {
+    "sam": _sam,
+    "mask2former": _mask2former,
+    "segment-anything": seg_segment_anything,
+}
 
 
 #: Seg's options (``[modules.Seg]`` in the config file, ``--option Seg.NAME=VALUE``).
@@ -315,7 +327,7 @@ OPTIONS = [
         float,
         None,
         "the logit above which a pixel is in the mask",
-        backend_defaults={"sam": 0.0, "mask2former": 0.5},
+        backend_defaults={"sam": 0.0, "mask2former": 0.5, "segment-anything": 0.0},
     ),
     Option("box_nms_thresh", float, 0.7, "sam: masks whose boxes overlap a better one by more than this IoU go"),
     Option("crops_nms_thresh", float, None, "sam: the pipeline's name for box_nms_thresh"),
@@ -327,7 +339,7 @@ OPTIONS = [
 
 @module(
     aliases=["SEG", "Segment"],
-    backends={"sam": SAM_DEFAULT, "mask2former": MASK2FORMER_DEFAULT},
+    backends={"sam": SAM_DEFAULT, "mask2former": MASK2FORMER_DEFAULT, "segment-anything": None},
     default_backend="sam",
     options=OPTIONS,
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_FILES = sorted(p.name for p in (ROOT / "modules").glob("*.py"))
-# every public file of modules/ is a family with its own entry point; _private.py files are helpers
-FAMILIES = sorted(Path(name).stem for name in MODULE_FILES if not name.startswith("_"))
+# every file of modules/ that declares modules (@module) is a family with its own entry point; the others
+# (backends on optional packages, helpers) are imported by the families
+FAMILIES = sorted(
+    Path(name).stem
+    for name in MODULE_FILES
+    if not name.startswith("_") and re.search(r"^@module\b", (ROOT / "modules" / name).read_text(), re.M)
+)
 
 IGNORED = shutil.ignore_patterns(
     ".git",

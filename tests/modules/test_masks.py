@@ -122,7 +122,7 @@ def test_declaration_aliases_backends_and_options() -> None:
     assert isinstance(Mask, ModuleSpec)
     assert [p.name for p in Mask.params] == ["image", "object"]
     assert str(Mask.returns) == "Objects" and Mask.frame == "image"
-    assert Mask.backends == {"sam": "facebook/sam-vit-base"} and Mask.default_backend == "sam"
+    assert Mask.backends == {"sam": "facebook/sam-vit-base", "segment-anything": None} and Mask.default_backend == "sam"
     assert masks.BACKENDS.keys() == Mask.backends.keys()
     assert [o.name for o in Mask.options] == ["backend", "model", "multimask", "mask_threshold"]
     reg = Registry()

@@ -197,6 +197,7 @@ def test_declaration_backends_and_aliases() -> None:
     assert Seg.backends == {
         "sam": "facebook/sam-vit-base",
         "mask2former": "facebook/mask2former-swin-base-coco-panoptic",
+        "segment-anything": None,
     }
     assert Seg.default_backend == "sam"
     assert Seg.summary and Seg.params[0].description

@@ -67,7 +67,7 @@ def test_runtime_modules_are_checked_and_converted() -> None:
         (
             {"Loc": {"nms_iuo": 0.3}},
             "Runtime(modules=...): Loc has no option 'nms_iuo' (did you mean 'nms_iou'?); "
-            "its options: backend, model, box_threshold, text_threshold, nms_iou",
+            "its options: backend, model, box_threshold, text_threshold, nms_iou, config, text_encoder, image_size",
         ),
         ({"Lco": {"nms_iou": 0.3}}, "Runtime(modules=...): unknown module 'Lco' (did you mean 'Loc'?)"),
         (
@@ -221,8 +221,11 @@ def test_visprog_modules_shows_each_modules_options() -> None:
     assert code == 0
     loc = out[out.index("Loc(image: Image, object: str) -> Objects") :].split("\n\n", 1)[0]
     assert "    options (--option Loc.NAME=VALUE, or [modules.Loc] in the config file):" in loc
-    assert "      backend: str = 'grounding-dino', one of grounding-dino, owlv2; " in loc
-    assert "      box_threshold: float = 0.3 for grounding-dino, 0.1 for owlv2; the score a box needs" in loc
+    assert "      backend: str = 'grounding-dino', one of grounding-dino, owlv2, groundingdino; " in loc
+    assert (
+        "      box_threshold: float = 0.3 for grounding-dino, 0.1 for owlv2, 0.35 for groundingdino; the score a box needs"
+        in loc
+    )
     assert "      nms_iou: float = 0.5; boxes overlapping a better one" in loc
     crop = out[out.index("Crop(image: Image, box: Objects) -> Image") :].split("\n\n", 1)[0]
     assert "options" not in crop
