@@ -1,4 +1,4 @@
-"""Run the five benchmarks and print one combined markdown table (the one README.md shows).
+"""Run the six benchmarks and print one combined markdown table (the one README.md shows).
 
 ``python benchmarks/run_all.py`` (add ``--quick`` for a fast smoke run with tiny sizes).
 """
@@ -16,7 +16,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import _common, bench_batching, bench_overhead, bench_replies, bench_startup, bench_throughput
+from benchmarks import (
+    _common,
+    bench_batching,
+    bench_eval_overlap,
+    bench_overhead,
+    bench_replies,
+    bench_startup,
+    bench_throughput,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -33,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> str:
             ("throughput", bench_throughput.measure(*((8, 1) if quick else (64, 3)), model_dir)),
             ("startup", bench_startup.measure(1 if quick else 5)),
             ("replies", bench_replies.measure(1 if quick else 15)),
+            ("eval overlap", bench_eval_overlap.measure(*((2, 0.02, 8, None) if quick else (20, 0.2, 8, None)))),
         ]
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)

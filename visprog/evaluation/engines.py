@@ -15,6 +15,13 @@ chunk whose LLM stopped answering comes back with its records so far and a
 mark, :data:`visprog.evaluation.records.ABORTED`, for the item it stopped at:
 the driver writes the records, then stops).
 
+Given a planning stage too (a :data:`PlanWork`, the runner's
+:func:`visprog.evaluation.runner.plan_chunk`), both engines overlap planning
+with running: the next chunk is planned in a thread while one runs (here, or in
+the actor that will run it), and ``work`` gets the chunk ``planned=``. A chunk
+whose planning stopped (its ``stopped`` is true: the LLM stopped answering)
+is not followed by planning ahead.
+
 Ray is imported only here, inside the functions that need it: ``import
 visprog`` and ``visprog check`` never import it.
 """
@@ -23,7 +30,10 @@ from __future__ import annotations
 
 import importlib
 import socket
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +47,26 @@ from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Runtime
 from visprog.solve import create_planner
 
-__all__ = ["DEFAULT_REGISTRY", "ChunkWork", "WorkerSettings", "load_factory", "local_chunks", "ray_chunks"]
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "ChunkWork",
+    "PlanWork",
+    "WorkerSettings",
+    "load_factory",
+    "local_chunks",
+    "ray_chunks",
+]
 
 #: An engine's unit of work: ``work(chunk, planner, interpreter, **options)`` is the records of the
 #: items of ``chunk`` (a list of dicts, in item order). For the Ray engine it must be a module-level
 #: function (Ray pickles it by reference).
 ChunkWork = Callable[..., list[dict[str, Any]]]
+
+#: An engine's planning stage, to plan a chunk while the one before it runs: ``plan(chunk, planner,
+#: cancel=event, **options)`` is the chunk planned (an object whose ``stopped`` says whether no later
+#: chunk is to be planned), which ``work`` then gets as ``planned=``; once ``cancel`` (a
+#: :class:`threading.Event`) is set it stops between items. Module-level, as :data:`ChunkWork`.
+PlanWork = Callable[..., Any]
 
 #: The registry factory a worker calls unless told otherwise.
 DEFAULT_REGISTRY = "visprog.running.plugins:default_registry"
@@ -125,26 +149,95 @@ class WorkerSettings:
         return planner, Interpreter(registry, runtime, max_batch=self.max_batch, known_inputs=input_names())
 
 
+class _Ahead:
+    """Plans chunks in one background thread, one at a time, for the chunk running now to overlap with."""
+
+    def __init__(self, plan: PlanWork, planner: Any, options: Mapping[str, Any]) -> None:
+        self.plan, self.planner, self.options = plan, planner, options
+        self.cancel = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visprog-plan-ahead")
+
+    def start(self, chunk: Sequence[Item]) -> Future[Any]:
+        return self.pool.submit(self.plan, chunk, self.planner, cancel=self.cancel, **self.options)
+
+    def close(self) -> None:
+        """Stop planning after the requests on their way (no wait here: the thread ends by itself)."""
+        self.cancel.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def local_chunks(
-    chunks: Sequence[Sequence[Item]], work: ChunkWork, planner: Planner, interpreter: Any, **options: Any
+    chunks: Sequence[Sequence[Item]],
+    work: ChunkWork,
+    planner: Planner,
+    interpreter: Any,
+    *,
+    plan: PlanWork | None = None,
+    **options: Any,
 ) -> Iterator[list[dict[str, Any]]]:
-    """The records of each chunk, in chunk order, run one after another in this process."""
-    for chunk in chunks:
-        yield work(chunk, planner, interpreter, **options)
+    """The records of each chunk, in chunk order, run one after another in this process.
+
+    With ``plan``, chunk k+1 is planned in a background thread while chunk k runs here (and while
+    its records are taken); closing the iterator early stops that planning.
+    """
+    if plan is None:
+        for chunk in chunks:
+            yield work(chunk, planner, interpreter, **options)
+        return
+    ahead = _Ahead(plan, planner, options)
+    try:
+        future = ahead.start(chunks[0]) if chunks else None
+        for k, chunk in enumerate(chunks):
+            assert future is not None
+            planned = future.result()
+            future = ahead.start(chunks[k + 1]) if k + 1 < len(chunks) and not planned.stopped else None
+            yield work(chunk, planner, interpreter, planned=planned, **options)
+            if future is None:
+                return  # planning stopped at this chunk: the evaluation stops after its records
+    finally:
+        ahead.close()
 
 
 class _Worker:
-    """A Ray actor's state: its own planner and interpreter, built once (models load on first use)."""
+    """A Ray actor's state: its own planner and interpreter, built once (models load on first use).
 
-    def __init__(self, settings: WorkerSettings, device: str | None, work: ChunkWork) -> None:
+    With a planning stage, :meth:`run` plans the chunk it is told comes next to this actor in a
+    background thread while it runs the current one.
+    """
+
+    def __init__(
+        self, settings: WorkerSettings, device: str | None, work: ChunkWork, plan: PlanWork | None = None
+    ) -> None:
         self.planner, self.interpreter = settings.build(device=device)
         self.work = work
+        self.plan = plan
+        self.ahead: tuple[int, Future[Any]] | None = None
+        self.planning: _Ahead | None = None
 
     def ready(self) -> bool:
         return True
 
-    def run(self, chunk: Sequence[Item], options: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.work(chunk, self.planner, self.interpreter, **options)
+    def run(
+        self,
+        chunk: Sequence[Item],
+        options: dict[str, Any],
+        key: int = 0,
+        next_chunk: tuple[int, Sequence[Item]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The records of ``chunk`` (number ``key``); ``next_chunk``: the number and items of this actor's next one."""
+        if self.plan is None:
+            return self.work(chunk, self.planner, self.interpreter, **options)
+        if self.planning is None:
+            self.planning = _Ahead(self.plan, self.planner, options)
+        if self.ahead is not None and self.ahead[0] == key:
+            future = self.ahead[1]
+        else:
+            future = self.planning.start(chunk)
+        self.ahead = None
+        planned = future.result()
+        if next_chunk is not None and not planned.stopped:
+            self.ahead = (next_chunk[0], self.planning.start(next_chunk[1]))
+        return self.work(chunk, self.planner, self.interpreter, planned=planned, **options)
 
 
 def _import_ray() -> Any:
@@ -200,6 +293,7 @@ def ray_chunks(
     *,
     address: str | None = None,
     workers: int | None = None,
+    plan: PlanWork | None = None,
     **options: Any,
 ) -> Iterator[list[dict[str, Any]]]:
     """The records of each chunk, in chunk order, run on Ray actors (see the module's docstring).
@@ -207,7 +301,8 @@ def ray_chunks(
     Connects to the cluster at ``address`` (local Ray when None) unless Ray is
     already initialised in this process; a Ray started here is shut down at the end.
     Each actor runs ``work(chunk, planner, interpreter, **options)`` with the planner and interpreter
-    it built from ``settings``; ``options`` are ``work``'s (for the runner's
+    it built from ``settings`` (and, with ``plan``, plans the next chunk it is given while it runs
+    one: each actor is handed its next chunk when it starts one); ``options`` are ``work``'s (for the runner's
     :func:`~visprog.evaluation.runner.process_chunk`: ``samples``, ``temperature``, ``max_pixels``,
     ``outputs``, ``traces``, ...). The actors save image answers and trace pages
     themselves: folders are made absolute here, and on a cluster of several machines they must be
@@ -234,7 +329,7 @@ def ray_chunks(
         for key in ("outputs", "traces"):
             if options.get(key) is not None:
                 options[key] = str(Path(options[key]).absolute())
-        yield from _run_on_actors(ray, chunks, work, settings, workers, options)
+        yield from _run_on_actors(ray, chunks, work, settings, workers, options, plan)
     finally:
         if started:
             ray.shutdown()
@@ -247,21 +342,19 @@ def _run_on_actors(
     settings: WorkerSettings,
     workers: int | None,
     options: dict[str, Any],
+    plan: PlanWork | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    from ray.util import ActorPool
-
     n, actor_options, device = _actors(ray.cluster_resources(), settings.device, workers)
     n = min(n, len(chunks)) or 1
     remote = ray.remote(_Worker).options(**actor_options)
-    actors = [remote.remote(settings, device, work) for _ in range(n)]
+    actors = [remote.remote(settings, device, work, plan) for _ in range(n)]
     try:
         try:
             ray.get([a.ready.remote() for a in actors])
         except ray.exceptions.RayError as e:
             raise ConfigError(f"a Ray worker failed to start: {e}") from None
-        pool = ActorPool(actors)
         try:
-            yield from pool.map(lambda actor, chunk: actor.run.remote(list(chunk), options), list(chunks))
+            yield from _in_order(ray, actors, chunks, options, ahead=plan is not None)
         except ray.exceptions.RayError as e:  # a worker died (out of memory, a crash) or raised
             lines = [line for line in str(e).strip().splitlines() if line.strip()]
             raise ServiceError(
@@ -271,3 +364,40 @@ def _run_on_actors(
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def _in_order(
+    ray: Any, actors: Sequence[Any], chunks: Sequence[Sequence[Item]], options: dict[str, Any], *, ahead: bool
+) -> Iterator[list[dict[str, Any]]]:
+    """The chunks' records in chunk order, each chunk given to the next actor that is free.
+
+    With ``ahead``, an actor is told its next chunk when it starts one (so that it plans that chunk
+    while it runs this one): the chunks are handed out one further in advance.
+    """
+    waiting = deque(range(len(chunks)))
+    upcoming: dict[int, int | None] = {}  # actor index -> the chunk it was told comes next
+    running: dict[Any, tuple[int, int]] = {}  # object ref -> (actor index, chunk)
+    done: dict[int, list[dict[str, Any]]] = {}
+
+    def start(i: int, k: int) -> None:
+        after = waiting.popleft() if ahead and waiting else None
+        upcoming[i] = after
+        following = (after, list(chunks[after])) if after is not None else None
+        running[actors[i].run.remote(list(chunks[k]), options, k, following)] = (i, k)
+
+    for i in range(len(actors)):
+        if waiting:
+            start(i, waiting.popleft())
+    given = 0
+    while running:
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        i, k = running.pop(ref)
+        done[k] = ray.get(ref)
+        after = upcoming.pop(i, None)
+        if after is None and waiting:
+            after = waiting.popleft()
+        if after is not None:
+            start(i, after)
+        while given in done:
+            yield done.pop(given)
+            given += 1

@@ -8,15 +8,25 @@ cache), and appends one JSON line per item to the output file, flushed at once
 (:mod:`visprog.evaluation.records`); items already in the file are skipped, so
 a run can be resumed. The chunks run here or on Ray actors
 (:mod:`visprog.evaluation.engines`), each with :func:`process_chunk`.
+
+Planning overlaps running: while a chunk runs, the next chunk's items are
+planned (:func:`plan_chunk`, in a thread of the engine, ``plan_workers`` LLM
+requests at a time), so an LLM server's latency hides behind the interpreter's
+work. The records are the same as with ``overlap=False`` (plan a chunk only
+after the one before it ran), in the same order. A local model (``--local``)
+plans and runs one after the other: it shares the device, the cores and torch's
+random state with the modules.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -32,7 +42,7 @@ from visprog.running.images import load_image
 from visprog.running.runtime import RunCache
 from visprog.running.tracing import Trace
 
-__all__ = ["evaluate", "process_chunk"]
+__all__ = ["PlannedChunk", "evaluate", "plan_chunk", "process_chunk"]
 
 
 class _Runner(Protocol):
@@ -86,6 +96,7 @@ def evaluate(
     traces: str | Path | None = None,
     all_traces: bool = False,
     plan_workers: int = 1,
+    overlap: bool = True,
 ) -> Summary:
     """Plan and run every item not yet in ``out_path``, append one JSON line each, return the :class:`Summary`.
 
@@ -93,6 +104,12 @@ def evaluate(
     given: :meth:`Planner.plan_samples`); the valid ones run and the answers are voted on as
     :func:`visprog.solve.solve` does (:func:`visprog.solve.vote_runs`). ``plan_workers`` > 1 sends
     that many items' LLM requests at once (an LLM server only); the records do not change.
+
+    ``overlap`` (an LLM server only; a local model never overlaps): the next chunk is planned while
+    one runs, on either engine; the records are the same as without it, in the same order, and at
+    most ``plan_workers`` LLM requests (per Ray actor) are on their way at once. When it ends early (an
+    outage, an error, Ctrl+C), the planning ahead stops after the requests on their way: its
+    chunk gets no record and is planned again when the evaluation resumes.
 
     ``engine="ray"`` spreads the chunks over Ray actors (one per GPU, else
     ``workers`` CPU actors, default 2; ``address``: an existing cluster), each
@@ -186,12 +203,13 @@ def evaluate(
         "all_traces": all_traces,
         "plan_workers": plan_workers,
     }
+    ahead = plan_chunk if overlap and not local_model else None
     results: Iterator[list[dict[str, Any]]]
     if engine == "ray" and chunks:
         assert settings is not None
-        results = ray_chunks(chunks, process_chunk, settings, address=address, workers=workers, **options)
+        results = ray_chunks(chunks, process_chunk, settings, address=address, workers=workers, plan=ahead, **options)
     else:
-        results = local_chunks(chunks, process_chunk, planner, interpreter, **options)
+        results = local_chunks(chunks, process_chunk, planner, interpreter, plan=ahead, **options)
     written = 0
     aborted: dict[str, Any] | None = None
     try:
@@ -230,32 +248,49 @@ def evaluate(
     return summary
 
 
-def process_chunk(
+@dataclass
+class PlannedChunk:
+    """A chunk after planning: its items loaded and planned (:class:`ItemRun`), up to where planning stopped.
+
+    ``stop``: the item at which the LLM service stopped answering (or every request was refused alike)
+    and the error; the items before it are in ``runs``, the ones after it were not asked. ``cancelled``:
+    planning was called off (the evaluation ended first); the chunk is not to be run.
+    """
+
+    runs: list[ItemRun]
+    stop: tuple[ItemRun, ServiceError] | None = None
+    cancelled: bool = False
+
+    @property
+    def stopped(self) -> bool:
+        """Whether no later chunk is to be planned (the engines ask before they plan ahead)."""
+        return self.stop is not None or self.cancelled
+
+
+class _Cancelled(Exception):
+    """Planning was called off between two items."""
+
+
+def plan_chunk(
     chunk: Sequence[Item],
     planner: Planner,
-    interpreter: _Runner,
     *,
     samples: int = 1,
     temperature: float | None = None,
     max_pixels: int | None = None,
-    outputs: str | Path | None = None,
-    traces: str | Path | None = None,
-    all_traces: bool = False,
     plan_workers: int = 1,
-) -> list[dict[str, Any]]:
-    """One output record per item of ``chunk``, in order: plan every item, then run the valid programs together.
+    cancel: threading.Event | None = None,
+    **run_options: Any,
+) -> PlannedChunk:
+    """Load the images of every item of ``chunk`` and plan it: the first half of :func:`process_chunk`.
 
     ``plan_workers`` > 1 plans that many items at once (threads sending LLM requests side by side;
-    for an LLM server, not a local model). The records are the same, in item order.
-
-    An answer that is an image (edit and tag programs) is saved as ``<outputs>/<id>.png`` (the record's
-    ``output_file``) when ``outputs`` is given; trace pages go to ``traces`` as :func:`evaluate` says.
-    The unit of work of both engines (a Ray actor calls it with its own planner and interpreter).
-
-    When the planner's LLM service fails (a :class:`ServiceError` that is not ``per_request``),
-    planning stops there: the items planned before it are run and get their records, the item it
-    failed on gets the mark ``{"id": ..., ABORTED: "the error"}`` instead (see :data:`ABORTED`), and
-    the items after it get nothing. A ``per_request`` error is the item's ``plan_parse`` failure.
+    for an LLM server, not a local model). When the planner's LLM service fails (a
+    :class:`ServiceError` that is not ``per_request``), planning stops there (see
+    :class:`PlannedChunk`); a ``per_request`` error is the item's ``plan_parse`` failure. Once
+    ``cancel`` is set, no further item is planned and the chunk comes back ``cancelled``.
+    ``run_options`` (:func:`process_chunk`'s ``outputs``, ``traces``, ``all_traces``) are not used here:
+    the engines give both halves the same options.
     """
     if plan_workers < 1:
         raise ValueError(f"plan_workers must be at least 1, got {plan_workers}")
@@ -264,6 +299,8 @@ def process_chunk(
 
     def prepare(p: ItemRun) -> ServiceError | None:
         """Load the item's images and plan it; the outage that stopped it, if any."""
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled
         t0 = time.perf_counter()
         try:
             p.inputs = {name: load_image(src, max_pixels=max_pixels, name=src) for name, src in p.item.images.items()}
@@ -283,21 +320,61 @@ def process_chunk(
 
     pending = [ItemRun(it) for it in chunk]
     stop: tuple[ItemRun, ServiceError] | None = None
-    if plan_workers == 1:  # one LLM call after another; an outage stops at once
-        for p in pending:
-            if (error := prepare(p)) is not None:
-                stop = (p, error)
-                break
-    else:  # up to plan_workers items planned at once; an outage stops at the first item it hit, in order
-        with ThreadPoolExecutor(max_workers=plan_workers, thread_name_prefix="visprog-plan") as pool:
-            errors = list(pool.map(prepare, pending))
-        stop = next(((p, e) for p, e in zip(pending, errors, strict=True) if e is not None), None)
+    try:
+        if plan_workers == 1:  # one LLM call after another; an outage stops at once
+            for p in pending:
+                if (error := prepare(p)) is not None:
+                    stop = (p, error)
+                    break
+        else:  # up to plan_workers items planned at once; an outage stops at the first item it hit, in order
+            with ThreadPoolExecutor(max_workers=plan_workers, thread_name_prefix="visprog-plan") as pool:
+                errors = list(pool.map(prepare, pending))
+            stop = next(((p, e) for p, e in zip(pending, errors, strict=True) if e is not None), None)
+    except _Cancelled:
+        return PlannedChunk([], cancelled=True)
     if stop is None:
         stop = _refused_alike(pending)
-    planned = pending[: pending.index(stop[0])] if stop is not None else pending
+    return PlannedChunk(pending[: pending.index(stop[0])] if stop is not None else pending, stop)
+
+
+def process_chunk(
+    chunk: Sequence[Item],
+    planner: Planner,
+    interpreter: _Runner,
+    *,
+    samples: int = 1,
+    temperature: float | None = None,
+    max_pixels: int | None = None,
+    outputs: str | Path | None = None,
+    traces: str | Path | None = None,
+    all_traces: bool = False,
+    plan_workers: int = 1,
+    planned: PlannedChunk | None = None,
+) -> list[dict[str, Any]]:
+    """One output record per item of ``chunk``, in order: plan every item, then run the valid programs together.
+
+    Planning is :func:`plan_chunk` (with ``samples``, ``temperature``, ``max_pixels``, ``plan_workers``),
+    unless the chunk comes ``planned`` already (an engine planned it while the chunk before it ran:
+    the records are the same). The chunk's valid programs then run together.
+
+    An answer that is an image (edit and tag programs) is saved as ``<outputs>/<id>.png`` (the record's
+    ``output_file``) when ``outputs`` is given; trace pages go to ``traces`` as :func:`evaluate` says.
+    The unit of work of both engines (a Ray actor calls it with its own planner and interpreter).
+
+    When the planner's LLM service failed (a :class:`ServiceError` that is not ``per_request``),
+    the items planned before it are run and get their records, the item it
+    failed on gets the mark ``{"id": ..., ABORTED: "the error"}`` instead (see :data:`ABORTED`), and
+    the items after it get nothing.
+    """
+    if planned is None:
+        planned = plan_chunk(
+            chunk, planner, samples=samples, temperature=temperature, max_pixels=max_pixels, plan_workers=plan_workers
+        )
+    if planned.cancelled:
+        raise ValueError("the chunk's planning was cancelled: it cannot be run")
     jobs: list[tuple[CheckedProgram, Mapping[str, Any]]] = []
     owners: list[ItemRun] = []
-    for p in planned:
+    for p in planned.runs:
         for plan in p.plans:
             if isinstance(plan, Plan) and p.inputs is not None:
                 jobs.append((plan.checked, p.inputs))
@@ -307,9 +384,9 @@ def process_chunk(
         p.run_seconds = max(p.run_seconds, finished)
     folder = Path(outputs) if outputs is not None else None
     pages = Path(traces) if traces is not None else None
-    records = [build_record(p, folder, pages, all_traces) for p in planned]
-    if stop is not None:
-        records.append({"id": stop[0].item.id, ABORTED: str(stop[1])})
+    records = [build_record(p, folder, pages, all_traces) for p in planned.runs]
+    if planned.stop is not None:
+        records.append({"id": planned.stop[0].item.id, ABORTED: str(planned.stop[1])})
     return records
 
 
