@@ -164,6 +164,16 @@ class _Checker:
             return Type.LIST_STR
         return Type.ANY if Type.ANY in item_types else Type.LIST
 
+    def passed_type(self, value: syntax.Value) -> Type | None:
+        """The type of a variable, an input or a literal, reporting nothing (its errors are reported already)."""
+        if isinstance(value, syntax.Ref):
+            if value.name in self.defined:
+                return self.defined[value.name][1]
+            return self.inputs.get(value.name)
+        if isinstance(value, syntax.Literal):
+            return self.value_type(value, {})
+        return None
+
     def describe(self, value: syntax.Value, t: Type) -> str:
         if isinstance(value, syntax.Ref):
             if value.name in self.defined:
@@ -355,6 +365,8 @@ class _Checker:
                 spec, out, templates, bound = self.check_call(step.expr, sources)
                 if bound is not step.expr:
                     step = replace(step, expr=bound)
+                if spec is not None and out is Type.ANY and step.is_result and len(bound.args) == 1:
+                    out = self.passed_type(bound.args[0].value) or out  # Result(var=X) has X's type
                 if spec is not None:
                     frame, remap = self.check_frames(index, spec, bound)
                     if frame is None and templates:  # Eval('{BOX1}'): the frame of the objects it passes on

@@ -93,7 +93,7 @@ def test_types_propagate_and_reassignment_sees_the_latest_value(registry: Regist
         Type.OBJECTS,
         Type.IMAGE,
         Type.INT,
-        Type.ANY,
+        Type.IMAGE,  # Result(var=IMAGE0) has its value's type
     ]
     # the second Select reads the Replace output (step 2), not the input image
     assert checked.steps[3].sources == {"IMAGE0": 2, "OBJ0": 0}
