@@ -9,7 +9,9 @@ the run raises the first failing step's :class:`~visprog.errors.StepError`,
 which carries the trace with every step that ran, before the failure and after.
 An exception a module raises names where in the module's code it was raised.
 :meth:`Interpreter.run_many` runs many programs through the same engine and
-batches ready steps of one module across all of them.
+batches ready steps of one module across all of them; :meth:`Interpreter.run_jobs` does
+the same for programs that arrive while others run (a server's requests:
+:mod:`visprog.running.batcher`).
 
 Progress is reported as events (:mod:`visprog.running.events`) to an
 ``on_event`` listener, as the run goes: for each program :class:`RunStarted`,
@@ -46,6 +48,9 @@ from visprog.running.scheduling import Job, Stopped
 from visprog.running.tracing import StepRecord, Trace
 
 __all__ = ["Interpreter"]
+
+#: :meth:`Interpreter.run_jobs`'s ``take``, ``ended`` and ``renew_cache``
+_Feed = tuple[Callable[[bool], Sequence[Job] | None], Callable[[Job], None], int]
 
 
 class _Failure(Exception):
@@ -144,6 +149,36 @@ class Interpreter:
             out.append(r)
         return out
 
+    def prepare(
+        self,
+        program: CheckedProgram | str | syntax.Program,
+        inputs: Mapping[str, Any],
+        *,
+        number: int = 0,
+        on_event: Listener | None = None,
+    ) -> Job:
+        """The :class:`~visprog.running.scheduling.Job` of ``program`` on ``inputs``, for :meth:`run_jobs`.
+
+        Raises the program's :class:`~visprog.errors.ProgramError`, or a :class:`~visprog.errors.VisprogError`
+        naming an input the program reads that ``inputs`` lacks. ``number`` is the job's number in its events.
+        """
+        return self._job(program, inputs, number, on_event)
+
+    def run_jobs(
+        self, take: Callable[[bool], Sequence[Job] | None], ended: Callable[[Job], None], *, renew_cache: int = 64
+    ) -> None:
+        """Run jobs (:meth:`prepare`) as they arrive, batching ready steps across all running ones as
+        :meth:`run_many` does. Before each round of ready steps, ``take(idle)`` hands over the jobs that arrived
+        (``idle``: none runs, ``take`` may wait); ``None``: no more, the running ones finish and this returns.
+        ``ended(job)`` is called as each job ends (its ``trace`` counts from when it was taken). The jobs share a
+        :class:`~visprog.running.runtime.RunCache`, a new one whenever none runs and after every ``renew_cache``
+        jobs. A listener that raises stops every job, as in :meth:`run_many`: hand in listeners that do not.
+        """
+        try:
+            self._execute([], Context(self.runtime, RunCache()), (take, ended, renew_cache))
+        except Stopped as stop:
+            raise _listener_error(stop, [stop.job.error or stop.job.trace]) from stop.cause
+
     def _job(
         self,
         program: CheckedProgram | str | syntax.Program,
@@ -173,28 +208,51 @@ class Interpreter:
         )
         return Job(checked, trace, number, listener)
 
-    def _execute(self, jobs: list[Job], ctx: Context) -> None:
-        """Run every job to its end (failing steps are recorded on the job, never raised).
+    def _execute(self, jobs: list[Job], ctx: Context, feed: _Feed | None = None) -> None:
+        """Run every job (and with ``feed``, every job it hands over) to its end (failing steps are recorded
+        on the job, never raised).
 
         A listener that raises stops every job: their traces end there, and :class:`Stopped` is raised.
         """
         start = time.perf_counter()
+        started = {id(job): start for job in jobs}
+        active = list(jobs)
         try:
             for job in jobs:
                 if job.listener is not None:
                     job.emit(RunStarted(job.number, job.checked.source, len(job.checked.steps)))
-            self._loop(list(jobs), ctx, start)
+            self._loop(active, ctx, started, feed)
         except Stopped as stop:
             message = stop.message()
-            for job in jobs:  # a job that had not ended ends here
+            for job in active:  # a job that had not ended ends here
                 if job.trace.error is None and (job.pending or job.error is not None):
-                    job.trace.seconds = time.perf_counter() - start
+                    job.trace.seconds = time.perf_counter() - started[id(job)]
                     job.trace.error = message if job.error is None else str(job.error)
             raise
 
-    def _loop(self, active: list[Job], ctx: Context, start: float) -> None:
-        """Run ready steps until every job in ``active`` has ended."""
-        while active:
+    def _loop(self, active: list[Job], ctx: Context, started: dict[int, float], feed: _Feed | None) -> None:
+        """Run ready steps until every job in ``active`` (and every job ``feed`` hands over) has ended."""
+        taken = 0  # jobs taken since the run cache was made
+        ended = feed[1] if feed is not None else None  # told of every job's end, after the feed ran dry too
+        while True:
+            if feed is not None:
+                new = feed[0](not active)
+                if new is None:
+                    feed = None
+                elif new:
+                    if not active or taken >= feed[2]:
+                        ctx, taken = Context(self.runtime, RunCache()), 0
+                    taken += len(new)
+                    now = time.perf_counter()
+                    for job in new:
+                        started[id(job)] = now
+                        active.append(job)
+                        if job.listener is not None:
+                            job.emit(RunStarted(job.number, job.checked.source, len(job.checked.steps)))
+            if not active:
+                if feed is None:
+                    return
+                continue
             ready: list[tuple[Job, int]] = []
             for job in active:
                 if job.ready:
@@ -218,7 +276,7 @@ class Interpreter:
                     still.append(job)
                     continue
                 # No step is ready: the job has ended.
-                job.trace.seconds = time.perf_counter() - start
+                job.trace.seconds = time.perf_counter() - started.pop(id(job))
                 if job.error is not None:  # the steps that need a failed one never became ready
                     job.trace.error = str(job.error)
                     job.trace.skipped = job.skipped()
@@ -232,7 +290,9 @@ class Interpreter:
                     for k in t.skipped:
                         job.step_skipped(k)
                     job.emit(RunFinished(job.number, t.error is None, t.seconds, t.result, t.error))
-            active = still
+                if ended is not None:
+                    ended(job)
+            active[:] = still
 
     def _groups(self, ready: list[tuple[Job, int]]) -> list[list[tuple[Job, int]]]:
         """Ready steps in job and line order; steps of one batch-capable module share a group across jobs."""
