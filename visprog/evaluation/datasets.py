@@ -63,9 +63,17 @@ def load_items(path: str | Path, task: str, *, images: str | Path | None = None)
     spec = get_task(task)
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        data = source.read_bytes()
     except OSError as e:
         raise ConfigError(f"{source}: cannot read the data file: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte order mark, as some editors write, is not part of the data
+    except UnicodeDecodeError as e:
+        row, column = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
+        raise ConfigError(
+            f"{source}:{row}:{column}: not UTF-8 text (byte 0x{data[e.start]:02X}): "
+            "save the data file as UTF-8 (JSON files are UTF-8)"
+        ) from None
     # absolute, so that Ray workers (whose working folder may differ) find the images too
     root = (Path(images) if images is not None else source.parent).absolute()
     whole = _whole_json(text)

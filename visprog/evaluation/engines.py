@@ -38,14 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visprog.errors import ConfigError, ServiceError
+from visprog.errors import ConfigError, ServiceError, VisprogError
 from visprog.evaluation.datasets import Item
 from visprog.language.signatures import Registry
 from visprog.planner.core import Planner
 from visprog.planner.tasks import input_names
 from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Runtime
-from visprog.solve import create_planner
+from visprog.solving import create_planner
 
 __all__ = [
     "DEFAULT_REGISTRY",
@@ -96,7 +96,7 @@ def load_factory(spec: str) -> Callable[[], Registry]:
 class WorkerSettings:
     """What a worker needs to build its planner, interpreter and runtime: plain values only.
 
-    ``planner``: keyword options of :func:`visprog.solve.create_planner` (``model``,
+    ``planner``: keyword options of :func:`visprog.solving.create_planner` (``model``,
     ``base_url``, ``style``, ``local``, ``repair_rounds``, ``cache``,
     ``temperature``, ``constrain``, ``grammar_format``, ...; not ``registry``). ``device``, ``half``, ``modules``
     and ``llm`` are the :class:`~visprog.running.runtime.Runtime`'s settings;
@@ -355,15 +355,28 @@ def _run_on_actors(
             raise ConfigError(f"a Ray worker failed to start: {e}") from None
         try:
             yield from _in_order(ray, actors, chunks, options, ahead=plan is not None)
-        except ray.exceptions.RayError as e:  # a worker died (out of memory, a crash) or raised
-            lines = [line for line in str(e).strip().splitlines() if line.strip()]
+        except ray.exceptions.RayTaskError as e:  # the work raised: the same error would come again on a rerun
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, VisprogError):
+                raise cause from e  # as the local engine would raise it
+            what = f"{type(cause).__name__}: {_first_line(cause)}" if cause is not None else _first_line(e)
+            raise VisprogError(
+                f"a Ray worker raised an unexpected error while running items ({what}); the records written so "
+                "far are kept, but running again would stop at the same place: run the remaining items with "
+                "the local engine (--traceback shows where the error is)"
+            ) from e
+        except ray.exceptions.RayError as e:  # a worker died (out of memory, a crash) or was lost
             raise ServiceError(
-                f"a Ray worker failed while running items ({type(e).__name__}: {lines[0] if lines else ''}); "
+                f"a Ray worker failed while running items ({type(e).__name__}: {_first_line(e)}); "
                 "the records written so far are kept: run the same command again to resume"
             ) from e
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
 
 
 def _in_order(
@@ -372,7 +385,9 @@ def _in_order(
     """The chunks' records in chunk order, each chunk given to the next actor that is free.
 
     With ``ahead``, an actor is told its next chunk when it starts one (so that it plans that chunk
-    while it runs this one): the chunks are handed out one further in advance.
+    while it runs this one): the chunks are handed out one further in advance. When a chunk fails (its
+    actor died, or its work raised), the chunks that finished after the last one given are given (out
+    of order: their records are written all the same) before the error is raised.
     """
     waiting = deque(range(len(chunks)))
     upcoming: dict[int, int | None] = {}  # actor index -> the chunk it was told comes next
@@ -392,7 +407,12 @@ def _in_order(
     while running:
         (ref,), _ = ray.wait(list(running), num_returns=1)
         i, k = running.pop(ref)
-        done[k] = ray.get(ref)
+        try:
+            done[k] = ray.get(ref)
+        except ray.exceptions.RayError:
+            for finished in sorted(done):  # the items that finished keep their records
+                yield done.pop(finished)
+            raise
         after = upcoming.pop(i, None)
         if after is None and waiting:
             after = waiting.popleft()

@@ -5,8 +5,10 @@
 (``Interpreter.run_many`` when the interpreter has it, else one
 :meth:`~visprog.running.interpreter.Interpreter.run` each with a shared run
 cache), and appends one JSON line per item to the output file, flushed at once
-(:mod:`visprog.evaluation.records`); items already in the file are skipped, so
-a run can be resumed. The chunks run here or on Ray actors
+(:mod:`visprog.evaluation.records`; the file, locked while it is written:
+:mod:`visprog.evaluation.results`); items already in the file are skipped, so
+a run can be resumed. An error inside one item is that item's failure, in its
+record: the run goes on. The chunks run here or on Ray actors
 (:mod:`visprog.evaluation.engines`), each with :func:`process_chunk`.
 
 Planning overlaps running: while a chunk runs, the next chunk's items are
@@ -20,7 +22,6 @@ random state with the modules.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -33,7 +34,8 @@ from typing import Any, Protocol, TextIO
 from visprog.errors import ConfigError, ServiceError, VisprogError
 from visprog.evaluation.datasets import Item, missing_images
 from visprog.evaluation.engines import WorkerSettings, local_chunks, ray_chunks
-from visprog.evaluation.records import ABORTED, ItemRun, build_record, end_last_line, read_records, write_record
+from visprog.evaluation.records import ABORTED, ItemRun, build_record, internal_error
+from visprog.evaluation.results import ResultsFile
 from visprog.evaluation.summary import Summary, summarize
 from visprog.language.checker import CheckedProgram
 from visprog.llm import TransformersClient
@@ -102,7 +104,7 @@ def evaluate(
 
     With ``samples`` > 1 every item gets that many plans (temperature 0.7 unless
     given: :meth:`Planner.plan_samples`); the valid ones run and the answers are voted on as
-    :func:`visprog.solve.solve` does (:func:`visprog.solve.vote_runs`). ``plan_workers`` > 1 sends
+    :func:`visprog.solving.solve` does (:func:`visprog.solving.vote_runs`). ``plan_workers`` > 1 sends
     that many items' LLM requests at once (an LLM server only); the records do not change.
 
     ``overlap`` (an LLM server only; a local model never overlaps): the next chunk is planned while
@@ -136,6 +138,14 @@ def evaluate(
     ``output_file``. Items without an expected answer are not scored: accuracy is over the scored
     items, and the summary also counts the items whose program ran to its end.
 
+    An error inside one item (its text is not Unicode, its planning or its program's run raises, its answer
+    cannot be scored) is that item's failure, with the error in its record; the evaluation goes on.
+
+    ``out_path`` is locked while the evaluation writes it (:class:`~visprog.evaluation.results.ResultsFile`):
+    a second evaluation of the same file stops at once with a
+    :class:`~visprog.evaluation.results.ResultsError`, as does an ``out_path`` that is a folder, a file
+    that is not UTF-8, or a disk that is read-only or full; the records already in the file stay.
+
     With ``traces`` (a folder), the trace page (:func:`visprog.presentation.report.save_html`) of every item whose
     program ran but came out wrong or failed is saved as ``<traces>/<id>.html`` (the record's
     ``trace_file``); ``all_traces``: of every item that ran.
@@ -161,8 +171,63 @@ def evaluate(
     if samples > 1 and temperature is None:
         temperature = 0.7
     path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = read_records(path)
+    with ResultsFile(path) as output:  # locked: a second evaluation of the same file stops at once
+        summary, aborted, done, written = _evaluate_into(
+            output,
+            items,
+            planner,
+            interpreter,
+            samples=samples,
+            temperature=temperature,
+            progress=progress,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+            engine=engine,
+            address=address,
+            workers=workers,
+            settings=settings,
+            outputs=outputs,
+            traces=traces,
+            all_traces=all_traces,
+            plan_workers=plan_workers,
+            overlap=overlap and not local_model,
+        )
+        summary.wall_seconds = time.perf_counter() - started
+        output.write_summary(summary.to_dict())
+    if aborted is not None:  # the summary so far is saved; the run stops here
+        left = len(items) - len(done)
+        raise ServiceError(
+            f"the LLM stopped answering at item '{aborted['id']}': {aborted[ABORTED]}\n"
+            f"the records so far ({len(done)}, {written} of them written now) are saved in {path}; "
+            f"{left} item(s) have none yet: run the same command again to resume"
+        )
+    stream = out if out is not None else (sys.stdout if progress else None)
+    if stream is not None:
+        print(summary.to_table(), file=stream)
+    return summary
+
+
+def _evaluate_into(
+    output: ResultsFile,
+    items: Sequence[Item],
+    planner: Planner,
+    interpreter: _Runner,
+    *,
+    progress: bool,
+    batch_size: int,
+    engine: str,
+    address: str | None,
+    workers: int | None,
+    settings: WorkerSettings | None,
+    outputs: str | Path | None,
+    traces: str | Path | None,
+    overlap: bool,
+    **options: Any,
+) -> tuple[Summary, dict[str, Any] | None, dict[str, dict[str, Any]], int]:
+    """:func:`evaluate`'s work on its locked output file: the summary, the mark of an outage (or None),
+    every record by id and how many were written now."""
+    path = output.path
+    done = output.records()
     for it in items:  # resuming skips by id: a record of another task with the same id is not this item's
         other = done.get(it.id, {}).get("task")
         if other is not None and other != it.task:
@@ -192,60 +257,38 @@ def evaluate(
             bar.done += 1
             bar.correct += done[it.id].get("correct") is True
             bar.scored += done[it.id].get("correct") is not None
-    end_last_line(path)  # a line cut short by a crash stays on its own
+    output.end_last_line()  # a line cut short by a crash stays on its own
     chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-    options: dict[str, Any] = {
-        "samples": samples,
-        "temperature": temperature,
-        "max_pixels": max_pixels,
-        "outputs": Path(outputs) if outputs is not None else path.with_name(f"{path.stem}.outputs"),
-        "traces": Path(traces) if traces is not None else None,
-        "all_traces": all_traces,
-        "plan_workers": plan_workers,
-    }
-    ahead = plan_chunk if overlap and not local_model else None
+    options["outputs"] = Path(outputs) if outputs is not None else path.with_name(f"{path.stem}.outputs")
+    options["traces"] = Path(traces) if traces is not None else None
+    ahead = plan_chunk if overlap else None
     results: Iterator[list[dict[str, Any]]]
     if engine == "ray" and chunks:
         assert settings is not None
         results = ray_chunks(chunks, process_chunk, settings, address=address, workers=workers, plan=ahead, **options)
     else:
         results = local_chunks(chunks, process_chunk, planner, interpreter, plan=ahead, **options)
-    written = 0
     aborted: dict[str, Any] | None = None
     try:
-        with path.open("a", encoding="utf-8") as f:
-            for records in results:  # chunk by chunk, in item order
-                for rec in records:
-                    if ABORTED in rec:
-                        aborted = rec
-                        continue
-                    write_record(f, rec)
-                    done[rec["id"]] = rec
-                    written += 1
-                    bar.update(rec["correct"])
-                if aborted is not None:
-                    break
+        for records in results:  # chunk by chunk, in item order; each record written as it comes
+            for rec in records:
+                if ABORTED in rec:
+                    aborted = rec
+                    continue
+                output.write(rec)
+                done[rec["id"]] = rec
+                bar.update(rec.get("correct"))
+            if aborted is not None:
+                break
     finally:
         close = getattr(results, "close", None)
         if close is not None:
             close()  # stops the Ray actors at once when the loop ended early
-    summary = summarize([done[it.id] for it in items if it.id in done], out_path=str(path), skipped=skipped)
-    summary.wall_seconds = time.perf_counter() - started
-    summary.evaluated = written
-    path.with_name(f"{path.stem}.summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
-    if aborted is not None:  # the summary so far is saved; the run stops here
         if bar.enabled and 0 < bar.done < bar.total:
-            bar.stream.write("\n")
-        left = len(items) - len(done)
-        raise ServiceError(
-            f"the LLM stopped answering at item '{aborted['id']}': {aborted[ABORTED]}\n"
-            f"the records so far ({len(done)}, {written} of them written now) are saved in {path}; "
-            f"{left} item(s) have none yet: run the same command again to resume"
-        )
-    stream = out if out is not None else (sys.stdout if progress else None)
-    if stream is not None:
-        print(summary.to_table(), file=stream)
-    return summary
+            bar.stream.write("\n")  # the run stopped early: what follows starts a line of its own
+    summary = summarize([done[it.id] for it in items if it.id in done], out_path=str(path), skipped=skipped)
+    summary.evaluated = output.written
+    return summary, aborted, done, output.written
 
 
 @dataclass
@@ -304,16 +347,21 @@ def plan_chunk(
         t0 = time.perf_counter()
         try:
             p.inputs = {name: load_image(src, max_pixels=max_pixels, name=src) for name, src in p.item.images.items()}
-        except (VisprogError, OSError, ValueError) as e:
-            p.load_error = f"{type(e).__name__}: {e}" if not isinstance(e, VisprogError) else str(e)
+        except Exception as e:  # whatever an image raises is this item's failure, not the evaluation's
+            p.load_error = str(e) if isinstance(e, VisprogError) else internal_error(e)
             return None
         finally:
             p.load_seconds = time.perf_counter() - t0
+        if (unsendable := _not_unicode(p.item.text)) is not None:
+            p.failure = ("plan_parse", unsendable)
+            return None
         t0 = time.perf_counter()
         try:
             p.plans = planner.plan_samples(p.item.task, p.item.text, samples, temperature=temperature, images=p.inputs)
         except ServiceError as e:  # not per_request: the service stopped answering
             return e
+        except Exception as e:  # an error met planning this item (a reply the checker chokes on): its failure
+            p.failure = ("plan_check", f"planning the item raised an unexpected error: {internal_error(e)}")
         finally:
             p.plan_seconds = time.perf_counter() - t0
         return None
@@ -394,6 +442,19 @@ def _is_local_model(backend: Any) -> bool:
     return isinstance(backend, TransformersClient)
 
 
+def _not_unicode(text: str) -> str | None:
+    """Why an item's text cannot be sent to the LLM (an unpaired surrogate, from a ``\\ud800`` escape in its
+    JSON), or None when it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (
+            f"the item's text has an unpaired surrogate (U+{ord(text[e.start]):04X}) at character {e.start + 1}: "
+            "it is not Unicode text and cannot be sent to the LLM; mend the data file"
+        )
+    return None
+
+
 def _refused_alike(pending: Sequence[ItemRun]) -> tuple[ItemRun, ServiceError] | None:
     """Every item of the chunk that was asked refused with one and the same message (two or more):
     a setup problem (a wrong model name some servers answer with HTTP 400), not the items. The chunk
@@ -420,9 +481,13 @@ def _run_jobs(
     start = time.perf_counter()
     run_many = getattr(interpreter, "run_many", None)
     if run_many is not None:
-        results = list(run_many(jobs))
-        total = time.perf_counter() - start
-        return [(r, _finished(r, total)) for r in results]
+        try:
+            results = list(run_many(jobs))
+        except Exception:  # the batch failed as a whole: each program runs on its own, to find the one at fault
+            pass
+        else:
+            total = time.perf_counter() - start
+            return [(r, _finished(r, total)) for r in results]
     cache = RunCache()
     out: list[tuple[Trace | VisprogError, float]] = []
     for program, inputs in jobs:
@@ -431,6 +496,8 @@ def _run_jobs(
             result = interpreter.run(program, inputs, cache=cache)
         except VisprogError as e:
             result = e
+        except Exception as e:  # an error this program met: its item's failure, not the chunk's
+            result = VisprogError(f"running the program raised an unexpected error: {internal_error(e)}")
         out.append((result, time.perf_counter() - start))
     return out
 

@@ -91,6 +91,13 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def _seconds(value: Any) -> float:
+    """A record's time in seconds; 0.0 for what is not a finite number (a record edited by hand)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
 def summarize(records: Iterable[Mapping[str, Any]], *, out_path: str = "", skipped: int = 0) -> Summary:
     """The :class:`Summary` of output records (one per item)."""
     recs = list(records)
@@ -98,9 +105,10 @@ def summarize(records: Iterable[Mapping[str, Any]], *, out_path: str = "", skipp
     correct = sum(1 for r in recs if r.get("correct") is True)
     modules: dict[str, float] = {}
     for r in recs:
-        for name, s in (r.get("timings") or {}).items():
-            modules[name] = modules.get(name, 0.0) + float(s)
-    seconds = [float(r.get("seconds") or 0.0) for r in recs]
+        timings = r.get("timings")
+        for name, s in timings.items() if isinstance(timings, Mapping) else ():
+            modules[str(name)] = modules.get(str(name), 0.0) + _seconds(s)
+    seconds = [_seconds(r.get("seconds")) for r in recs]
     latency = {f"p{int(q * 100)}": _percentile(seconds, q) for q in (0.5, 0.9, 0.99)}
     n = len(recs)
     scored = sum(1 for r in recs if r.get("expected") is not None)

@@ -28,7 +28,11 @@ from visprog.language.parser import parse
 from visprog.language.signatures import ModuleSpec, Param, Registry
 from visprog.language.values import Type, assignable
 
-__all__ = ["CheckedProgram", "CheckedStep", "bind", "check"]
+__all__ = ["MAX_SUGGESTION_WORK", "CheckedProgram", "CheckedStep", "bind", "check"]
+
+#: How many names, all told, the "did you mean" hints of one check compare undefined variables with.
+#: Past it, an undefined variable is reported without a hint: checking stays linear in the program's size.
+MAX_SUGGESTION_WORK = 20_000
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,10 @@ class _Checker:
         self.assigned_at: dict[str, list[int]] = {}
         for s in program.steps:
             self.assigned_at.setdefault(s.target, []).append(s.line)
+        #: every name the program assigns or may read as an input (built once: each Eval asks)
+        self.named = frozenset({*self.assigned_at, *self.known_inputs})
+        #: what is left of :data:`MAX_SUGGESTION_WORK` for this check
+        self.suggestion_work = MAX_SUGGESTION_WORK
 
     def error(self, line: int, column: int, message: str) -> None:
         self.diagnostics.append(Diagnostic(line, column, message, self.program.source_line(line)))
@@ -139,8 +147,12 @@ class _Checker:
                 given = ", ".join(self.inputs) or "none"
                 self.error(line, column, f"the program reads the input {name}, which was not given (given: {given})")
             return
-        known = [*self.defined, *self.inputs]
-        self.error(line, column, f"undefined variable '{name}'{where}{did_you_mean(name, known)}")
+        hint = ""
+        candidates = len(self.defined) + len(self.inputs)
+        if candidates <= self.suggestion_work:
+            self.suggestion_work -= candidates
+            hint = did_you_mean(name, [*self.defined, *self.inputs])
+        self.error(line, column, f"undefined variable '{name}'{where}{hint}")
 
     def value_type(self, value: syntax.Value, sources: dict[str, int | str]) -> Type | None:
         """The value's type; None when it is unknown because of an error already reported."""
@@ -347,7 +359,7 @@ class _Checker:
             else:
                 self.undefined(name, value.line, column, where=" in the expression")
                 ok = False
-        for problem in static_check(expression, types, elsewhere={*self.assigned_at, *self.known_inputs}):
+        for problem in static_check(expression, types, elsewhere=self.named):
             column = column_of(problem.column or 1)
             self.error(value.line, column, f"bad expression for '{arg.name}' of {spec.name}: {problem.detail}")
             ok = False
@@ -506,6 +518,9 @@ def check(
     *,
     registry: Registry,
     known_inputs: Iterable[str] = (),
+    max_chars: int | None = None,
+    max_steps: int | None = None,
+    max_line_length: int | None = None,
 ) -> CheckedProgram:
     """Check a program (text or parsed) against the modules of ``registry``.
 
@@ -514,11 +529,13 @@ def check(
     (the tasks' inputs, which the language does not define itself: callers such
     as :func:`visprog.check` pass them): a program that reads one that was not
     given is told so by name, and ``inputs=None`` means all of them, as images.
+    ``max_chars``, ``max_steps`` and ``max_line_length`` bound a program given as text
+    (:func:`~visprog.language.parser.parse`; default: :mod:`visprog.language.text_limits`).
     Raises :class:`~visprog.errors.ProgramSyntaxError` or
     :class:`~visprog.errors.ProgramCheckError`.
     """
     if isinstance(program, str):
-        program = parse(program)
+        program = parse(program, max_chars=max_chars, max_steps=max_steps, max_line_length=max_line_length)
     ordered = tuple(dict.fromkeys(known_inputs))
     known = frozenset(ordered)
     if inputs is None:

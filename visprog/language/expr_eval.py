@@ -76,8 +76,10 @@ class Evaluator(Functions):
             case Text(parts=parts, column=column):
                 pieces = [p if isinstance(p, str) else self.shown(self.values[p.name], column) for p in parts]
                 return self.text_result(pieces, column)
-            case ListExpr(items=items):
-                return [self.value(item) for item in items]
+            case ListExpr(items=items, column=column):
+                values = [self.value(item) for item in items]
+                self.check_held(len(values) + sum(self.held(v, column) for v in values), column)
+                return values
             case Sign(op=op, operand=operand, column=column):
                 return self.sign(op, self.value(operand), column)
             case BinaryOp(op=op, left=left, right=right, column=column):
@@ -158,6 +160,7 @@ class Evaluator(Functions):
             return self.text_result([a, b], column)
         if op == "+" and isinstance(a, list) and isinstance(b, list):
             self.check_items(len(a) + len(b), column)
+            self.check_held(self.held(a, column) + self.held(b, column), column)
             self.charge((len(a) + len(b)) // 100, column)
             return [*a, *b]
         verb = "add" if op == "+" else f"apply '{op}' to"
@@ -186,6 +189,7 @@ class Evaluator(Functions):
             self.charge(size // 1000, column)
         else:
             self.check_items(size, column)
+            self.check_held(self.held(seq, column) * max(count, 0), column)
             self.charge(size // 100, column)
         return seq * min(count, size)  # an empty one stays empty, however large the count
 

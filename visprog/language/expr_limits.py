@@ -6,6 +6,7 @@ hostile expression is refused at once instead of filling memory first.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from visprog.errors import EvalError
@@ -37,6 +38,9 @@ MAX_ANSWER = 1_000
 #: The most work one evaluation may do, in units of about a microsecond: one node evaluated or
 #: item visited counts 1, a thousand characters copied or compared count 1, a hundred list items copied 1.
 MAX_WORK = 100_000
+
+
+_LISTS = (list, tuple)
 
 
 def coerce_answer(value: Any) -> Any:
@@ -156,6 +160,42 @@ class Meter:
     def check_items(self, size: int, column: int) -> None:
         if size > MAX_ITEMS:
             raise self.error(f"the result would have {size:,} items; lists are limited to {MAX_ITEMS:,}", column)
+
+    def held(self, value: Any, column: int) -> int:
+        """How many items ``value`` holds, the items of the lists inside it counted too (a list held
+        twice counts twice): what printing it would walk. Counting stops past :data:`MAX_ITEMS`;
+        each list is walked once however often it is held, and the walk is charged."""
+        if not isinstance(value, _LISTS):
+            return 0
+        counts: dict[int, int] = {}
+        stack: list[tuple[Any, bool]] = [(value, False)]
+        walked = 0
+        while stack:  # each list after the lists inside it; the item-by-item work is done by builtins
+            v, inner_counted = stack.pop()
+            if id(v) in counts:
+                continue
+            if not inner_counted:
+                walked += len(v)
+            if not any(issubclass(kind, _LISTS) for kind in set(map(type, v))):
+                counts[id(v)] = len(v)
+                continue
+            inner = [c for c in dict(zip(map(id, v), v, strict=True)).values() if isinstance(c, _LISTS)]
+            if inner_counted:
+                times = Counter(map(id, v))
+                counts[id(v)] = min(MAX_ITEMS + 1, len(v) + sum(counts[id(c)] * times[id(c)] for c in inner))
+            else:
+                stack.append((v, True))
+                stack.extend((c, False) for c in inner if id(c) not in counts)
+        self.charge(walked // 100, column)
+        return counts[id(value)]
+
+    def check_held(self, size: int, column: int) -> None:
+        if size > MAX_ITEMS:
+            raise self.error(
+                f"the result would hold {size:,} items, counting those of the lists inside it; "
+                f"lists are limited to {MAX_ITEMS:,}",
+                column,
+            )
 
     def text_result(self, pieces: list[str], column: int) -> str:
         """``''.join(pieces)``, its size checked first."""

@@ -34,6 +34,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from visprog.errors import Diagnostic, ProgramSyntaxError
 from visprog.language import syntax
 from visprog.language.normalize import Normalized, explain, normalize
+from visprog.language.text_limits import check_text_size
 from visprog.language.tokens import grammar, lexer
 
 __all__ = ["MAX_APOSTROPHES", "MAX_LIST_DEPTH", "parse"]
@@ -384,15 +385,21 @@ def _bad_line(
     return fixed, [], sorted(found, key=lambda d: d.column)
 
 
-def parse(text: str) -> syntax.Program:
+def parse(
+    text: str, *, max_chars: int | None = None, max_steps: int | None = None, max_line_length: int | None = None
+) -> syntax.Program:
     """Parse a whole program. Raises :class:`ProgramSyntaxError` listing every bad line.
 
     Text with a non-ASCII character is read with look-alike and invisible characters outside strings
     as ASCII; an apostrophe that ends a string early is read as part of it when only that parses (with
     a warning). See the module's documentation.
+
+    ``max_chars``, ``max_steps`` and ``max_line_length`` bound the text, checked before it is read
+    (default: :mod:`visprog.language.text_limits`'s ``MAX_CHARS``, ``MAX_STEPS`` and ``MAX_LINE_LENGTH``).
     """
     if not isinstance(text, str):
         raise TypeError(f"a program is text, got {type(text).__name__}")
+    check_text_size(text, max_chars=max_chars, max_steps=max_steps, max_line_length=max_line_length)
     normalized = None if text.isascii() else normalize(text)
     read = text if normalized is None else normalized.text
     lines = syntax.split_lines(read)

@@ -5,6 +5,7 @@ Lines and columns are 1-based, as in the error messages.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -163,6 +164,11 @@ class Program:
     steps: tuple[Step, ...]
     warnings: tuple[Diagnostic, ...] = ()
 
+    @functools.cached_property
+    def lines(self) -> tuple[str, ...]:
+        """The source's lines (:func:`split_lines`), split once: diagnostics read them by number."""
+        return tuple(split_lines(self.source))
+
     def source_line(self, line: int) -> str:
-        lines = split_lines(self.source)
+        lines = self.lines
         return lines[line - 1] if 0 < line <= len(lines) else ""

@@ -23,6 +23,7 @@ from PIL import Image as _PILImage
 from visprog.language.objects import Detection, Objects
 
 __all__ = [
+    "DESCRIBE_LIMIT",
     "NUMBER_WORDS",
     "Detection",
     "Image",
@@ -290,8 +291,22 @@ def _plain(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
 
 
-def describe_value(value: Any) -> str:
-    """A short human description of a value for messages and traces."""
+#: The most characters :func:`describe_value` writes of a value; a longer one is shortened, ending in ``...``.
+DESCRIBE_LIMIT = 1_000
+#: Integers of more bits are described by their number of digits: Python writes at most 4,300 digits.
+_INT_BITS_SHOWN = 14_000
+#: Lists nested deeper are shown as ``[...]``.
+_DEPTH_SHOWN = 20
+
+
+def describe_value(value: Any, limit: int | None = None) -> str:
+    """A short human description of a value for messages and traces.
+
+    At most ``limit`` characters (default :data:`DESCRIBE_LIMIT`): a value too large to print
+    (a long text, a long or deeply nested list, an integer of thousands of digits) is shown
+    shortened, and only what is shown is ever written out.
+    """
+    limit = DESCRIBE_LIMIT if limit is None else max(limit, 4)
     t = type_of_value(value)
     if t is Type.IMAGE:
         return f"Image {value.width}x{value.height}"
@@ -301,7 +316,42 @@ def describe_value(value: Any) -> str:
         return "empty list"
     if t is Type.ANY:
         return type(value).__name__
-    return f"{t} {value!r}"
+    text = f"{t} {_written(value, limit, 0)}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _written(value: Any, room: int, depth: int) -> str:
+    """``repr(value)``, cut a little past ``room`` characters (and never written out further)."""
+    if isinstance(value, str):
+        text = repr(value[: room + 1])
+        return text if len(value) <= room else text[:-1] + "..." + text[-1]
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > _INT_BITS_SHOWN:
+        return f"<int of about {int(value.bit_length() * math.log10(2)) + 1:,} digits>"
+    containers = {list: "[]", tuple: "()", set: "{}", frozenset: "{}", dict: "{}"}
+    brackets = next((b for kind, b in containers.items() if isinstance(value, kind)), None)
+    if brackets is None:
+        try:
+            text = repr(value)
+        except ValueError:  # an int subclass, or an object whose repr fails on its size
+            text = f"<{type(value).__name__}>"
+        return text if len(text) <= room else text[:room] + "..."
+    if depth >= _DEPTH_SHOWN:
+        return brackets[0] + "..." + brackets[1]
+    parts: list[str] = []
+    used = 2
+    items = value.items() if isinstance(value, dict) else value
+    for item in items:
+        if used > room:
+            parts.append("...")
+            break
+        if isinstance(value, dict):
+            key = _written(item[0], room - used, depth + 1)
+            text = f"{key}: {_written(item[1], room - used - len(key) - 2, depth + 1)}"
+        else:
+            text = _written(item, room - used, depth + 1)
+        parts.append(text)
+        used += len(text) + 2
+    return brackets[0] + ", ".join(parts) + brackets[1]
 
 
 #: Values of exactly these Python types need no conversion (the common case, checked first).

@@ -6,7 +6,7 @@ with the diagnostics (line, caret, message) for a fix, up to
 ``repair_rounds`` times; if it is still invalid, :class:`PlanningError` shows
 every attempt. Nothing runs before a program checks. What it does is told as
 events (:mod:`visprog.planner.events`) to an ``on_event`` listener.
-Running the programs and voting over their answers is :mod:`visprog.solve`'s.
+Running the programs and voting over their answers is :mod:`visprog.solving`'s.
 """
 
 from __future__ import annotations
@@ -36,7 +36,18 @@ from visprog.planner.tasks import Task, get_task, input_names
 from visprog.running.events import Listener, emit
 from visprog.running.plugins import default_registry
 
-__all__ = ["TRUNCATED", "Attempt", "Plan", "Planner", "PlanningError", "vote"]
+__all__ = [
+    "MAX_FEEDBACK_CHARS",
+    "MAX_REPLY_BYTES",
+    "TRUNCATED",
+    "Attempt",
+    "Plan",
+    "Planner",
+    "PlanningError",
+    "reply_size",
+    "shortened",
+    "vote",
+]
 
 #: What a repair round says of a constrained reply that reached the token limit before the program ended.
 TRUNCATED = (
@@ -73,6 +84,24 @@ class Plan:
         return format_program(self.checked)
 
 
+#: The largest reply the planner reads, in bytes (UTF-8): a longer one is an attempt that failed, not read.
+MAX_REPLY_BYTES = 1_000_000
+#: The most characters of a reply or of its problems that a repair round sends back, or an error shows.
+MAX_FEEDBACK_CHARS = 20_000
+
+
+def reply_size(reply: str) -> int:
+    """The size of ``reply`` in bytes, as UTF-8."""
+    return len(reply.encode("utf-8", "surrogatepass"))
+
+
+def shortened(text: str, limit: int = MAX_FEEDBACK_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and how many more were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[... {len(text) - limit:,} more characters left out]"
+
+
 #: The temperature of several samples when none is given: different programs, still sensible ones.
 SAMPLE_TEMPERATURE = 0.7
 
@@ -93,10 +122,11 @@ class PlanningError(VisprogError):
         lines = [f"no valid {task} program for {text!r} after {len(self.attempts)} attempt(s){reason}:"]
         for i, a in enumerate(self.attempts, start=1):
             lines.append(f"--- attempt {i} ---")
-            lines.append(a.program if a.program.strip() else f"(no program found in the reply: {a.reply[:200]!r})")
+            shown = shortened(a.program)
+            lines.append(shown if a.program.strip() else f"(no program found in the reply: {a.reply[:200]!r})")
             if a.error:
                 lines.append("problems:")
-                lines.append(a.error)
+                lines.append(shortened(a.error))
         super().__init__("\n".join(lines))
 
 
@@ -140,9 +170,13 @@ class Planner:
         see_image: bool = False,
         see_image_side: int = DEFAULT_SIDE,
         constrain: str | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         if repair_rounds < 0:
             raise ValueError(f"repair_rounds must be >= 0, got {repair_rounds}")
+        if isinstance(max_reply_bytes, bool) or not isinstance(max_reply_bytes, int) or max_reply_bytes < 1:
+            raise ValueError(f"max_reply_bytes must be a whole number >= 1, got {max_reply_bytes!r}")
+        self.max_reply_bytes = max_reply_bytes
         self.backend = backend
         self.registry = registry or default_registry()
         self.repair_rounds = repair_rounds
@@ -213,23 +247,31 @@ class Planner:
                 reply = self.backend.complete(messages, n=1, temperature=temperature)[0]
             else:
                 reply = self.backend.complete(messages, n=1, temperature=temperature, constraint=constraint)[0]  # type: ignore[call-arg]
-            reading = read_reply(
-                reply, lambda p: check(p, spec.inputs, registry=self.registry, known_inputs=input_names())
-            )
-            program = reading.program
+            too_large = self._too_large(reply)
+            if too_large:
+                reply, program = shortened(reply), ""
+            else:
+                reading = read_reply(
+                    reply, lambda p: check(p, spec.inputs, registry=self.registry, known_inputs=input_names())
+                )
+                program = reading.program
             emit(on_event, ReplyReceived(spec.name, sample, attempt, reply, program, time.perf_counter() - started))
             try:
+                if too_large:
+                    raise _TooLarge(too_large)
                 if not program.strip():
                     raise _NoProgram()
                 checked = reading.result()
                 if getattr(reply, "truncated", False):
                     raise _Truncated()
+            except _TooLarge as e:
+                diagnostics = str(e)
             except _NoProgram:
                 diagnostics = "The reply contains no program. Answer with the program only, one step per line."
             except _Truncated:
                 diagnostics = TRUNCATED
             except ProgramError as e:
-                diagnostics = e.render()
+                diagnostics = shortened(e.render())
                 if getattr(reply, "truncated", False):
                     diagnostics = f"{TRUNCATED}\n{diagnostics}"
             else:
@@ -242,10 +284,22 @@ class Planner:
             attempts.append(Attempt(reply, program, diagnostics))
             if attempt <= self.repair_rounds:
                 emit(on_event, RepairRound(spec.name, sample, attempt, diagnostics))
-                messages = repair_messages(messages, reply, diagnostics)
+                messages = repair_messages(messages, shortened(reply), diagnostics)
         error = PlanningError(spec.name, text, attempts)
         emit(on_event, PlanFailed(spec.name, sample, len(attempts), str(error)))
         raise error
+
+    def _too_large(self, reply: str) -> str:
+        """What is wrong with a reply longer than ``max_reply_bytes``; empty when it is not."""
+        if len(reply) * 4 <= self.max_reply_bytes:  # a character is at most 4 bytes
+            return ""
+        size = reply_size(reply)
+        if size <= self.max_reply_bytes:
+            return ""
+        return (
+            f"The reply is {size:,} bytes long; replies are limited to {self.max_reply_bytes:,} "
+            "(Planner(max_reply_bytes=...)). Answer with the program only, one step per line."
+        )
 
     def _canonical(self, checked: CheckedProgram, spec: Task) -> tuple[str, CheckedProgram]:
         """The program as it runs and is shown: in canonical form (:func:`~visprog.language.format.format_program`),
@@ -293,6 +347,10 @@ class Planner:
 
 class _NoProgram(Exception):
     pass
+
+
+class _TooLarge(Exception):
+    """A reply over ``max_reply_bytes``: not read at all."""
 
 
 class _Truncated(Exception):

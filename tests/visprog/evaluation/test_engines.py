@@ -13,7 +13,8 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from PIL import Image as PILImage
 
 from tests import fakes
 from tests.servers import clean_llm_env, serve_keyed
-from visprog.errors import ConfigError, ServiceError
+from visprog.errors import ConfigError, ServiceError, VisprogError
 from visprog.evaluation.datasets import Item, load_items
 from visprog.evaluation.engines import WorkerSettings
 from visprog.evaluation.runner import evaluate, process_chunk
@@ -393,6 +394,40 @@ def test_a_dying_worker_is_a_clear_error_and_the_records_so_far_are_kept(tmp_pat
             )
     assert "run the same command again to resume" in str(info.value)
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["g0"]
+
+
+def raising_work(chunk: Sequence[Item], planner: Any, interpreter: Any, **options: Any) -> list[dict[str, Any]]:
+    """A unit of work that raises for the chunks of item ``boom`` (after the other chunks are done) and ``config``."""
+    ids = [it.id for it in chunk]
+    if "boom" in ids:
+        time.sleep(1.0)  # the chunk after it finishes first, on the other actor
+        raise KeyError("boom")
+    if "config" in ids:
+        raise ConfigError("a module option the worker found wrong")
+    return [{"id": i} for i in ids]
+
+
+def test_work_that_raises_under_ray_is_no_outage_and_the_chunks_that_finished_keep_their_records(
+    local_ray: Any,
+) -> None:
+    from visprog.evaluation.engines import ray_chunks
+
+    settings = _settings("http://127.0.0.1:9/v1")  # the work never plans
+    chunks = [[Item("boom", "gqa", "Q?", {"IMAGE": "a.png"})], [Item("fine", "gqa", "Q?", {"IMAGE": "a.png"})]]
+    given: list[str] = []
+    with pytest.raises(VisprogError) as info:
+        for records in ray_chunks(chunks, raising_work, settings, workers=2):
+            given.extend(r["id"] for r in records)
+    assert given == ["fine"]  # finished after the failing chunk started, and written all the same
+    assert not isinstance(info.value, ServiceError)
+    assert str(info.value) == (
+        "a Ray worker raised an unexpected error while running items (KeyError: 'boom'); the records written so "
+        "far are kept, but running again would stop at the same place: run the remaining items with the local "
+        "engine (--traceback shows where the error is)"
+    )
+    with pytest.raises(ConfigError) as raised:  # as the local engine would raise it
+        list(ray_chunks([[Item("config", "gqa", "Q?", {"IMAGE": "a.png"})]], raising_work, settings, workers=1))
+    assert str(raised.value) == "a module option the worker found wrong"
 
 
 def test_ray_engine_errors(tmp_path: Path) -> None:

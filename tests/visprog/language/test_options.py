@@ -258,7 +258,8 @@ def test_the_documented_options_are_declared() -> None:
     for name, options in expected.items():
         assert options <= {o.name for o in registry[name].options}, name
     loc = registry["Loc"].option("box_threshold")
-    assert loc is not None and dict(loc.backend_defaults) == {"grounding-dino": 0.3, "owlv2": 0.1, "groundingdino": 0.35}
+    assert loc is not None
+    assert dict(loc.backend_defaults) == {"grounding-dino": 0.3, "owlv2": 0.1, "groundingdino": 0.35}
     assert all(o.help for spec in registry for o in spec.options)
 
 
