@@ -99,7 +99,7 @@ def correct(question: Question, result: Any, runtime: Any, registry: Any) -> boo
     from PIL import Image
 
     from visprog.evaluation.scoring import is_correct
-    from visprog.solve import run
+    from visprog.solving import run
 
     if question.answer is not None:
         return is_correct(result, question.answer)
@@ -114,7 +114,7 @@ def plan_all(client: Any, mode: str, questions: list[Question], args: argparse.N
     from visprog.planner.core import Planner, PlanningError
     from visprog.running.plugins import default_registry
     from visprog.running.runtime import Runtime
-    from visprog.solve import run
+    from visprog.solving import run
 
     registry = default_registry()
     runtime = Runtime(modules={"FaceDet": {"backend": "cascade"}})

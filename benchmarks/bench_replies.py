@@ -29,7 +29,7 @@ def measure(repeats: int) -> list[_common.Row]:
     from visprog.language.parser import parse
     from visprog.planner.extract import extract_program, read_reply
     from visprog.running.plugins import default_registry
-    from visprog.solve import check
+    from visprog.solving import check
 
     registry = default_registry()
     texts = replies()

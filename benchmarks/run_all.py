@@ -18,7 +18,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from benchmarks import (
     _common,
+    bench_api,
     bench_batching,
+    bench_check,
     bench_eval_overlap,
     bench_overhead,
     bench_replies,
@@ -41,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> str:
             ("throughput", bench_throughput.measure(*((8, 1) if quick else (64, 3)), model_dir)),
             ("startup", bench_startup.measure(1 if quick else 5)),
             ("replies", bench_replies.measure(1 if quick else 15)),
+            ("check", bench_check.measure(*((100, 1_000, 1) if quick else (1_000, 10_000, 3)))),
+            ("api", bench_api.measure(1 if quick else 8, model_dir)),
             ("eval overlap", bench_eval_overlap.measure(*((2, 0.02, 8, None) if quick else (20, 0.2, 8, None)))),
         ]
     finally:

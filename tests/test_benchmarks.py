@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import _common, bench_batching, bench_overhead, bench_replies, bench_startup, bench_throughput
+from benchmarks import (
+    _common,
+    bench_api,
+    bench_batching,
+    bench_check,
+    bench_overhead,
+    bench_replies,
+    bench_startup,
+    bench_throughput,
+)
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -68,6 +77,19 @@ def test_throughput(model_dir: str) -> None:
     assert table[-1][2] == "≥ 3x" and table[-1][3] in {"yes", "no"}
 
 
+def test_api(model_dir: str) -> None:
+    table = rows(bench_api.main(["--quick"], model_dir=model_dir))
+    assert [r[0] for r in table] == [
+        "16 clients, 16 requests, one at a time, requests/s",
+        "one at a time: latency p50 / p90 / p99, ms",
+        "16 clients, 16 requests, batched, requests/s",
+        "batched: latency p50 / p90 / p99, ms",
+        "speed-up batched vs. one at a time",
+    ]
+    assert float(table[0][1]) > 0 and len(table[1][1].split(" / ")) == 3
+    assert table[-1][1].endswith("x") and table[-1][2] == "≥ 3x" and table[-1][3] in {"yes", "no"}
+
+
 def test_startup() -> None:
     table = rows(bench_startup.main(["--quick"]))
     assert table[0][0].startswith("`visprog check FILE` wall time")
@@ -97,3 +119,16 @@ def test_table_format() -> None:
         "| --- | --- | --- | --- |",
         "| a | 1 |  |  |",
     ]
+
+
+def test_check() -> None:
+    table = rows(bench_check.main(["--quick"]))
+    assert [r[0] for r in table] == [
+        "checking 100 steps (a valid program), ms",
+        "checking 1,000 steps (a valid program), ms",
+        "1,000 vs. 100 steps (a valid program)",
+        "checking 100 steps (an undefined variable every 10 steps), ms",
+        "checking 1,000 steps (an undefined variable every 10 steps), ms",
+        "1,000 vs. 100 steps (an undefined variable every 10 steps)",
+    ]
+    assert table[2][1].endswith("x") and table[2][2] == "≤ 15x"

@@ -49,15 +49,15 @@ _LAZY = {
     "load_plugins": "visprog.running.plugins",
     "Context": "visprog.running.runtime",
     "Runtime": "visprog.running.runtime",
-    "Solution": "visprog.solve",
-    "ask": "visprog.solve",
-    "check": "visprog.solve",
-    "create_planner": "visprog.solve",
-    "edit": "visprog.solve",
-    "run": "visprog.solve",
-    "solve": "visprog.solve",
-    "tag": "visprog.solve",
-    "verify": "visprog.solve",
+    "Solution": "visprog.solving",
+    "ask": "visprog.solving",
+    "check": "visprog.solving",
+    "create_planner": "visprog.solving",
+    "edit": "visprog.solving",
+    "run": "visprog.solving",
+    "solve": "visprog.solving",
+    "tag": "visprog.solving",
+    "verify": "visprog.solving",
 }
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from visprog.planner.tasks import Task, get_task, tasks
     from visprog.running.plugins import default_registry, load_plugins
     from visprog.running.runtime import Context, Runtime
-    from visprog.solve import Solution, ask, check, create_planner, edit, run, solve, tag, verify
+    from visprog.solving import Solution, ask, check, create_planner, edit, run, solve, tag, verify
 
 
 def __getattr__(name: str) -> Any:

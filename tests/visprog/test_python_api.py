@@ -26,7 +26,7 @@ def test_the_task_functions_list_their_options(name: str) -> None:
 
 
 def test_unset_options_are_not_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    import visprog.solve as solve_module
+    import visprog.solving as solve_module
 
     seen: dict[str, object] = {}
 
@@ -80,3 +80,15 @@ def test_a_module_may_return_an_array_where_an_image_is_expected() -> None:
     )
     assert isinstance(trace.result, PILImage.Image)
     assert trace.result.getpixel((0, 0)) == (245, 235, 225)
+
+
+def test_visprog_solve_stays_the_function_after_its_module_is_imported() -> None:
+    """The module behind the API (visprog.solving) never hides the function visprog.solve, whatever ran first."""
+    import inspect
+
+    import visprog
+    import visprog.solving
+
+    visprog.ask  # noqa: B018 - loads the API as a user's first call would
+    assert visprog.solve is visprog.solving.solve
+    assert "planner" in inspect.signature(visprog.solve).parameters

@@ -1,4 +1,4 @@
-"""The one path from text to answer (visprog.solve.solve): plan, repair, sample, run, vote, with its events."""
+"""The one path from text to answer (visprog.solving.solve): plan, repair, sample, run, vote, with its events."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from visprog.planner.core import Planner, PlanningError, vote
 from visprog.planner.events import CacheHit, PlanFailed, Planned, RepairRound, ReplyReceived, RequestSent, Voted
 from visprog.running.events import Event, RunFinished, RunStarted, StepFinished, StepStarted, stream
 from visprog.running.runtime import Runtime
-from visprog.solve import solve, solve_by_verb, vote_runs
+from visprog.solving import solve, solve_by_verb, vote_runs
 
 COUNT = "BOX0=Loc(image=IMAGE, object='dog')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"
 UNKNOWN = COUNT.replace("=Loc(", "=Lco(")

@@ -11,7 +11,7 @@ from tests import fakes
 from visprog.errors import ConfigError
 from visprog.llm.clients import LOCAL_OPTIONS, SERVER_OPTIONS
 from visprog.planner.scripted import scripted_planner
-from visprog.solve import PLANNER_OPTIONS, create_planner, solve
+from visprog.solving import PLANNER_OPTIONS, create_planner, solve
 
 IMAGES = {"IMAGE": PILImage.new("RGB", (32, 24))}
 

@@ -34,7 +34,6 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TextIO
 
 from visprog import __version__
@@ -48,6 +47,7 @@ from visprog.apps.commands import (
     input_dest,
     models_command,
     modules_command,
+    program_name,
 )
 from visprog.apps.console import UsageError, colour_on, format_diagnostic, severity_label
 from visprog.apps.run_output import RunReport
@@ -214,7 +214,9 @@ def _planning(name: str) -> Callable[[argparse.Namespace, TextIO], int]:
 
 
 #: The commands of visprog itself; a task's verb may not take one of these names.
-BUILTIN_COMMANDS = frozenset({"eval", "serve", "exec", "check", "graph", "fmt", "modules", "models", "demo", "cache"})
+BUILTIN_COMMANDS = frozenset(
+    {"eval", "serve", "api", "exec", "check", "graph", "fmt", "modules", "models", "demo", "cache", "mcp"}
+)
 
 
 def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
@@ -267,6 +269,12 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
         "--plan-workers", type=int, default=1, metavar="N", help="LLM requests sent at once (an LLM server; default 1)"
     )
     p.add_argument(
+        "--no-overlap",
+        dest="overlap",
+        action="store_false",
+        help="plan each chunk only after the one before it has run (default: the next chunk is planned while one runs)",
+    )
+    p.add_argument(
         "--engine", choices=["local", "ray"], default="local", help="run here, or on Ray actors (one per GPU)"
     )
     p.add_argument("--address", default=None, help="a Ray cluster to join (default: start Ray on this machine)")
@@ -288,6 +296,13 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MB (default 20)")
     _add_planner_options(p)
     p.set_defaults(func=_planning("serve_command"), quiet=False)
+
+    from visprog.apps.api_command import add_api_options, api_command
+
+    p = sub.add_parser("api", parents=common, help="the HTTP API: JSON in and out, runs batched across requests")
+    add_api_options(p)
+    _add_planner_options(p)
+    p.set_defaults(func=api_command, quiet=False)
 
     p = sub.add_parser("exec", parents=common, help="run a program on images")
     p.add_argument("program", help="program file, '-' for stdin, or the program text")
@@ -337,6 +352,10 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
 
     add_cache_parser(sub, common)
 
+    from visprog.apps.mcp_command import add_mcp_parser  # argparse only: the MCP SDK loads when `visprog mcp` runs
+
+    add_mcp_parser(sub, common, _add_planner_options)
+
     p = sub.add_parser("demo", parents=common, help="hide the face in the astronaut photo with an emoji, offline")
     _add_run_options(p)
     p.set_defaults(func=demo_command)
@@ -361,6 +380,16 @@ def _print_traceback(e: BaseException, err: TextIO) -> None:
     cause = getattr(e, "cause", None)
     shown = cause if isinstance(cause, BaseException) else e
     err.write("".join(traceback.format_exception(shown)))
+
+
+def _json_of_failure(args: argparse.Namespace, e: VisprogError, out: TextIO) -> None:
+    """``--json`` on a run (exec, demo, a task) prints one object, also when the run failed or never started
+    (a usage error, a plugin file that cannot be loaded): the error's, unless the run printed its own."""
+    runs = args.command in ("exec", "demo") or args.command not in BUILTIN_COMMANDS
+    if runs and getattr(args, "json", False) and not getattr(args, "json_shown", False):
+        report = RunReport(args.command, task=getattr(args, "task", None), text=getattr(args, "text", None), error=e)
+        json.dump(report.to_json(), out)
+        out.write("\n")
 
 
 def _warn_about_plugins(err: TextIO) -> None:
@@ -403,29 +432,32 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
         parser.print_help(out)
         return 0
     program = getattr(args, "program", None)
-    if program == "-":
-        name = "<stdin>"
-    elif program is None or ("=" in program and not Path(program).is_file()):
-        name = "<argument>" if program else "program"
-    else:
-        name = program
+    name = program_name(program) if program else "program"
     args.stderr = err  # where a command writes everything but its answer
     try:
         _warn_about_plugins(err)
         _load_plugin_files(args)
         return int(args.func(args, out))
     except (UsageError, PluginError) as e:  # a mistake in the command line, or in a plugin file it names
+        _json_of_failure(args, e, out)
         if args.traceback and isinstance(e, PluginError):
             _print_traceback(e.__cause__ or e, err)
         print(f"{severity_label('error', err)} {e}", file=err)
         return 2
     except VisprogError as e:
-        if getattr(args, "json", False) and not getattr(args, "json_shown", False):  # --json: one object, always
-            json.dump(RunReport(args.command, error=e).to_json(), out)
-            out.write("\n")
+        _json_of_failure(args, e, out)
         if args.traceback:
             _print_traceback(e, err)
         _print_error(e, name, err, getattr(args, "command", None))
+        return 1
+    except BrokenPipeError:
+        raise  # :func:`main` ends quietly
+    except OSError as e:  # a path the system refuses (a name too long, a device gone): one line, not a traceback
+        failure = VisprogError(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+        _json_of_failure(args, failure, out)
+        if args.traceback:
+            _print_traceback(e, err)
+        print(f"{severity_label('error', err)} {failure}", file=err)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=err)

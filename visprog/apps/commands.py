@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from visprog.apps.console import UsageError, colour_on, diagnostic_data, format_diagnostic, stderr_of
-from visprog.apps.run_output import RunReport, output_target, show_run
+from visprog.apps.run_output import RunReport, check_trace_path, output_target, show_run
 from visprog.errors import ProgramError, VisprogError
 from visprog.language.checker import CheckedProgram, check
 from visprog.language.format import format_program
@@ -39,6 +39,7 @@ __all__ = [
     "input_dest",
     "models_command",
     "modules_command",
+    "program_name",
 ]
 
 DEMO_PROGRAM = """\
@@ -49,21 +50,34 @@ FINAL_RESULT=Result(var=IMAGE0)
 """
 
 
+def program_name(arg: str) -> str:
+    """The name diagnostics give the PROGRAM argument: ``<stdin>`` for ``-``, ``<argument>`` for program text
+    (a line break, or an ``=`` in what is not a file), else the file's path."""
+    if arg == "-":
+        return "<stdin>"
+    if "\n" in arg or ("=" in arg and not Path(arg).is_file()):
+        return "<argument>"
+    return arg
+
+
 def _read_program(arg: str) -> tuple[str, str]:
     """(text, name) of the PROGRAM argument."""
-    if arg == "-":
-        return sys.stdin.read(), "<stdin>"
-    if "\n" in arg:
-        return arg, "<argument>"
+    name = program_name(arg)
+    if name == "<stdin>":
+        return sys.stdin.read(), name
+    if name == "<argument>":
+        return arg, name
     path = Path(arg)
-    if path.is_file():
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read program file {arg}: {e}") from e
-    if "=" in arg:
-        return arg, "<argument>"
-    raise UsageError(f"no such program file: {arg}")
+    if path.is_dir():
+        raise UsageError(f"{arg} is a folder, not a program file")
+    if not path.is_file():
+        raise UsageError(f"no such program file: {arg}")
+    try:
+        return path.read_text(encoding="utf-8"), name
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read program file {arg}: it is not UTF-8 text") from None
+    except OSError as e:
+        raise UsageError(f"cannot read program file {arg}: {e.strerror or e}") from None
 
 
 def _pairs(values: Sequence[str] | None, option: str, default_key: str | None = None) -> dict[str, str]:
@@ -143,11 +157,9 @@ def check_command(args: argparse.Namespace, out: TextIO) -> int:
     err = stderr_of(args)
     for warning in checked.warnings:
         print(format_diagnostic(name, warning, "warning: ", colour=colour_on(err)), file=err)
-    print(
-        f"{name}: ok, {len(checked.steps)} steps, inputs {', '.join(checked.used_inputs) or 'none'}, "
-        f"result {result.step.target} ({result.type})",
-        file=out,
-    )
+    steps = f"{len(checked.steps)} step{'s' if len(checked.steps) != 1 else ''}"
+    inputs = ", ".join(checked.used_inputs) or "none"
+    print(f"{name}: ok, {steps}, inputs {inputs}, result {result.step.target} ({result.type})", file=out)
     return 0
 
 
@@ -264,12 +276,13 @@ def models_command(args: argparse.Namespace, out: TextIO) -> int:
     specs = [s for s in registry if s.backends]
     if args.action == "list":
         rows = hub.model_statuses(specs, runtime.options)
-        print(f"{'module':<10} {'backend':<16} {'model':<52} cached", file=out)
+        wide = max([16, *(len(r.backend) + 2 for r in rows)])  # a column as wide as the longest backend
+        print(f"{'module':<10} {'backend':<{wide}} {'model':<52} cached", file=out)
         for r in rows:
             mark = "*" if r.selected else " "
             model = r.model_id if r.downloadable else f"{r.model_id or ''} (no download)".strip()
             cached = ("yes" if r.cached else "no") if r.downloadable else "-"
-            print(f"{r.module:<10} {mark}{r.backend:<15} {model:<52} {cached}", file=out)
+            print(f"{r.module:<10} {mark}{r.backend:<{wide - 1}} {model:<52} {cached}", file=out)
         print("* the backend each module uses now (--backend, config file, or its default)", file=out)
         return 0
     names = args.modules or [s.name for s in specs]
@@ -305,6 +318,7 @@ def _execute(
 
     started = time.perf_counter()
     target = output_target(args.output)
+    check_trace_path(args.trace)
     report = RunReport(args.command, program=text)
     runtime = build_runtime(args)
     try:

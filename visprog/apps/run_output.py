@@ -19,7 +19,15 @@ from visprog.language.values import Image, describe_value
 if TYPE_CHECKING:
     from visprog.running.tracing import Trace
 
-__all__ = ["OutputTarget", "RunReport", "json_value", "output_target", "show_run", "write_outputs"]
+__all__ = [
+    "OutputTarget",
+    "RunReport",
+    "check_trace_path",
+    "json_value",
+    "output_target",
+    "show_run",
+    "write_outputs",
+]
 
 
 @dataclass(frozen=True)
@@ -49,12 +57,36 @@ def output_target(arg: str | None) -> OutputTarget | None:
                 "such as .png or .jpg"
             )
         target, folder = OutputTarget(folder=path), path
+    _check_parents(folder, f"-o {arg}")
+    return target
+
+
+def _check_parents(folder: Path, what: str) -> None:
     for parent in (folder, *folder.parents):  # the nearest folder that exists must be one
         if parent.exists():
             if not parent.is_dir():
-                raise UsageError(f"-o {arg}: {parent} is a file, not a folder")
+                raise UsageError(f"{what}: {parent} is a file, not a folder")
             break
-    return target
+
+
+def check_trace_path(arg: str | None) -> None:
+    """``--trace FILE``, checked before a run: a :class:`UsageError` when it names a folder, or when a file stands
+    where one of its folders should be."""
+    if not arg:
+        return
+    path = Path(arg)
+    if path.is_dir() or arg.endswith(("/", os.sep)):
+        raise UsageError(f"--trace {arg}: that is a folder; --trace names the HTML file to write (trace.html)")
+    _check_parents(path.parent, f"--trace {arg}")
+
+
+def _save_trace(trace: Trace, path: str, label: str | None) -> Path:
+    from visprog.presentation.report import save_html  # only with --trace: keeps `visprog check` fast
+
+    try:
+        return save_html(trace, path, text=label)
+    except OSError as e:
+        raise VisprogError(f"--trace {path}: cannot write the trace page ({e.strerror or e})") from e
 
 
 def write_outputs(trace: Trace, target: OutputTarget) -> list[Path]:
@@ -152,14 +184,19 @@ def show_run(
     """
     err, trace = stderr_of(args), report.trace
     quiet, as_json = getattr(args, "quiet", False), getattr(args, "json", False)
-    if trace is not None and target is not None:
-        report.files += write_outputs(trace, target)
-        if trace.ok and isinstance(trace.result, Image):
-            report.result_file = report.files[-1]
-    if trace is not None and getattr(args, "trace", None):
-        from visprog.presentation.report import save_html  # only with --trace: keeps `visprog check` fast
-
-        report.files.append(save_html(trace, args.trace, text=label))
+    unwritten: VisprogError | None = None  # a file that could not be written: the run is shown all the same
+    try:
+        if trace is not None and target is not None:
+            report.files += write_outputs(trace, target)
+            if trace.ok and isinstance(trace.result, Image):
+                report.result_file = report.files[-1]
+        if trace is not None and getattr(args, "trace", None):
+            report.files.append(_save_trace(trace, args.trace, label))
+    except VisprogError as e:
+        if report.error is None:  # the run went well: writing its files is what failed
+            report.error = unwritten = e
+        else:  # the run's own error is the one raised; this one is a warning
+            print(f"{severity_label('warning', err)} {e}", file=err)
     args.json_shown = as_json
     if as_json:
         json.dump(report.to_json(), out)
@@ -174,6 +211,8 @@ def show_run(
             print(f"agreement: {report.agreement:.0%} of {valid} valid sample(s) out of {drawn}", file=err)
         for path in report.files:
             print(f"wrote {path}", file=err)
+    if unwritten is not None:
+        raise unwritten
     if trace is None or not report.ok:
         return
     result = trace.result

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from visprog.apps.commands import build_runtime, input_dest
 from visprog.apps.console import UsageError, stderr_of
-from visprog.apps.run_output import RunReport, output_target, show_run
+from visprog.apps.run_output import RunReport, check_trace_path, output_target, show_run
 from visprog.errors import ConfigError, VisprogError
 from visprog.planner.events import CacheHit, PlanFailed, RepairRound, RequestSent
 from visprog.planner.retrieval import check_examples
@@ -26,7 +26,7 @@ from visprog.running.events import Event, Listener, RunStarted
 from visprog.running.interpreter import Interpreter
 from visprog.running.runtime import Runtime
 from visprog.running.tracing import Trace
-from visprog.solve import create_planner, solve
+from visprog.solving import create_planner, solve
 
 __all__ = ["check_port", "eval_command", "planner_lines", "serve_command", "task_command"]
 
@@ -37,6 +37,7 @@ def task_command(args: argparse.Namespace, out: TextIO) -> int:
     started = time.perf_counter()
     task = get_task(args.task)
     target = output_target(args.output)
+    check_trace_path(args.trace)
     runtime, options = _planner_options(args)
     planner = create_planner(**options)
     report = RunReport(args.command, task=task.name, text=args.text)
@@ -167,6 +168,7 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         max_pixels=args.max_pixels,
         out=out,
         engine=args.engine,
+        overlap=args.overlap,
         address=args.address,
         workers=args.workers,
         settings=settings,

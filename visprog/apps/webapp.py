@@ -186,7 +186,7 @@ def build_app(
     """The VisProg web app as a :class:`gradio.Blocks` (launch it with ``launch_options()``).
 
     ``planner_factory`` returns the :class:`~visprog.planner.core.Planner`
-    (default :func:`visprog.solve.create_planner` with ``registry``); it is
+    (default :func:`visprog.solving.create_planner` with ``registry``); it is
     called on the first "Plan and run", not here. ``registry`` and
     ``runtime`` are what "Run edited program" runs with (planned programs
     run with the planner's registry). ``max_upload_bytes`` caps each
@@ -200,7 +200,7 @@ def build_app(
         raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
 
     def default_factory() -> Planner:
-        from visprog.solve import create_planner
+        from visprog.solving import create_planner
 
         return create_planner(registry=registry)
 

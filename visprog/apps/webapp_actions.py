@@ -10,7 +10,7 @@ The tasks on offer are the tasks' TOML files (:mod:`visprog.planner.tasks`),
 offered by their labels (what the user does: "Ask about one image", "Edit"):
 one that reads one image uses the "One image" upload, one that reads two the
 "Two images" uploads, in order. "Plan and run" goes through
-:func:`visprog.solve.solve`, the path every surface shares, and its status
+:func:`visprog.solving.solve`, the path every surface shares, and its status
 line is made from the events it reports. Both handlers hand every event of
 the request (planner, interpreter, model loading) to ``on_event`` as it
 happens, which is how the app shows the work live
@@ -378,7 +378,7 @@ def plan_and_run(
     max_pixels: int | None = None,
     on_event: Listener | None = None,
 ) -> Outcome:
-    """Plan a program for ``text`` and run it on the uploaded images (:func:`visprog.solve.solve`).
+    """Plan a program for ``text`` and run it on the uploaded images (:func:`visprog.solving.solve`).
 
     ``task`` is ``auto`` (see :func:`infer_task`) or a task's name (``gqa``,
     ``nlvr``, ``edit``, ``tag``, ...); the images are file paths (``None``
@@ -390,7 +390,7 @@ def plan_and_run(
     happens, on the thread doing the work.
     """
     from visprog.planner.core import PlanningError
-    from visprog.solve import solve
+    from visprog.solving import solve
 
     text = (text or "").strip()
     try:
@@ -467,7 +467,7 @@ def run_program(
     ``on_event`` receives the run's events and the runtime's model events.
     """
     from visprog.running.interpreter import Interpreter
-    from visprog.solve import check
+    from visprog.solving import check
 
     source = program or ""
     if not source.strip():

@@ -129,7 +129,7 @@ def bad(tmp_path: Path) -> Path:
 def test_check_good_file(good: Path) -> None:
     code, out, err = cli("check", good)
     assert code == 0, err
-    assert out == f"{good}: ok, 6 steps, inputs IMAGE, result FINAL_RESULT (any)\n"
+    assert out == f"{good}: ok, 6 steps, inputs IMAGE, result FINAL_RESULT (Image)\n"
     assert err == ""
 
 
@@ -169,7 +169,7 @@ def test_check_program_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_check_inline_program_text() -> None:
     code, out, err = cli("check", "N=Count(box=[])\nFINAL_RESULT=Result(var=N)")
     assert code == 0, err
-    assert out == "<argument>: ok, 2 steps, inputs none, result FINAL_RESULT (any)\n"
+    assert out == "<argument>: ok, 2 steps, inputs none, result FINAL_RESULT (int)\n"
 
     code, out, err = cli("check", INLINE_BAD)
     assert code == 1

@@ -107,7 +107,7 @@ def test_exec_and_check_see_the_modules_of_a_plugin_file(plugin: Path, tmp_path:
     assert (proc.returncode, proc.stdout) == (0, "FINAL_RESULT: HELLO!\n"), proc.stderr
 
     proc = visprog_run("check", SHOUT, "--plugin", plugin, cwd=tmp_path)
-    assert (proc.returncode, proc.stdout) == (0, "<argument>: ok, 2 steps, inputs none, result FINAL_RESULT (any)\n")
+    assert (proc.returncode, proc.stdout) == (0, "<argument>: ok, 2 steps, inputs none, result FINAL_RESULT (str)\n")
     without = visprog_run("check", SHOUT, cwd=tmp_path)
     assert without.returncode == 1 and "unknown module 'Shout'" in without.stderr
 

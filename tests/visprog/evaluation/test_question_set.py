@@ -18,7 +18,7 @@ from visprog.language.syntax import Literal
 from visprog.language.values import normalize_answer
 from visprog.planner.tasks import get_task
 from visprog.running.runtime import Runtime
-from visprog.solve import check, run
+from visprog.solving import check, run
 
 ITEMS = load_questions()
 COMPUTABLE = [q for q in ITEMS if q.computable]

@@ -18,7 +18,7 @@ from visprog.apps.cli import main
 from visprog.errors import ConfigError
 from visprog.llm import OpenAIClient, TransformersClient, client_from_options
 from visprog.planner.core import Planner
-from visprog.solve import create_planner, solve
+from visprog.solving import create_planner, solve
 
 GOOD = "BOX0=Loc(image=IMAGE, object='dog')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"
 GRAMMAR_KEYS = {"structured_outputs", "grammar", "ebnf", "guided_grammar"}

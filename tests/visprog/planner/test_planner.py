@@ -21,7 +21,7 @@ from visprog.llm import client_from_options
 from visprog.planner.cache import PlanCache
 from visprog.planner.core import Planner, PlanningError, vote
 from visprog.running.runtime import Runtime
-from visprog.solve import solve
+from visprog.solving import solve
 
 GOOD = "BOX0=Loc(image=IMAGE, object='dog')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"
 UNKNOWN_MODULE = GOOD.replace("=Loc(", "=Locate_Things(")

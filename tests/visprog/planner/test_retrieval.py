@@ -28,7 +28,7 @@ from visprog.planner.prompts import build_messages
 from visprog.planner.retrieval import DEFAULT_EXAMPLES, bm25_scores, check_examples, select_examples, words
 from visprog.planner.tasks import Example, get_task
 from visprog.running.plugins import default_registry
-from visprog.solve import create_planner
+from visprog.solving import create_planner
 
 GOOD = "BOX0=Loc(image=IMAGE, object='dog')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"
 

@@ -25,7 +25,7 @@ from visprog.errors import ConfigError, ServiceError
 from visprog.llm import TransformersClient, client_from_options
 from visprog.planner.cache import PlanCache
 from visprog.planner.core import Planner, PlanningError
-from visprog.solve import create_planner, solve
+from visprog.solving import create_planner, solve
 
 GOOD = "BOX0=Loc(image=IMAGE, object='dog')\nANSWER0=Count(box=BOX0)\nFINAL_RESULT=Result(var=ANSWER0)"
 BAD = GOOD.replace("=Loc(", "=Locate_Things(")

@@ -19,7 +19,7 @@ from visprog.running import hub
 from visprog.running.events import Event, ModelDownload, ModelLoaded, ModelLoading
 from visprog.running.hub import DownloadReport, Placement, load_model
 from visprog.running.runtime import Context, RunCache, Runtime
-from visprog.solve import solve
+from visprog.solving import solve
 
 HTTP_GET_BAR = "huggingface_hub.http_get"
 HERE = str(Path(__file__).resolve().parent)  # a folder: loads from it ask nothing of the hub

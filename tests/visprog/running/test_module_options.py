@@ -223,8 +223,8 @@ def test_visprog_modules_shows_each_modules_options() -> None:
     assert "    options (--option Loc.NAME=VALUE, or [modules.Loc] in the config file):" in loc
     assert "      backend: str = 'grounding-dino', one of grounding-dino, owlv2, groundingdino; " in loc
     assert (
-        "      box_threshold: float = 0.3 for grounding-dino, 0.1 for owlv2, 0.35 for groundingdino; the score a box needs"
-        in loc
+        "      box_threshold: float = 0.3 for grounding-dino, 0.1 for owlv2, 0.35 for groundingdino; "
+        "the score a box needs" in loc
     )
     assert "      nms_iou: float = 0.5; boxes overlapping a better one" in loc
     crop = out[out.index("Crop(image: Image, box: Objects) -> Image") :].split("\n\n", 1)[0]
