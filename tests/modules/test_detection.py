@@ -353,6 +353,7 @@ def test_declaration() -> None:
     assert dict(Loc.backends) == {
         "grounding-dino": "IDEA-Research/grounding-dino-tiny",
         "owlv2": "google/owlv2-base-patch16-ensemble",
+        "groundingdino": None,
     }
     assert Loc.default_backend == "grounding-dino"
     assert [p.name for p in Loc.params] == ["image", "object"]

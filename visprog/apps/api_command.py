@@ -10,9 +10,8 @@ import argparse
 import ipaddress
 import os
 import socket
-from typing import Any, TextIO
+from typing import TextIO
 
-from visprog.apps.commands import build_runtime
 from visprog.apps.console import UsageError
 from visprog.errors import ConfigError
 
@@ -78,9 +77,9 @@ def api_command(args: argparse.Namespace, out: TextIO) -> int:
             f"--host {args.host}: without a token the API listens on loopback only (127.0.0.1, ::1, localhost); "
             f"give --token TOKEN or set ${TOKEN_ENV} to listen on {args.host}"
         )
-    from visprog.apps.task_commands import check_port  # the planner and the API load only for `visprog api`
+    from visprog.apps.task_commands import check_port, planner_options  # loaded only for `visprog api`
 
-    runtime, options = _planner_options(args)
+    runtime, options = planner_options(args)
     check_port(args.host, args.port)  # a busy port is one clear line, before FastAPI and the models load
 
     import uvicorn
@@ -114,31 +113,3 @@ def api_command(args: argparse.Namespace, out: TextIO) -> int:
         check_port(args.host, args.port)
         raise UsageError(f"the API could not start on {args.host}:{args.port}") from None
     return 0
-
-
-def _planner_options(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The runtime, and the planner's options: the config file's [llm] table, then the command line (as the
-    planning commands read them)."""
-    llm_models = [m for m in args.model or [] if "=" not in m]
-    args.model = [m for m in args.model or [] if "=" in m]  # MODULE=ID: a module's model
-    runtime = build_runtime(args)
-    given = {
-        "model": llm_models[-1] if llm_models else None,
-        "base_url": args.base_url,
-        "style": args.style,
-        "local": args.local,
-        "temperature": args.temperature,
-        "max_tokens": args.max_tokens,
-        "timeout": args.timeout,
-        "stop": args.stop,
-        "see_image": args.see_image,
-        "see_image_side": args.see_image_side,
-        "constrain": args.constrain,
-        "grammar_format": args.grammar_format,
-    }
-    options = {**runtime.llm, **{k: v for k, v in given.items() if v is not None}}
-    if args.examples is not None:
-        from visprog.planner.retrieval import check_examples
-
-        options["examples"] = check_examples(args.examples, "--examples")
-    return runtime, {"repair_rounds": args.repair, "cache": not args.no_cache, **options}

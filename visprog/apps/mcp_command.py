@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import socket
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -79,11 +78,11 @@ def mcp_command(args: argparse.Namespace, out: TextIO) -> int:
 
     from visprog.apps.console import stderr_of
     from visprog.apps.mcp_server import ToolSettings, build_server
-    from visprog.apps.task_commands import check_port, planner_lines
+    from visprog.apps.task_commands import check_port, planner_lines, planner_options
     from visprog.solving import create_planner
 
     err = stderr_of(args)
-    runtime, options = _planner_options(args)
+    runtime, options = planner_options(args)
     over_http = args.transport == "http"
     if over_http:
         check_port(args.host, args.port)  # a busy port is one clear line, before anything loads
@@ -131,35 +130,3 @@ def _is_loopback(host: str) -> bool:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _planner_options(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The runtime, and the planner's options: the config file's [llm] table, then the command line (as the
-    planning commands read them)."""
-    from visprog.apps.commands import build_runtime
-    from visprog.planner.retrieval import check_examples
-
-    llm_models = [m for m in args.model or [] if "=" not in m]
-    args.model = [m for m in args.model or [] if "=" in m]  # MODULE=ID: a module's model
-    runtime = build_runtime(args)
-    given = {
-        "model": llm_models[-1] if llm_models else None,
-        "base_url": args.base_url,
-        "style": args.style,
-        "local": args.local,
-        "temperature": args.temperature,
-        "max_tokens": args.max_tokens,
-        "timeout": args.timeout,
-        "stop": args.stop,
-        "see_image": args.see_image,
-        "see_image_side": args.see_image_side,
-        "constrain": args.constrain,
-        "grammar_format": args.grammar_format,
-    }
-    options = {**runtime.llm, **{k: v for k, v in given.items() if v is not None}}
-    if args.examples is not None:
-        options["examples"] = check_examples(args.examples, "--examples")
-    elif "examples" in runtime.llm:
-        where = args.config or os.environ.get("VISPROG_CONFIG") or "~/.config/visprog/config.toml"
-        check_examples(runtime.llm["examples"], f"config file {where}: [llm] examples")
-    return runtime, {"repair_rounds": args.repair, "cache": not args.no_cache, **options}

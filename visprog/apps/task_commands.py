@@ -38,7 +38,7 @@ def task_command(args: argparse.Namespace, out: TextIO) -> int:
     task = get_task(args.task)
     target = output_target(args.output)
     check_trace_path(args.trace)
-    runtime, options = _planner_options(args)
+    runtime, options = planner_options(args)
     planner = create_planner(**options)
     report = RunReport(args.command, task=task.name, text=args.text)
     err = stderr_of(args)
@@ -109,7 +109,7 @@ class _Timer:
         return {"plan": plan, "run": trace.seconds if trace is not None else None, "total": now - self.started}
 
 
-def _planner_options(args: argparse.Namespace) -> tuple[Runtime, dict[str, Any]]:
+def planner_options(args: argparse.Namespace) -> tuple[Runtime, dict[str, Any]]:
     """The runtime, and the planner's options: the config file's [llm] table, then the command line."""
     llm_models = [m for m in args.model or [] if "=" not in m]
     args.model = [m for m in args.model or [] if "=" in m]  # MODULE=ID: a module's model
@@ -141,7 +141,7 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
     from visprog.evaluation.datasets import load_items  # the evaluation stack (numpy) loads only for `visprog eval`
     from visprog.evaluation.runner import evaluate
 
-    runtime, options = _planner_options(args)
+    runtime, options = planner_options(args)
     planner = create_planner(**options)
     items = load_items(args.data, args.task, images=args.images)
     if args.all_traces and not args.traces:
@@ -188,7 +188,7 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def serve_command(args: argparse.Namespace, out: TextIO) -> int:
-    runtime, options = _planner_options(args)
+    runtime, options = planner_options(args)
     check_port(args.host, args.port)  # before the web app (and Gradio) load: a busy port is one clear line
 
     from visprog.apps.webapp import serve  # the web app loads only for `visprog serve`
