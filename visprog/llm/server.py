@@ -31,6 +31,9 @@ again ``max_retries`` times, here rather than by the ``openai`` client (which
 is created with ``max_retries=0``): after the server's ``Retry-After`` when it
 gives one, else with exponential backoff (0.5 s doubling, jittered), each wait
 capped at :data:`MAX_RETRY_WAIT`. A server's ``x-should-retry`` header is obeyed.
+``timeout`` is a deadline for all the requests of one :meth:`OpenAIClient.complete`, retries and
+waits included, however slowly an answer arrives (:mod:`visprog.llm.deadline`): a wait
+that would pass it (a long ``Retry-After``) ends at once. Errors say how many requests were made.
 
 Grammars: with ``grammar_format`` naming the server's kind (``vllm``,
 ``llama.cpp``, ``sglang``; default ``none``), the client follows the planner's
@@ -60,6 +63,7 @@ from typing import Any
 from visprog.errors import ConfigError, ServiceError, did_you_mean
 from visprog.llm.base import PLANNER, Message, check_n, flatten
 from visprog.llm.constrained import Completion, GrammarSource
+from visprog.llm.deadline import deadline, deadline_http_client, remaining
 from visprog.llm.images import SEE_IMAGE_HINT, has_images
 
 __all__ = [
@@ -212,7 +216,11 @@ class OpenAIClient:
 
                 # tries again here (retry_wait), not in the client
                 self._client = OpenAI(
-                    base_url=self.base_url, api_key=self._api_key, timeout=self.config.timeout, max_retries=0
+                    base_url=self.base_url,
+                    api_key=self._api_key,
+                    timeout=self.config.timeout,
+                    max_retries=0,
+                    http_client=deadline_http_client(),
                 )
             return self._client
 
@@ -247,30 +255,66 @@ class OpenAIClient:
         temperature = self.config.temperature if temperature is None else temperature
         client = self._get_client()
         replies: list[str] = []
-        while len(replies) < n:
-            wanted = n - len(replies) if self._n_honoured is not False else 1
-            got = self._request(client, messages, wanted, temperature, grammar)
-            if wanted > 1:
-                self._n_honoured = len(got) >= wanted
-            replies.extend(got)
+        made = [0]  # requests sent by this call, for the errors
+        with deadline(self.config.timeout):
+            while len(replies) < n:
+                wanted = n - len(replies) if self._n_honoured is not False else 1
+                got = self._request(client, messages, wanted, temperature, grammar, made)
+                if wanted > 1:
+                    self._n_honoured = len(got) >= wanted
+                replies.extend(got)
         return replies[:n]
 
     def _request(
-        self, client: Any, messages: list[Message], n: int, temperature: float, grammar: str | None = None
+        self,
+        client: Any,
+        messages: list[Message],
+        n: int,
+        temperature: float,
+        grammar: str | None = None,
+        made: list[int] | None = None,
     ) -> list[str]:
-        """One request, tried again after the failures that may pass (up to ``max_retries`` times)."""
+        """One request, tried again after the failures that may pass (up to ``max_retries`` times), as long
+        as the wait ends before the deadline. ``made[0]`` counts the requests sent (by the whole call)."""
         import openai
 
+        made = [0] if made is None else made
         tries = 0
         while True:
             try:
+                made[0] += 1
                 return self._send(client, messages, n, temperature, grammar)
             except openai.OpenAIError as e:
                 wait = retry_wait(e, tries) if tries < self.config.max_retries else None
                 if wait is None:
-                    raise self._failure(e, images=has_images(messages), grammar=grammar is not None) from None
+                    failure = self._failure(
+                        e, made[0], retries=tries, images=has_images(messages), grammar=grammar is not None
+                    )
+                    raise failure from None
+                left = remaining()
+                if left is not None and wait >= left:
+                    raise self._too_late(e, made[0], left) from None
             tries += 1
             time.sleep(wait)
+
+    def _too_late(self, e: Exception, requests: int, left: float) -> ServiceError:
+        """The error when the wait before the next try would pass the deadline."""
+        import openai
+
+        made = _requests_made(requests)
+        limit = f"{self.config.timeout:g} s deadline ({self.option} timeout)"
+        if isinstance(e, openai.APIStatusError):
+            asked = _retry_after(e.response.headers)
+            answer = f"answered HTTP {e.status_code}: {e.message};"
+            if asked is not None and asked >= left:
+                return ServiceError(
+                    self._scrub(
+                        f"{self.where} {answer} it asked to wait {asked:g} s before trying again (Retry-After), "
+                        f"past the {limit}: gave up at once after {made}"
+                    )
+                )
+            return ServiceError(self._scrub(f"{self.where} {answer} the {limit} leaves no time to try again ({made})"))
+        return self._failure(e, requests)
 
     def _send(
         self, client: Any, messages: list[Message], n: int, temperature: float, grammar: str | None = None
@@ -285,6 +329,9 @@ class OpenAIClient:
             options["stop"] = list(c.stop)
         if grammar is not None:
             options["extra_body"] = grammar_body(c.grammar_format, grammar)
+        left = remaining()
+        if left is not None:  # each wait for bytes ends by the deadline too
+            options["timeout"] = max(left, 0.001)
         try:
             if c.style == "chat":
                 response = client.chat.completions.create(messages=messages, **options)
@@ -308,20 +355,28 @@ class OpenAIClient:
             texts.append(text)
         return texts
 
-    def _failure(self, e: Exception, *, images: bool = False, grammar: bool = False) -> ServiceError:
-        """A clear error naming the server and the model; never the key. ``images``: the request carried images,
-        so a refusal that speaks of images or content says how to plan without them. ``grammar``: it carried
-        the program grammar, so a refusal says which setting sent it and how to turn it off; one that speaks of
-        grammars is about the setting, not this request (every request would be refused the same)."""
+    def _failure(
+        self, e: Exception, requests: int, *, retries: int = 0, images: bool = False, grammar: bool = False
+    ) -> ServiceError:
+        """A clear error naming the server and the model, after ``requests`` requests (``retries`` of this one);
+        never the key. ``images``: the request carried images, so a refusal that speaks of images or content says
+        how to plan without them. ``grammar``: it carried the program grammar, so a refusal says which setting sent
+        it and how to turn it off; one that speaks of grammars is about the setting, not this request (every
+        request would be refused the same)."""
         import openai
 
         where = self.where
         if isinstance(e, openai.APITimeoutError):
-            message = f"{where} did not answer within {self.config.timeout:g} s ({self.option} timeout)"
+            message = (
+                f"{where} did not answer within {self.config.timeout:g} s ({self.option} timeout); "
+                f"{_requests_made(requests)}"
+            )
         elif isinstance(e, openai.APIConnectionError):
             cause = e.__cause__ or e.__context__
             detail = f": {cause}" if cause is not None and str(cause) else ""
             message = f"{where} could not be reached{detail}"
+            if requests > 1:
+                message += f" ({_requests_made(requests)})"
         elif isinstance(e, openai.AuthenticationError):
             message = f"{where} refused the API key (HTTP 401): check OPENAI_API_KEY or the {self.option} api_key"
         elif isinstance(e, openai.PermissionDeniedError):
@@ -333,10 +388,13 @@ class OpenAIClient:
             )
         elif isinstance(e, openai.RateLimitError):
             message = (
-                f"{where} is rate limiting requests (HTTP 429) after {self.config.max_retries} retries: {e.message}"
+                f"{where} is rate limiting requests (HTTP 429) after {retries} retries "
+                f"({_requests_made(requests)}): {e.message}"
             )
         elif isinstance(e, openai.APIStatusError):
             message = f"{where} answered HTTP {e.status_code}: {e.message}"
+            if requests > 1:
+                message += f" ({_requests_made(requests)})"
             if images and e.status_code in PER_REQUEST_STATUSES and _about_images(e.message):
                 message += (
                     " (the request carried the input images: the model may not accept images; turn off see_image "
@@ -426,6 +484,10 @@ def _about_grammars(message: str) -> bool:
     """Whether a server's refusal speaks of grammars or of the field that carried one."""
     text = message.lower()
     return any(word in text for word in ("grammar", "ebnf", "gbnf", "structured", "guided", "extra_forbidden"))
+
+
+def _requests_made(requests: int) -> str:
+    return f"{requests} request{'s' if requests != 1 else ''} made"
 
 
 def _retryable_status(status: int) -> bool:

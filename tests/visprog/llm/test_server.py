@@ -266,7 +266,9 @@ def test_errors_name_the_caller_and_its_options(llm_server: ScriptedServer) -> N
         f"List: the LLM server at {llm_server.url} (model 'tiny-llm') refused the API key (HTTP 401): "
         "check OPENAI_API_KEY or the List option api_key"
     )
-    with pytest.raises(ServiceError, match=r"^List: .* did not answer within 0\.5 s \(List option timeout\)$"):
+    with pytest.raises(
+        ServiceError, match=r"^List: .* did not answer within 0\.5 s \(List option timeout\); 1 request made$"
+    ):
         llm.complete(MESSAGES)
     with pytest.raises(ConfigError, match=r"^List: no API key .*the List option api_key"):
         OpenAIClient(LLMConfig(), who="List", option="List option").complete(MESSAGES)

@@ -1,0 +1,130 @@
+"""The LLM timeout is a deadline for the whole request, retries and waits included.
+
+A server that sends its headers and then one byte every half second never trips a per-read timeout; a server
+that asks to wait longer than the deadline must not be waited for. Both once held a plan request for minutes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import openai  # noqa: F401  (loaded before any timing: the deadline bounds the requests, not this import)
+import pytest
+
+from tests.llm_server import Reply, ScriptedServer, llm_server
+from tests.servers import clean_llm_env, serve
+from visprog.errors import ServiceError
+from visprog.llm import OpenAIClient
+from visprog.llm.server import LLMConfig
+
+__all__ = ["llm_server"]
+
+MESSAGES = [{"role": "user", "content": "plan"}]
+#: How long the dribbling server goes on at most (so that a client without a deadline fails, not hangs).
+DRIBBLE_SECONDS = 10.0
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_llm_env(monkeypatch, tmp_path / "visprog-cache")
+
+
+@pytest.fixture
+def dribbling() -> Iterator[tuple[str, list[float]]]:
+    """A server that answers 200 with a long Content-Length, then one space (valid JSON padding) every 0.5 s;
+    yields its ``/v1`` URL and the times its requests arrived."""
+    arrived: list[float] = []
+    stop = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 5.0
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+            arrived.append(time.monotonic())
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            end = time.monotonic() + DRIBBLE_SECONDS
+            try:
+                while time.monotonic() < end and not stop.wait(0.5):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up
+                pass
+
+    with serve(Handler, on_stop=stop.set) as url:
+        yield f"{url}/v1", arrived
+
+
+def client(base_url: str, **options: Any) -> OpenAIClient:
+    return OpenAIClient(LLMConfig(base_url=base_url, model="tiny-llm", **options))
+
+
+def test_a_dribbling_server_ends_at_the_deadline(dribbling: tuple[str, list[float]]) -> None:
+    url, arrived = dribbling
+    llm = client(url, timeout=2, max_retries=3)
+    start = time.monotonic()
+    with pytest.raises(ServiceError) as err:
+        llm.complete(MESSAGES)
+    took = time.monotonic() - start
+    assert 1.9 < took < 3.0
+    message = str(err.value)
+    assert message.startswith(f"planner: the LLM server at {url} (model 'tiny-llm') did not answer within 2 s")
+    assert "(option timeout)" in message
+    assert f"; {len(arrived)} request{'s' if len(arrived) != 1 else ''} made" in message
+    assert all(t - start < 2.1 for t in arrived)  # no try starts after the deadline
+
+
+def test_the_deadline_covers_every_request_of_one_call(llm_server: ScriptedServer) -> None:
+    llm_server.script([Reply.slow(0.8, "a")] * 5)  # one choice each: one request per reply
+    llm = client(llm_server.url, timeout=2, max_retries=0)
+    start = time.monotonic()
+    with pytest.raises(ServiceError, match=r"did not answer within 2 s \(option timeout\); 3 requests made$"):
+        llm.complete(MESSAGES, n=5)
+    assert time.monotonic() - start < 2.6
+    assert len(llm_server.requests) == 3
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_retry_after_past_the_deadline_ends_at_once(llm_server: ScriptedServer, status: int) -> None:
+    llm_server.script([Reply(status=status, headers=(("Retry-After", "30"),), message="busy")])
+    llm = client(llm_server.url, timeout=2, max_retries=2)
+    start = time.monotonic()
+    with pytest.raises(ServiceError) as err:
+        llm.complete(MESSAGES)
+    assert time.monotonic() - start < 1.0
+    assert len(llm_server.requests) == 1
+    assert str(err.value) == (
+        f"planner: the LLM server at {llm_server.url} (model 'tiny-llm') answered HTTP {status}: "
+        f"Error code: {status} - busy; it asked to wait 30 s before trying again (Retry-After), "
+        "past the 2 s deadline (option timeout): gave up at once after 1 request made"
+    )
+
+
+def test_retry_messages_count_the_requests_made(llm_server: ScriptedServer) -> None:
+    llm_server.script([Reply.rate_limited()] * 3)
+    with pytest.raises(ServiceError) as err:
+        client(llm_server.url, max_retries=2).complete(MESSAGES)
+    assert len(llm_server.requests) == 3
+    assert "is rate limiting requests (HTTP 429) after 2 retries (3 requests made): " in str(err.value)
+    llm_server.script([Reply.server_error()] * 2)
+    with pytest.raises(ServiceError) as err:
+        client(llm_server.url, max_retries=1).complete(MESSAGES)
+    assert len(llm_server.requests) == 5
+    assert str(err.value).endswith("answered HTTP 500: Error code: 500 - internal server error (2 requests made)")
+
+
+def test_a_retry_within_the_deadline_still_succeeds(llm_server: ScriptedServer) -> None:
+    llm_server.script([Reply(status=503, headers=(("Retry-After", "0.3"),), message="busy"), "ok"])
+    assert client(llm_server.url, timeout=5, max_retries=1).complete(MESSAGES) == ["ok"]
+    assert len(llm_server.requests) == 2
