@@ -59,6 +59,10 @@ def check(
 
     ``inputs`` names what the caller will pass (default: every task's inputs, ``IMAGE``, ``LEFT``, ``RIGHT``).
     """
+    if not isinstance(program, str):
+        raise TypeError(f"check: program must be the program's text (a str), got {type(program).__name__}")
+    if isinstance(inputs, (str, bytes)):
+        raise TypeError(f"check: inputs must be a list of names or a mapping of names to types, got {inputs!r}")
     return _check(program, inputs, registry=registry or default_registry(), known_inputs=input_names())
 
 
@@ -81,6 +85,8 @@ def run(
     """
     from visprog.running.interpreter import Interpreter
 
+    if not isinstance(program, (str, CheckedProgram)):
+        raise TypeError(f"run: program must be a str or a CheckedProgram (from check), got {type(program).__name__}")
     if not isinstance(images, Mapping):
         images = {"IMAGE": images}
     loaded = load_inputs(images, max_pixels=max_pixels)

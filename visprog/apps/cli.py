@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -213,6 +214,73 @@ def _planning(name: str) -> Callable[[argparse.Namespace, TextIO], int]:
     return command
 
 
+def whole_number(low: int) -> Callable[[str], int]:
+    """An argparse ``type=``: a whole number of ``low`` or more, else a usage error (exit status 2)."""
+
+    def value(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if number < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {number}")
+        return number
+
+    value.__name__ = f"whole number of {low} or more"
+    return value
+
+
+def finite_number(*, zero: bool) -> Callable[[str], float]:
+    """An argparse ``type=``: a finite number above 0 (``zero``: 0 or more), else a usage error (exit status 2)."""
+    least = "0 or more" if zero else "more than 0"
+
+    def value(text: str) -> float:
+        try:
+            number = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"must be a finite number {least}, got {text}")
+        return number
+
+    value.__name__ = f"number {least}"
+    return value
+
+
+#: The range of every number option, by its flag, in every command that has it (the api's and mcp's own options
+#: too); a value out of range is a usage error. ``--port`` is checked where the server binds (``check_port``),
+#: ``--examples``, ``--see-image-side`` and ``--limit`` where they are used, with messages of their own.
+VALUE_TYPES: dict[str, Callable[[str], object]] = {
+    "--samples": whole_number(1),
+    "--repair": whole_number(0),
+    "--max-tokens": whole_number(1),
+    "--max-pixels": whole_number(1),
+    "--max-batch": whole_number(1),
+    "--batch-size": whole_number(1),
+    "--plan-workers": whole_number(1),
+    "--workers": whole_number(1),
+    "--max-concurrent": whole_number(1),
+    "--max-queue": whole_number(0),
+    "--temperature": finite_number(zero=True),
+    "--timeout": finite_number(zero=False),
+    "--request-timeout": finite_number(zero=False),
+    "--window-ms": finite_number(zero=True),
+    "--max-upload-mb": finite_number(zero=False),
+    "--max-request-mb": finite_number(zero=False),
+}
+
+
+def _bound_values(parser: argparse.ArgumentParser) -> None:
+    """Give every option of :data:`VALUE_TYPES`, in ``parser`` and its commands, its checked ``type=``."""
+    for action in parser._actions:  # argparse keeps its actions there; it has no public way to list them
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _bound_values(command)
+        for flag in action.option_strings:
+            if flag in VALUE_TYPES:
+                action.type = VALUE_TYPES[flag]
+
+
 #: The commands of visprog itself; a task's verb may not take one of these names.
 BUILTIN_COMMANDS = frozenset(
     {"eval", "serve", "api", "exec", "check", "graph", "fmt", "modules", "models", "demo", "cache", "mcp"}
@@ -359,6 +427,7 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=common, help="hide the face in the astronaut photo with an emoji, offline")
     _add_run_options(p)
     p.set_defaults(func=demo_command)
+    _bound_values(parser)
     return parser
 
 

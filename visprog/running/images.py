@@ -25,6 +25,7 @@ import io
 import os
 import pathlib
 import re
+import stat
 import struct
 import warnings
 from typing import IO
@@ -266,12 +267,15 @@ def _from_path(path: pathlib.Path, name: str | None, limit: int) -> Image.Image:
         raise ImageError(f"{label}: no such file")
     if path.is_dir():
         raise ImageError(f"{label}: is a directory, not an image file")
-    try:
-        stream = path.open("rb")
+    try:  # without blocking: opening a FIFO for reading would wait for a writer
+        stream = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
     except OSError as e:
         raise ImageError(f"{label}: cannot read file ({e.strerror or e})") from e
     with stream:
-        if os.fstat(stream.fileno()).st_size == 0:
+        status = os.fstat(stream.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageError(f"{label}: not a regular file (a FIFO, a device or a socket); give an image file")
+        if status.st_size == 0:
             raise ImageError(f"{label}: not an image Pillow can read (empty file)")
         return _decode(stream, label, limit)
 

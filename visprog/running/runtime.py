@@ -143,13 +143,50 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
     unknown = set(data) - set(CONFIG_KEYS)
     if unknown:
         raise ConfigError(
             f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}; "
             "expected device, half, plugins, [modules.NAME], [llm]"
         )
+    _check_types(data, CONFIG_TYPES, f"config file {path}: ")
+    _check_types(data.get("llm", {}), LLM_TYPES, f"config file {path}: [llm] ")
     return data
+
+
+_TEXT = (str, "a string")
+_WHOLE = (int, "a whole number")
+_NUMBER = ((int, float), "a number")
+#: What each top-level key of a config file holds (``plugins`` is checked with its files).
+CONFIG_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "device": (str, 'a string, e.g. "cuda"'),
+    "half": (bool, "true or false"),
+    "modules": (dict, "tables, [modules.NAME]"),
+    "llm": (dict, "a table, [llm]"),
+}
+#: What each setting of ``[llm]`` holds; what its values may be is checked where the settings are used (there too
+#: the types of ``examples``, ``constrain``, ``grammar_format``, ``see_image`` and ``see_image_side``).
+LLM_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    **dict.fromkeys(("model", "base_url", "api_key", "style", "local", "dtype", "device"), _TEXT),
+    **dict.fromkeys(("max_tokens", "max_new_tokens", "max_retries"), _WHOLE),
+    **dict.fromkeys(("temperature", "timeout"), _NUMBER),
+    "stop": ((str, list), "a string or a list of strings"),
+}
+
+
+def _check_types(table: Mapping[str, Any], types: Mapping[str, tuple[Any, str]], where: str) -> None:
+    """A :class:`ConfigError` naming the first key of ``table`` whose value is not of its type in ``types``."""
+    for key, value in table.items():
+        if key not in types:
+            continue
+        kind, said = types[key]
+        wrong = not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
+        if key == "stop" and isinstance(value, list):
+            wrong = not all(isinstance(v, str) for v in value)
+        if wrong:
+            raise ConfigError(f"{where}{key} must be {said}, got {value!r}")
 
 
 def config_plugins(path: str | os.PathLike[str] | None = None, registry: Registry | None = None) -> list[Path]:
