@@ -133,7 +133,9 @@ def plan_all(client: Any, mode: str, questions: list[Question], args: argparse.N
         try:
             plan = planner.plan(q.task, q.text)
         except PlanningError as e:
-            tally.failures.append(f"{q.id}: {str(e).splitlines()[0]}")
+            tally.failures.append(f"{q.id}: {str(e)[:4000]}")  # the whole reason, every round's diagnostics
+            if args.verbose:
+                print(f"[{mode}] {q.id}: no plan\n{e}\n", file=sys.stderr)
             tally.computable += q.computable
             continue
         tally.checked += 1
@@ -171,7 +173,8 @@ def decode_ms_per_token(client: Any) -> float | None:
 def measure(args: argparse.Namespace) -> list[_common.Row]:
     from visprog.llm import client_from_options
 
-    questions = spread(load_questions(), args.limit)
+    questions = [q for q in load_questions() if not args.tasks or q.task in args.tasks.split(",")]
+    questions = spread(questions, args.limit)
     options: dict[str, Any] = {"max_tokens": args.max_tokens}
     if args.base_url or args.model:
         client = client_from_options(
@@ -227,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--model", help="the server's model")
     p.add_argument("--grammar-format", default=None, help="how the server takes a grammar (vllm, llama.cpp, sglang)")
     p.add_argument("--modes", default=",".join(MODES), help="constraints to compare (default: none,grammar,types)")
+    p.add_argument("--tasks", help="only these tasks, comma-separated (default: all of them)")
     p.add_argument("--limit", type=int, help="at most this many questions, spread over the tasks")
     p.add_argument("--examples", type=int, default=None, help="in-context examples per prompt (default: the planner's)")
     p.add_argument("--repair-rounds", type=int, default=2)

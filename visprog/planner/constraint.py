@@ -35,7 +35,7 @@ from visprog.language.frames import Frame
 from visprog.language.signatures import ModuleSpec, Param, Registry, Validator, accepts
 from visprog.language.values import Type, assignable
 from visprog.llm.constrained import CONSTRAIN_MODES
-from visprog.planner.grammar import Grammar, Node, Opt, Ref, Star, Term, alt, seq, to_gbnf, to_lark
+from visprog.planner.grammar import Grammar, Lit, Node, Opt, Ref, Star, Term, alt, seq, to_gbnf, to_lark
 
 __all__ = ["CONSTRAIN_MODES", "GRAMMAR_FORMATS", "ProgramConstraint", "choose_mode", "line_grammar", "program_grammar"]
 
@@ -54,6 +54,11 @@ NAME = Term(r"[A-Z][A-Z0-9_]{0,30}", r"[A-Z] [A-Z0-9_]{0,30}")
 TEXT = Term(r"'[^'\\\n\r]{1,200}'", r"['] [^'\\\n\r]{1,200} [']")
 INT = Term(r"-?[0-9]{1,9}", '"-"? [0-9]{1,9}')
 NUMBER = Term(r"-?[0-9]{1,9}(\.[0-9]{1,6})?", '"-"? [0-9]{1,9} ("." [0-9]{1,6})?')
+#: In a constrained program: the most operators of one kind chained in an Eval expression (``a or b or c or d``),
+#: the deepest parentheses in one, and the most items of a list.
+MAX_CHAIN = 3
+EVAL_DEPTH = 2
+MAX_LIST = 16
 EVAL_TEXT = Term(r"'[^'\"\\\n\r{}]{0,80}'", r"['] [^'\"\\\n\r{}]{0,80} [']")
 
 
@@ -120,7 +125,7 @@ def _literal(t: Type, validator: Validator | None = None) -> Node | None:
     if t is Type.BOOL:
         return alt("True", "False")
     if t is Type.LIST_STR:
-        return alt(seq("[", text, Star(seq(", ", text)), "]"), text)
+        return alt(seq("[", text, Star(seq(", ", text), MAX_LIST - 1), "]"), text)
     if t is Type.ANY:
         return alt(TEXT, NUMBER)
     return None
@@ -151,27 +156,40 @@ def _eval_rules(variables: Mapping[str, Type] | None) -> dict[str, Node]:
     ]
     any_var, number_var, text_var, bool_var = refs
     present: list[Node] = [v for v in refs if v is not None]
-    atoms: list[Node] = [NUMBER, *(v for v in (number_var, any_var) if v is not None), seq("(", Ref("e_num"), ")")]
     texts: list[Node] = [EVAL_TEXT, *(v for v in (text_var, any_var) if v is not None)]
-    comparisons: list[Node] = [
-        seq(Ref("e_num"), alt(" == ", " != ", " > ", " < ", " >= ", " <= "), Ref("e_num")),
-        seq(Ref("e_text"), alt(" == ", " != "), Ref("e_text")),
-        seq(Ref("e_text"), alt(" in [", " not in ["), EVAL_TEXT, Star(seq(", ", EVAL_TEXT)), "]"),
-        *(v for v in (bool_var, any_var) if v is not None),
-    ]
     values: list[Node] = [EVAL_TEXT, NUMBER, *present]
-    return rules | {
+    out: dict[str, Node] = {
         "e_top": alt(seq(Ref("e_value"), " if ", Ref("e_or"), " else ", Ref("e_value")), Ref("e_or"), Ref("e_num")),
         "e_value": alt(*values),
-        "e_or": seq(Ref("e_and"), Star(seq(" or ", Ref("e_and")))),
-        "e_and": seq(Ref("e_not"), Star(seq(" and ", Ref("e_not")))),
-        "e_not": alt(seq("not ", Ref("e_not")), Ref("e_cmp"), seq("(", Ref("e_or"), ")")),
-        "e_cmp": alt(*comparisons),
-        "e_num": seq(Ref("e_term"), Star(seq(alt(" + ", " - "), Ref("e_term")))),
-        "e_term": seq(Ref("e_atom"), Star(seq(alt(" * ", " / "), Ref("e_atom")))),
-        "e_atom": alt(*atoms),
         "e_text": alt(*texts),
     }
+    # Each level of parentheses is a level of rules (``e_or``, ``e_or_1``, ...), the innermost without them, and
+    # every chain of operators is bounded: an expression has a greatest length, so that a model that repeats
+    # itself inside one cannot spend the whole token budget there.
+    for level in range(EVAL_DEPTH + 1):
+        at = f"_{level}" if level else ""
+        inner = f"_{level + 1}" if level < EVAL_DEPTH else None
+        atoms: list[Node] = [NUMBER, *(v for v in (number_var, any_var) if v is not None)]
+        comparisons: list[Node] = [
+            seq(Ref(f"e_num{at}"), alt(" == ", " != ", " > ", " < ", " >= ", " <= "), Ref(f"e_num{at}")),
+            seq(Ref("e_text"), alt(" == ", " != "), Ref("e_text")),
+            seq(Ref("e_text"), alt(" in [", " not in ["), EVAL_TEXT, Star(seq(", ", EVAL_TEXT), MAX_LIST - 1), "]"),
+            *(v for v in (bool_var, any_var) if v is not None),
+        ]
+        operand: list[Node] = [Ref(f"e_cmp{at}")]
+        if inner is not None:
+            atoms.append(seq("(", Ref(f"e_num{inner}"), ")"))
+            operand.append(seq("(", Ref(f"e_or{inner}"), ")"))
+        out |= {
+            f"e_or{at}": seq(Ref(f"e_and{at}"), Star(seq(" or ", Ref(f"e_and{at}")), MAX_CHAIN)),
+            f"e_and{at}": seq(Ref(f"e_not{at}"), Star(seq(" and ", Ref(f"e_not{at}")), MAX_CHAIN)),
+            f"e_not{at}": seq(Opt(Lit("not ")), alt(*operand)),
+            f"e_cmp{at}": alt(*comparisons),
+            f"e_num{at}": seq(Ref(f"e_term{at}"), Star(seq(alt(" + ", " - "), Ref(f"e_term{at}")), MAX_CHAIN)),
+            f"e_term{at}": seq(Ref(f"e_atom{at}"), Star(seq(alt(" * ", " / "), Ref(f"e_atom{at}")), MAX_CHAIN)),
+            f"e_atom{at}": alt(*atoms),
+        }
+    return rules | out
 
 
 class _Builder:

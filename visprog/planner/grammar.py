@@ -54,7 +54,10 @@ class Opt:
 
 @dataclass(frozen=True)
 class Star:
+    """``item`` repeated: any number of times, or at most ``most`` times."""
+
     item: Node
+    most: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class _Syntax:
     terminal: Callable[[Term], str]
     rule: Callable[[str], str]
     defines: str
+    #: how a repetition of at most N is written after its item
+    at_most: Callable[[int], str]
 
 
 def _render(grammar: Grammar, syntax: _Syntax) -> str:
@@ -133,6 +138,8 @@ def _render(grammar: Grammar, syntax: _Syntax) -> str:
             parts = [node(i) for i in n.items] if isinstance(n, Seq) else [node(o, top=True) for o in n.options]
             text = (" " if isinstance(n, Seq) else " | ").join(parts)
             return text if top else f"({text})"
+        if isinstance(n, Star) and n.most is not None:
+            return f"{node(n.item)}{syntax.at_most(n.most)}"
         return f"{node(n.item)}{'?' if isinstance(n, Opt) else '*'}"
 
     rules = (f"{syntax.rule(name)}{syntax.defines}{node(body, top=True)}" for name, body in _ordered(grammar))
@@ -149,12 +156,14 @@ _LARK = _Syntax(
     terminal=lambda t: f"/{t.regex}/",
     rule=lambda name: name,
     defines=": ",
+    at_most=lambda n: f" ~ 0..{n}",
 )
 _GBNF = _Syntax(
     literal=_gbnf_string,
     terminal=lambda t: f"({t.gbnf})",
     rule=lambda name: "root" if name == "start" else name.replace("_", "-"),
     defines=" ::= ",
+    at_most=lambda n: f"{{0,{n}}}",
 )
 
 
