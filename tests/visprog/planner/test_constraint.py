@@ -259,3 +259,33 @@ def test_near_the_token_limit_the_next_line_is_the_result_line(registry: Registr
     assert "Count(" not in finishing
     first = c.next("", finish=True)  # nothing assigned yet: a step must come first
     assert first is not None and "Loc(" in first
+
+
+def _follows(grammar: str, text: str, tokenizer: Any) -> bool:
+    """Whether ``text`` is a whole match of ``grammar`` (token by token, as generation would write it)."""
+    import llguidance.hf
+
+    matcher = llguidance.LLMatcher(llguidance.hf.from_tokenizer(tokenizer), grammar, log_level=0)
+    for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        if not matcher.consume_token(token):
+            return False
+    return matcher.is_accepting()
+
+
+def test_an_eval_expression_has_a_greatest_length(registry: Registry, tokenizer: Any) -> None:
+    """A model that repeats itself inside one Eval reaches the expression's end, not the token limit."""
+    source = ProgramConstraint(registry, INPUTS, "types")
+    line = source.next("BOX0=Loc(image=IMAGE, object='dog')\nN=Count(box=BOX0)\n")
+    assert line is not None
+
+    def ors(k: int) -> str:
+        return 'A=Eval(expr="' + " or ".join(["{N} > 1"] * k) + '")\n'
+
+    def parens(k: int) -> str:
+        return 'A=Eval(expr="' + "(" * k + "{N} > 1" + ")" * k + '")\n'
+
+    assert _follows(line, ors(4), tokenizer)
+    assert not _follows(line, ors(5), tokenizer)
+    assert _follows(line, parens(2), tokenizer)
+    assert not _follows(line, parens(3), tokenizer)
+    assert _follows(line, 'A=Eval(expr="not ({N} > 1 and {N} < 5) or {N} == 3")\n', tokenizer)
