@@ -143,6 +143,7 @@ def create_planner(
     see_image: bool | None = None,
     see_image_side: int | None = None,
     constrain: str | None = None,
+    max_reply_bytes: int | None = None,
     **llm_options: Any,
 ) -> Planner:
     """A planner on an OpenAI-compatible server (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
@@ -152,8 +153,13 @@ def create_planner(
     their longer side cut to ``see_image_side`` pixels (default 512); it needs a multimodal chat model.
     ``constrain``: ``none``, ``grammar`` or ``types`` (:mod:`visprog.planner.constraint`); None lets the planner
     choose the strongest its LLM follows (``types`` for a local model, ``grammar`` for a server with a
-    ``grammar_format``, else ``none``)."""
+    ``grammar_format``, else ``none``). ``max_reply_bytes``: the longest reply read (default 1 MB): a server's
+    answer stops being read past it, and the planner refuses a longer reply (:class:`~visprog.planner.core.Planner`).
+    """
     from visprog.llm import client_from_options
+
+    if max_reply_bytes is not None and not local:
+        llm_options["max_reply_bytes"] = max_reply_bytes
 
     backend = client_from_options(
         model=model, base_url=base_url, api_key=api_key, style=style or "chat", local=local, **llm_options
@@ -166,7 +172,7 @@ def create_planner(
         cache=cache,
         examples=examples,
         constrain=constrain,
-        **{k: v for k, v in seeing.items() if v is not None},
+        **{k: v for k, v in {**seeing, "max_reply_bytes": max_reply_bytes}.items() if v is not None},
     )
 
 
@@ -222,6 +228,7 @@ def solve(
     timeout: float | None = None,
     max_retries: int | None = None,
     grammar_format: str | None = None,
+    max_reply_bytes: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
 ) -> Solution:
@@ -246,7 +253,7 @@ def solve(
     plans (their longer side cut to ``see_image_side``); ``constrain="none"``,
     ``"grammar"`` or ``"types"`` holds its generation to valid programs, sent to a server
     in its ``grammar_format``; ``max_tokens``, ``stop``, ``timeout``, ``max_retries`` go to
-    the LLM client.
+    the LLM client; ``max_reply_bytes`` bounds a reply (default 1 MB).
 
     Raises the last sample's error when no program ran to the end: a
     :class:`~visprog.planner.core.PlanningError`, a
@@ -292,6 +299,7 @@ PLANNER_OPTIONS = (
     "timeout",
     "max_retries",
     "grammar_format",
+    "max_reply_bytes",
     "device",
     "dtype",
 )

@@ -128,3 +128,112 @@ def test_a_retry_within_the_deadline_still_succeeds(llm_server: ScriptedServer) 
     llm_server.script([Reply(status=503, headers=(("Retry-After", "0.3"),), message="busy"), "ok"])
     assert client(llm_server.url, timeout=5, max_retries=1).complete(MESSAGES) == ["ok"]
     assert len(llm_server.requests) == 2
+
+
+@pytest.fixture
+def slow_headers() -> Iterator[tuple[str, list[float]]]:
+    """A server that sends its status line, then one byte of a header every 0.3 s (headers never end in time)."""
+    arrived: list[float] = []
+    stop = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 5.0
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+            arrived.append(time.monotonic())
+            end = time.monotonic() + DRIBBLE_SECONDS
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+                self.wfile.flush()
+                while time.monotonic() < end and not stop.wait(0.3):
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
+
+    with serve(Handler, on_stop=stop.set) as url:
+        yield f"{url}/v1", arrived
+
+
+def test_headers_sent_a_byte_at_a_time_end_at_the_deadline(slow_headers: tuple[str, list[float]]) -> None:
+    url, arrived = slow_headers
+    llm = client(url, timeout=2, max_retries=3)
+    start = time.monotonic()
+    with pytest.raises(ServiceError, match=r"did not answer within 2 s \(option timeout\)"):
+        llm.complete(MESSAGES)
+    assert 1.9 < time.monotonic() - start < 3.0
+    assert all(t - start < 2.1 for t in arrived)
+
+
+@pytest.fixture
+def huge_answer() -> Iterator[tuple[str, list[float]]]:
+    """A server that answers 200 with a 5 MB body (a JSON completion padded with spaces)."""
+    arrived: list[float] = []
+    body = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}}]}' + b" " * 5_000_000
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+            arrived.append(time.monotonic())
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    with serve(Handler) as url:
+        yield f"{url}/v1", arrived
+
+
+def test_an_answer_over_max_reply_bytes_is_not_read_nor_tried_again(huge_answer: tuple[str, list[float]]) -> None:
+    url, arrived = huge_answer
+    llm = client(url, max_reply_bytes=100_000, max_retries=3)
+    with pytest.raises(ServiceError) as err:
+        llm.complete(MESSAGES)
+    assert str(err.value) == (
+        f"planner: the LLM server at {url} (model 'tiny-llm') sent an answer longer than 100,000 bytes; "
+        "it was not read further (option max_reply_bytes)"
+    )
+    assert len(arrived) == 1
+    assert client(url, max_reply_bytes=6_000_000).complete(MESSAGES) == ["x"]  # the same answer, under the limit
+
+
+def test_max_reply_bytes_is_a_setting_with_a_checked_value(tmp_path: Path) -> None:
+    from visprog.errors import ConfigError
+    from visprog.running.runtime import read_config
+    from visprog.solving import create_planner
+
+    with pytest.raises(ConfigError, match="max_reply_bytes must be at least 1, got 0"):
+        LLMConfig(max_reply_bytes=0)
+    config = tmp_path / "config.toml"
+    config.write_text('[llm]\nmax_reply_bytes = "big"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\[llm\] max_reply_bytes must be a whole number, got 'big'"):
+        read_config(config)
+    planner = create_planner(base_url="http://127.0.0.1:9/v1", max_reply_bytes=5000)
+    assert planner.max_reply_bytes == 5000
+    assert planner.backend.config.max_reply_bytes == 5000  # type: ignore[attr-defined]
+
+
+def test_a_sooner_deadline_around_the_call_stays(dribbling: tuple[str, list[float]]) -> None:
+    """A request's own time limit (the web app's) bounds the LLM call inside it, though the client's is longer."""
+    from visprog.llm.deadline import deadline, remaining
+
+    url, _ = dribbling
+    start = time.monotonic()
+    with deadline(1.0), pytest.raises(ServiceError, match="did not answer within 30 s"):
+        client(url, timeout=30, max_retries=0).complete(MESSAGES)
+    assert time.monotonic() - start < 2.0
+    with deadline(5.0), deadline(50.0):
+        left = remaining()
+        assert left is not None and left <= 5.0

@@ -33,6 +33,7 @@ from visprog.errors import (
 from visprog.language.checker import CheckedProgram, check
 from visprog.language.signatures import Registry
 from visprog.language.values import Image, Type, type_of_value
+from visprog.llm.masking import mask_secrets
 from visprog.planner.core import Plan, PlanningError
 from visprog.planner.tasks import Task, input_names
 from visprog.running.batcher import DEFAULT_WINDOW, Batcher
@@ -86,7 +87,7 @@ class ApiError(Exception):
 
 def error_info(error: VisprogError) -> dict[str, Any]:
     """``error`` as the API's ``ErrorInfo``: its stable code, message, and a program's diagnostics or a step's place."""
-    data: dict[str, Any] = {"code": _code(error), "message": str(error), "type": type(error).__name__}
+    data: dict[str, Any] = {"code": _code(error), "message": mask_secrets(str(error)), "type": type(error).__name__}
     if isinstance(error, StepError):
         data.update(line=error.line, module=error.module, target=error.target, reason=error.reason)
     if isinstance(error, ProgramError):

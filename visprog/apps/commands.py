@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from visprog.apps.console import UsageError, colour_on, diagnostic_data, format_diagnostic, stderr_of
+from visprog.apps.console import UsageError, colour_on, diagnostic_data, format_diagnostic, shown, stderr_of
 from visprog.apps.run_output import RunReport, check_trace_path, output_target, show_run
 from visprog.errors import ProgramError, VisprogError
 from visprog.language.checker import CheckedProgram, check
@@ -159,7 +159,10 @@ def check_command(args: argparse.Namespace, out: TextIO) -> int:
         print(format_diagnostic(name, warning, "warning: ", colour=colour_on(err)), file=err)
     steps = f"{len(checked.steps)} step{'s' if len(checked.steps) != 1 else ''}"
     inputs = ", ".join(checked.used_inputs) or "none"
-    print(f"{name}: ok, {steps}, inputs {inputs}, result {result.step.target} ({result.type})", file=out)
+    print(
+        f"{shown(name, lines=False)}: ok, {steps}, inputs {inputs}, result {result.step.target} ({result.type})",
+        file=out,
+    )
     return 0
 
 
@@ -190,14 +193,14 @@ def fmt_command(args: argparse.Namespace, out: TextIO) -> int:
         out.write(canonical)
         return 0
     if canonical == text:
-        print(f"{name}: already canonical", file=out)
+        print(f"{shown(name, lines=False)}: already canonical", file=out)
         return 0
     diff = difflib.unified_diff(
         text.splitlines(keepends=True), canonical.splitlines(keepends=True), name, f"{name} (canonical)"
     )
     for line in diff:
         out.write(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
-    print(f"{name}: would be reformatted (visprog fmt prints the canonical form)", file=out)
+    print(f"{shown(name, lines=False)}: would be reformatted (visprog fmt prints the canonical form)", file=out)
     return 1
 
 

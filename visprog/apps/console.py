@@ -4,29 +4,75 @@
 Colour follows https://no-color.org: never when ``$NO_COLOR`` is set (to anything but the empty string); always
 when ``$FORCE_COLOR`` is set (and not ``0``); otherwise only when the stream is a terminal and ``$TERM`` is not
 ``dumb``. A pipe or a file never gets an escape code.
+
+Text that came from elsewhere (a program, a model's reply, an answer, a file name, an error quoting them) never
+reaches the terminal raw, as in ``git`` and ``ruff``: :func:`escape_controls` writes control characters (C0, DEL,
+C1), bidirectional overrides and invisible format characters as ``\\x1b``, ``\\r``, ``\\u202e``; in a
+diagnostic's source line each becomes one visible character, so the caret stays under its column.
+:func:`shown` also masks secrets (:mod:`visprog.llm.masking`). JSON output is escaped by ``json.dumps``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import sys
 from typing import Any, TextIO
 
 from visprog.errors import Diagnostic, VisprogError
+from visprog.llm.masking import mask_secrets
 
 __all__ = [
     "UsageError",
     "colour_on",
     "diagnostic_data",
+    "escape_controls",
     "format_diagnostic",
     "paint",
     "severity_label",
+    "shown",
     "stderr_of",
 ]
 
 #: SGR codes of the few styles the commands use
 _STYLES = {"error": "1;31", "warning": "1;33", "hint": "1;36", "place": "1"}
+#: What a terminal must not get raw: C0 and C1 controls and DEL, bidirectional marks, embeddings, overrides and
+#: isolates, zero-width and other invisible format characters, line and paragraph separators, lone surrogates.
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb"
+    "\ud800-\udfff\U000e0000-\U000e007f]"
+)
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape_controls(text: str, *, lines: bool = True) -> str:
+    """``text`` safe for a terminal: every control or invisible character written as an escape (``\\x1b``,
+    ``\\r``, ``\\u202e``). ``lines``: newlines and tabs stay (text of several lines); else they are escaped too."""
+    if lines:
+        return _UNSAFE.sub(lambda m: m.group() if m.group() in "\n\t" else _escaped(m), text)
+    return _UNSAFE.sub(_escaped, text)
+
+
+def shown(text: object, *, lines: bool = True) -> str:
+    """``text`` as the command line shows it: secrets masked (:func:`visprog.llm.masking.mask_secrets`), then
+    control characters escaped (:func:`escape_controls`)."""
+    return escape_controls(mask_secrets(str(text)), lines=lines)
+
+
+def _visible(source_line: str) -> str:
+    """A source line with each control or invisible character as one visible character, so the caret's column
+    holds: C0 and DEL as :meth:`Diagnostic.render` draws them (control pictures), the others as U+FFFD."""
+    return _UNSAFE.sub(lambda m: m.group() if m.group() < " " or m.group() == "\x7f" else "\ufffd", source_line)
 
 
 class UsageError(VisprogError):
@@ -70,7 +116,9 @@ def format_diagnostic(name: str, diagnostic: Diagnostic, severity: str = "", *, 
     With ``colour``, the place is bold, and the severity and the caret are red (an error) or yellow (a warning).
     """
     head = f"line {diagnostic.line}, col {diagnostic.column}: "
-    text = diagnostic.render()
+    message, source = shown(diagnostic.message), _visible(diagnostic.source_line)
+    text = dataclasses.replace(diagnostic, message=message, source_line=source).render()
+    name = shown(name, lines=False)
     body = text[len(head) :] if text.startswith(head) else text
     style = "warning" if severity.strip().rstrip(":") == "warning" else "error"
     if colour and diagnostic.source_line:  # the last line is the caret

@@ -26,6 +26,7 @@ from visprog.apps.console import diagnostic_data
 from visprog.apps.run_output import json_value
 from visprog.errors import ImageError, ProgramError, StepError, VisprogError
 from visprog.language.values import Image
+from visprog.llm.masking import mask_secrets
 
 if TYPE_CHECKING:
     from visprog.running.tracing import Trace
@@ -186,12 +187,13 @@ def trace_result(trace: Trace, *, program: str, extra: Mapping[str, Any] | None 
 def error_result(error: VisprogError, *, program: str | None = None) -> CallToolResult:
     """A tool error (``isError``) with visprog's message: for a program, every diagnostic with its line and
     column; for a failed step, the step and the trace up to it."""
-    data: dict[str, Any] = {"ok": False, "error": {"type": type(error).__name__, "message": str(error)}}
-    text = f"error: {error}"
+    message = mask_secrets(str(error))
+    data: dict[str, Any] = {"ok": False, "error": {"type": type(error).__name__, "message": message}}
+    text = f"error: {message}"
     if isinstance(error, ProgramError):
         data["error"]["diagnostics"] = [diagnostic_data(d, "error") for d in error.diagnostics]
         count = len(error.diagnostics)
-        text = f"{count} {error.kind}{'s' if count > 1 else ''}:\n{error}"
+        text = f"{count} {error.kind}{'s' if count > 1 else ''}:\n{message}"
     trace = error.trace if isinstance(error, StepError) else None
     if isinstance(error, StepError):
         data["error"].update(line=error.line, module=error.module, target=error.target, reason=error.reason)

@@ -1,5 +1,9 @@
 """What a run shows: the answer on standard output and the rest on standard error, or one JSON object
 (``--json``); and the files ``-o`` names (the result image, or a folder with every image step).
+
+What came from the program, the model or the answer is shown with its control characters escaped and secrets
+masked (:func:`visprog.apps.console.shown`; the answer is escaped only, not masked: it is the program's);
+the JSON object is escaped by ``json.dumps``, its error masked.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from visprog.apps.console import UsageError, diagnostic_data, severity_label, stderr_of
+from visprog.apps.console import UsageError, diagnostic_data, escape_controls, severity_label, shown, stderr_of
 from visprog.errors import ProgramError, StepError, VisprogError
 from visprog.language.values import Image, describe_value
+from visprog.llm.masking import mask_secrets
 
 if TYPE_CHECKING:
     from visprog.running.tracing import Trace
@@ -116,7 +121,7 @@ def json_value(value: Any) -> Any:
 
 
 def _error_data(error: VisprogError) -> dict[str, Any]:
-    data: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
+    data: dict[str, Any] = {"type": type(error).__name__, "message": mask_secrets(str(error))}
     if isinstance(error, StepError):
         data.update(line=error.line, module=error.module, target=error.target, reason=error.reason)
     if isinstance(error, ProgramError):
@@ -196,33 +201,34 @@ def show_run(
         if report.error is None:  # the run went well: writing its files is what failed
             report.error = unwritten = e
         else:  # the run's own error is the one raised; this one is a warning
-            print(f"{severity_label('warning', err)} {e}", file=err)
+            print(f"{severity_label('warning', err)} {shown(e)}", file=err)
     args.json_shown = as_json
     if as_json:
         json.dump(report.to_json(), out)
         out.write("\n")
     elif not quiet:
         if report.program and show_program:
-            print(f"program:\n{report.program.strip()}\n", file=err)
+            print(f"program:\n{shown(report.program.strip())}\n", file=err)
         if trace is not None:
-            print((replace(trace, warnings=[]) if warned else trace).to_text(), file=err)
+            print(shown((replace(trace, warnings=[]) if warned else trace).to_text()), file=err)
         if report.samples and report.samples["drawn"] > 1 and report.agreement is not None:
             valid, drawn = report.samples["valid"], report.samples["drawn"]
             print(f"agreement: {report.agreement:.0%} of {valid} valid sample(s) out of {drawn}", file=err)
         for path in report.files:
-            print(f"wrote {path}", file=err)
+            print(f"wrote {shown(path, lines=False)}", file=err)
     if unwritten is not None:
         raise unwritten
     if trace is None or not report.ok:
         return
     result = trace.result
-    shown = result if isinstance(result, (str, int, float, bool)) else describe_value(result)
+    plain = isinstance(result, (str, int, float, bool))
+    answer = escape_controls(str(result) if plain else describe_value(result), lines=False)
     if target is not None and target.file is not None and not isinstance(result, Image):
-        nothing = f"the result is not an image ({shown}), so nothing was written to {target.file}"
-        print(f"{severity_label('warning', err)} {nothing}", file=err)
+        nothing = f"the result is not an image ({answer}), so nothing was written to {target.file}"
+        print(f"{severity_label('warning', err)} {shown(nothing, lines=False)}", file=err)
     elif target is None and offers_output and isinstance(result, Image) and not (quiet or as_json):
         print("the result is an image: -o FILE.png writes it (-o FOLDER: it and every image step)", file=err)
     if quiet and not as_json:
-        print(report.result_file or shown, file=out)
+        print(shown(report.result_file, lines=False) if report.result_file else answer, file=out)
     elif not as_json:
-        print(f"{result_label or trace.result_var}: {shown}", file=out)
+        print(f"{shown(result_label or trace.result_var, lines=False)}: {answer}", file=out)

@@ -34,13 +34,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from visprog.errors import ConfigError, ServiceError, VisprogError
 from visprog.evaluation.datasets import Item
 from visprog.language.signatures import Registry
+from visprog.llm.masking import MASK, mask_secrets
 from visprog.planner.core import Planner
 from visprog.planner.tasks import input_names
 from visprog.running.interpreter import Interpreter
@@ -112,6 +113,11 @@ class WorkerSettings:
     registry: str = DEFAULT_REGISTRY
     max_batch: int | None = None
 
+    def __repr__(self) -> str:
+        """The settings with every ``api_key`` and the secrets of every URL masked."""
+        shown = ", ".join(f"{f.name}={_without_keys(getattr(self, f.name))!r}" for f in fields(self))
+        return mask_secrets(f"WorkerSettings({shown})")
+
     @classmethod
     def from_runtime(
         cls,
@@ -147,6 +153,12 @@ class WorkerSettings:
         )
         planner = create_planner(registry=registry, **self.planner)
         return planner, Interpreter(registry, runtime, max_batch=self.max_batch, known_inputs=input_names())
+
+
+def _without_keys(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: MASK if k == "api_key" and v else _without_keys(v) for k, v in value.items()}
+    return value
 
 
 class _Ahead:

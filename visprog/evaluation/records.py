@@ -16,6 +16,8 @@ program fails while running, or the record itself could not be made), ``wrong_an
 answer that cannot be compared with the expected one).
 
 An error inside one item is that item's failure, with the error in its record: the evaluation goes on.
+The error is stored with its secrets masked (:func:`visprog.llm.masking.mask_secrets`: URL user info and query
+values, the LLM's key).
 
 Latency: a record's ``seconds`` is ``load_seconds`` (its images) +
 ``plan_seconds`` (its LLM calls) + ``run_seconds`` (the wall time from the start
@@ -41,6 +43,7 @@ from visprog.evaluation.datasets import Item
 from visprog.evaluation.scoring import is_correct
 from visprog.language.parser import parse
 from visprog.language.values import describe_value
+from visprog.llm.masking import mask_secrets
 from visprog.planner.core import Plan, PlanningError
 from visprog.presentation.report import save_html
 from visprog.running.tracing import Trace
@@ -147,6 +150,8 @@ def build_record(
         json.dumps(record)  # what the file gets: checked here, where the item can still get a record
     except Exception as e:
         record = _record_of_failure(p, "execution", f"the item's record could not be made: {internal_error(e)}")
+    if record["error"]:
+        record["error"] = mask_secrets(record["error"])
     return record
 
 

@@ -6,8 +6,9 @@ Settings follow the client's own conventions:
 - model: ``LLMConfig.model``, else ``$VISPROG_LLM_MODEL``, else ``gpt-4o-mini``;
 - server: ``LLMConfig.base_url``, else ``$OPENAI_BASE_URL``, else OpenAI's;
 - key: ``LLMConfig.api_key``, else ``$OPENAI_API_KEY``; a server given by a
-  base URL needs none (a placeholder is sent). The key is never shown: it is
-  scrubbed from every error and left out of ``identity`` and ``repr``.
+  base URL needs none (a placeholder is sent). The key (and any start of it of 8+ characters), the URL's user
+  info and its query values are never shown (:mod:`visprog.llm.masking`): not in errors, ``identity``, ``repr``
+  or the HTTP client's logs (``http://***@host/v1?api-key=***``). The query is sent with every request.
 
 Failures (timeouts, refused connections, HTTP errors, answers that are not
 completions) become :class:`~visprog.errors.ServiceError` naming the caller
@@ -57,20 +58,23 @@ import os
 import random
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
 from visprog.errors import ConfigError, ServiceError, did_you_mean
 from visprog.llm.base import PLANNER, Message, check_n, flatten
 from visprog.llm.constrained import Completion, GrammarSource
-from visprog.llm.deadline import deadline, deadline_http_client, remaining
+from visprog.llm.deadline import ReplyTooLarge, deadline, deadline_http_client, remaining
 from visprog.llm.images import SEE_IMAGE_HINT, has_images
+from visprog.llm.masking import mask_logs, mask_secrets, mask_url, remember_secret, url_secrets
 
 __all__ = [
     "DEFAULT_MODEL",
     "GRAMMAR_FIELDS",
     "GRAMMAR_FORMAT_HINT",
     "GRAMMAR_SYNTAX",
+    "MAX_BODY_BYTES",
     "MAX_RETRY_WAIT",
     "OPENAI_BASE_URL",
     "PER_REQUEST_STATUSES",
@@ -107,8 +111,12 @@ GRAMMAR_FIELDS: dict[str, str] = {"vllm": "structured_outputs.grammar", "llama.c
 #: The syntax the grammar is sent in (:meth:`GrammarSource.grammar <visprog.llm.constrained.GrammarSource.grammar>`):
 #: GBNF, which all three read (vLLM: xgrammar, its default backend, reads it directly; guidance converts it).
 GRAMMAR_SYNTAX = "gbnf"
+#: The default of ``max_reply_bytes``: the most bytes of a server's answer that are read.
+MAX_BODY_BYTES = 1_000_000
 #: Where ``grammar_format`` is set.
 GRAMMAR_FORMAT_HINT = "--grammar-format, [llm] grammar_format"
+#: The loggers that name the URL of every request (the ``openai`` client's HTTP client): masked.
+HTTP_LOGGERS = ("httpx", "httpx2", "openai", "openai._base_client")
 
 
 @dataclass
@@ -127,9 +135,15 @@ class LLMConfig:
     max_retries: int = 2
     #: how the server takes the program grammar (:data:`SERVER_GRAMMAR_FORMATS`); ``none``: it is not sent
     grammar_format: str = "none"
+    #: the most bytes of an answer's body that are read (all its choices together); a longer one is an error
+    max_reply_bytes: int = MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
         check_grammar_format(self.grammar_format)
+        if isinstance(self.max_reply_bytes, bool) or not isinstance(self.max_reply_bytes, int):
+            raise ConfigError(f"{PLANNER}: max_reply_bytes must be a whole number, got {self.max_reply_bytes!r}")
+        if self.max_reply_bytes < 1:
+            raise ConfigError(f"{PLANNER}: max_reply_bytes must be at least 1, got {self.max_reply_bytes!r}")
         if self.style not in STYLES:
             raise ConfigError(f"{PLANNER}: style must be one of {', '.join(STYLES)}, got {self.style!r}")
         if not self.timeout > 0:
@@ -157,9 +171,14 @@ class OpenAIClient:
         self.model = config.model or os.environ.get("VISPROG_LLM_MODEL") or DEFAULT_MODEL
         given_url = config.base_url or os.environ.get("OPENAI_BASE_URL")
         self.base_url = (given_url or OPENAI_BASE_URL).rstrip("/")
+        #: the server as every message shows it: no user info, no query values (:mod:`visprog.llm.masking`)
+        self.shown_url = mask_url(self.base_url)
         key = config.api_key or os.environ.get("OPENAI_API_KEY")
         self._needs_key = not key and not given_url
         self._api_key = key or _NO_KEY
+        self._secrets = [*([key] if key else []), *url_secrets(self.base_url)]
+        for secret in self._secrets:  # masked wherever this process shows text
+            remember_secret(secret)
         self._client: Any = None
         self._lock = threading.Lock()
         #: whether the server answers n > 1 with n choices (None: not known yet)
@@ -173,19 +192,19 @@ class OpenAIClient:
 
     @property
     def identity(self) -> str:
-        return f"openai-{self.config.style}:{self.model}@{self.base_url}"
+        return f"openai-{self.config.style}:{self.model}@{self.shown_url}"
 
     def __repr__(self) -> str:
         return f"OpenAIClient({self.identity!r})"
 
     @property
     def fingerprint(self) -> tuple[Any, ...]:
-        """Every setting, hashable, with a digest in place of the key: a key for sharing one client
-        (and its connections) between callers with the same settings. Never holds the key."""
+        """Every setting, hashable, with a digest in place of the key and the whole URL: a key for sharing one
+        client (and its connections) between callers with the same settings. Never holds the key."""
         c = self.config
-        digest = hashlib.sha256(self._api_key.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(f"{self._api_key}\n{self.base_url}".encode()).hexdigest()[:16]
         stop = tuple(c.stop) if c.stop else None
-        settings = (c.temperature, c.max_tokens, stop, c.timeout, c.max_retries, c.grammar_format)
+        settings = (c.temperature, c.max_tokens, stop, c.timeout, c.max_retries, c.grammar_format, c.max_reply_bytes)
         return (self.who, self.identity, digest, *settings)
 
     @property
@@ -197,30 +216,33 @@ class OpenAIClient:
     @property
     def where(self) -> str:
         """The caller, the server and the model, as errors start."""
-        return f"{self.who}: the LLM server at {self.base_url} (model '{self.model}')"
+        return f"{self.who}: the LLM server at {self.shown_url} (model '{self.model}')"
 
     def _scrub(self, text: str) -> str:
-        key = self._api_key
-        return text.replace(key, "***") if key and key != _NO_KEY else text
+        """``text`` without this client's key and URL secrets, nor any other secret this process knows of."""
+        return mask_secrets(text, self._secrets)
 
     def _get_client(self) -> Any:
         with self._lock:
             if self._client is None:
                 if self._needs_key:
                     raise ConfigError(
-                        f"{self.who}: no API key for the LLM server at {self.base_url} (model '{self.model}'): "
+                        f"{self.who}: no API key for the LLM server at {self.shown_url} (model '{self.model}'): "
                         f"set OPENAI_API_KEY or the {self.option} api_key, or point OPENAI_BASE_URL "
                         f"(or the {self.option} base_url) at an OpenAI-compatible server"
                     )
                 from openai import OpenAI
 
+                mask_logs(*HTTP_LOGGERS)
+                base_url, _, query = self.base_url.partition("?")  # the client would paste the path after it
                 # tries again here (retry_wait), not in the client
                 self._client = OpenAI(
-                    base_url=self.base_url,
+                    base_url=base_url,
+                    default_query=dict(urllib.parse.parse_qsl(query, keep_blank_values=True)) or None,
                     api_key=self._api_key,
                     timeout=self.config.timeout,
                     max_retries=0,
-                    http_client=deadline_http_client(),
+                    http_client=deadline_http_client(self.config.max_reply_bytes),
                 )
             return self._client
 
@@ -337,6 +359,11 @@ class OpenAIClient:
                 response = client.chat.completions.create(messages=messages, **options)
             else:
                 response = client.completions.create(prompt=flatten(messages), **options)
+        except ReplyTooLarge as e:  # not tried again: the next answer would be as long
+            raise ServiceError(
+                f"{self.where} sent an answer longer than {e.limit:,} bytes; it was not read further "
+                f"({self.option} max_reply_bytes)"
+            ) from None
         except ValueError as e:  # a body that is not JSON, or not the expected JSON
             raise ServiceError(self._scrub(f"{self.where} sent an answer that is not JSON: {e}")) from None
         choices = getattr(response, "choices", None)

@@ -170,7 +170,7 @@ CONFIG_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
 #: the types of ``examples``, ``constrain``, ``grammar_format``, ``see_image`` and ``see_image_side``).
 LLM_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     **dict.fromkeys(("model", "base_url", "api_key", "style", "local", "dtype", "device"), _TEXT),
-    **dict.fromkeys(("max_tokens", "max_new_tokens", "max_retries"), _WHOLE),
+    **dict.fromkeys(("max_tokens", "max_new_tokens", "max_retries", "max_reply_bytes"), _WHOLE),
     **dict.fromkeys(("temperature", "timeout"), _NUMBER),
     "stop": ((str, list), "a string or a list of strings"),
 }
@@ -186,7 +186,8 @@ def _check_types(table: Mapping[str, Any], types: Mapping[str, tuple[Any, str]],
         if key == "stop" and isinstance(value, list):
             wrong = not all(isinstance(v, str) for v in value)
         if wrong:
-            raise ConfigError(f"{where}{key} must be {said}, got {value!r}")
+            got = type(value).__name__ if key == "api_key" else repr(value)  # a key is never shown, even a wrong one
+            raise ConfigError(f"{where}{key} must be {said}, got {got}")
 
 
 def config_plugins(path: str | os.PathLike[str] | None = None, registry: Registry | None = None) -> list[Path]:
