@@ -50,7 +50,7 @@ from visprog.apps.commands import (
     modules_command,
     program_name,
 )
-from visprog.apps.console import UsageError, colour_on, format_diagnostic, severity_label
+from visprog.apps.console import UsageError, colour_on, format_diagnostic, severity_label, shown
 from visprog.apps.run_output import RunReport
 from visprog.errors import ConfigError, ProgramCheckError, ProgramError, VisprogError
 from visprog.llm.server import SERVER_GRAMMAR_FORMATS
@@ -362,6 +362,16 @@ def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MB (default 20)")
+    p.add_argument(
+        "--max-concurrent", type=int, default=4, metavar="N", help="requests served at once; more wait (default 4)"
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="longest a request may take, planning and running (default 300; --timeout is the LLM's)",
+    )
     _add_planner_options(p)
     p.set_defaults(func=_planning("serve_command"), quiet=False)
 
@@ -435,20 +445,20 @@ def _print_error(e: BaseException, name: str, err: TextIO, command: str | None =
     if isinstance(e, ProgramError):
         for diagnostic in e.diagnostics:
             print(format_diagnostic(name, diagnostic, colour=colour_on(err)), file=err)
-        print(f"{name}: {len(e.diagnostics)} {e.kind}{'s' if len(e.diagnostics) > 1 else ''}", file=err)
+        print(f"{shown(name, lines=False)}: {len(e.diagnostics)} {e.kind}{'s' * (len(e.diagnostics) > 1)}", file=err)
         if command == "exec" and isinstance(e, ProgramCheckError) and e.missing_inputs:
             hint = "give the program its images with --image NAME=PATH (NAME defaults to IMAGE)"
             print(f"{severity_label('hint', err)} {hint}", file=err)
     else:
-        print(f"{severity_label('error', err)} {e}", file=err)
+        print(f"{severity_label('error', err)} {shown(e)}", file=err)
 
 
 def _print_traceback(e: BaseException, err: TextIO) -> None:
     """``--traceback``: the whole traceback of what went wrong; of a failing step, the exception its module
     raised (``cause``), not visprog's own frames around it."""
     cause = getattr(e, "cause", None)
-    shown = cause if isinstance(cause, BaseException) else e
-    err.write("".join(traceback.format_exception(shown)))
+    failure = cause if isinstance(cause, BaseException) else e
+    err.write(shown("".join(traceback.format_exception(failure))))
 
 
 def _json_of_failure(args: argparse.Namespace, e: VisprogError, out: TextIO) -> None:
@@ -465,7 +475,7 @@ def _warn_about_plugins(err: TextIO) -> None:
     """One warning per installed plugin that could not be loaded; every other module still works."""
     for e in default_registry().plugin_errors:
         warning = f"{e} (its modules are left out; {PLUGINS_ENV}=0 turns plugins off)"
-        print(f"{severity_label('warning', err)} {warning}", file=err)
+        print(f"{severity_label('warning', err)} {shown(warning)}", file=err)
 
 
 def _load_plugin_files(args: argparse.Namespace) -> None:
@@ -494,7 +504,7 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     try:
         parser = build_parser(err)
     except ConfigError as e:  # a task file the user added is malformed
-        print(f"{severity_label('error', err)} {e}", file=err)
+        print(f"{severity_label('error', err)} {shown(e)}", file=err)
         return 2
     args = parser.parse_args(argv)
     if args.command is None:  # bare `visprog`: what it can do
@@ -511,7 +521,7 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
         _json_of_failure(args, e, out)
         if args.traceback and isinstance(e, PluginError):
             _print_traceback(e.__cause__ or e, err)
-        print(f"{severity_label('error', err)} {e}", file=err)
+        print(f"{severity_label('error', err)} {shown(e)}", file=err)
         return 2
     except VisprogError as e:
         _json_of_failure(args, e, out)
@@ -526,7 +536,7 @@ def _main(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
         _json_of_failure(args, failure, out)
         if args.traceback:
             _print_traceback(e, err)
-        print(f"{severity_label('error', err)} {failure}", file=err)
+        print(f"{severity_label('error', err)} {shown(failure)}", file=err)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=err)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from visprog.apps.commands import build_runtime, input_dest
-from visprog.apps.console import UsageError, stderr_of
+from visprog.apps.console import UsageError, escape_controls, shown, stderr_of
 from visprog.apps.run_output import RunReport, check_trace_path, output_target, show_run
 from visprog.errors import ConfigError, VisprogError
 from visprog.planner.events import CacheHit, PlanFailed, RepairRound, RequestSent
@@ -74,7 +74,7 @@ def task_command(args: argparse.Namespace, out: TextIO) -> int:
         if report.program is not None or report.error is not None:
             report.timings = timer.timings(report.trace)
             if args.plan_only and not args.json and report.error is None:
-                print(report.program, file=out)  # the program is the answer
+                print(escape_controls(str(report.program)), file=out)  # the program is the answer
             else:
                 offers_output = task.answer == "image"
                 show_run(
@@ -178,12 +178,12 @@ def eval_command(args: argparse.Namespace, out: TextIO) -> int:
         plan_workers=args.plan_workers,
     )
     results, err = Path(args.output), stderr_of(args)
-    print(f"wrote {results} and {results.with_name(results.stem + '.summary.json')}", file=err)
+    print(shown(f"wrote {results} and {results.with_name(results.stem + '.summary.json')}", lines=False), file=err)
     images = Path(args.outputs) if args.outputs else results.with_name(results.stem + ".outputs")
     if images.is_dir():
-        print(f"image answers in {images}", file=err)
+        print(f"image answers in {shown(images, lines=False)}", file=err)
     if args.traces and Path(args.traces).is_dir():
-        print(f"trace pages in {args.traces}", file=err)
+        print(f"trace pages in {shown(args.traces, lines=False)}", file=err)
     return 0
 
 
@@ -202,6 +202,8 @@ def serve_command(args: argparse.Namespace, out: TextIO) -> int:
             planner_factory=lambda: create_planner(**options),
             max_upload_bytes=int(args.max_upload_mb * 1_000_000),
             max_pixels=args.max_pixels,
+            max_concurrent=args.max_concurrent,
+            request_timeout=args.request_timeout,
         )
     except OSError:  # Gradio's own "cannot find empty port": another server took the port in the meantime
         check_port(args.host, args.port)
@@ -247,7 +249,10 @@ def planner_lines(samples: int, repair: int, err: TextIO) -> Listener:
                 what = f"{found} error{'s' if found != 1 else ''} in the program"
             else:  # no program in the reply, or one cut at the token limit: its first sentence says which
                 what = event.diagnostics.strip().split(". ")[0].split(":")[0].lower() or "no program"
-            print(f"{of}repair round {event.attempt} of {repair}: {what}, sent back to the LLM", file=err)
+            print(
+                f"{of}repair round {event.attempt} of {repair}: {shown(what, lines=False)}, sent back to the LLM",
+                file=err,
+            )
         elif isinstance(event, PlanFailed) and samples > 1:
             print(f"{of}no valid program after {event.attempts} request(s)", file=err)
 

@@ -1,6 +1,6 @@
 """The web app: upload an image, type a question or an instruction, see the program, its trace and the result.
 
-    visprog serve [--host 127.0.0.1] [--port 7860]
+    visprog serve [--host 127.0.0.1] [--port 7860] [--max-concurrent 4] [--request-timeout 300]
 
 :func:`build_app` returns a :class:`gradio.Blocks`; :func:`serve` builds and
 launches it. The work is done by plain functions that take and return plain
@@ -13,12 +13,20 @@ the first request, so the app starts without an LLM.
 
 The work shows as it happens: a request runs on a worker thread and the
 callbacks are generators that turn its events into the status panel and the
-step cards (:mod:`visprog.apps.webapp_live`). While a request runs (or waits
-in the queue) both run buttons are disabled; a run that was queued anyway runs
-the program the box shows when it starts
-(:func:`~visprog.apps.webapp_actions.program_to_run`). Uploads reach the
-handlers as files, unread, so that a file that is not an image gets the CLI's
-message in the status panel rather than Gradio's error.
+step cards (:mod:`visprog.apps.webapp_live`). Up to ``max_concurrent``
+requests of different users are served at once, their programs on one shared
+batcher; the others wait in Gradio's queue, and their status line says so. A
+request that runs past ``request_timeout`` seconds ends there, with the steps
+it had run (:mod:`visprog.apps.webapp_runs`). While a request of a page runs
+(or waits in the queue) both run buttons of that page are disabled; a run
+that was queued anyway runs the program the box shows when it starts
+(:func:`~visprog.apps.webapp_actions.program_to_run`).
+
+Uploads reach the handlers unread (:func:`~visprog.apps.webapp_uploads.upload_value`),
+a ``data:`` URL's image too, so that each one, however it came, gets the same
+checks (bytes, then pixels from the header, then decoding) and a file that is
+not an image gets the CLI's message in the status panel rather than Gradio's
+error. The page's script does the same for a file over Gradio's upload limit.
 
 Nothing here imports Gradio at import time; it is an optional dependency.
 """
@@ -33,12 +41,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from visprog.apps.webapp_actions import (
-    DEFAULT_MAX_UPLOAD_BYTES,
     UPLOAD_ERROR,
     Outcome,
-    Refused,
     auto_help,
-    load_uploads,
+    over_time,
     plan_and_run,
     program_to_run,
     run_program,
@@ -46,9 +52,11 @@ from visprog.apps.webapp_actions import (
 )
 from visprog.apps.webapp_files import EXAMPLES, TraceFiles, example_rows
 from visprog.apps.webapp_live import LiveView, follow
+from visprog.apps.webapp_runs import DEFAULT_MAX_CONCURRENT, DEFAULT_REQUEST_TIMEOUT, Bounded, Requests
+from visprog.apps.webapp_uploads import DEFAULT_MAX_UPLOAD_BYTES, OVER_LIMIT, Refused, load_uploads, upload_value
 from visprog.errors import VisprogError
 from visprog.language.signatures import Registry
-from visprog.running.events import Listener, stream
+from visprog.running.events import Listener
 from visprog.running.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -92,7 +100,6 @@ CSS = importlib.resources.files("visprog.apps").joinpath("webapp.css").read_text
 
 _TRACE_PLACEHOLDER = '<p style="opacity:0.7">Each step of the program, with its inputs and output, appears here.</p>'
 _NOTHING_RAN = '<p style="opacity:0.7">Nothing ran.</p>'
-_QUEUED = "Queued: it starts when the requests before it have finished"
 _WAITING = '<p style="opacity:0.7">The steps appear here as they finish.</p>'
 
 _INTRO = """\
@@ -103,19 +110,25 @@ modules; you see the program, every step's output and the result. Edit the progr
 
 _TEXT_HELP = "Enter runs it; Shift+Enter adds a line."
 
-#: Run when the page loads. Gradio's image upload refuses, in the browser, a file whose type is not image/*,
-#: with its own message; this hands such a file on (typed as an image) so that the app reads it as the CLI
-#: does and says in the status panel what the file is not.
+#: Run when the page loads. Gradio's image upload refuses, in the browser, a file whose type is not image/*
+#: and a file over its upload limit (``max_file_size``), each with its own message; this hands such a file on
+#: (typed as an image) so that the app reads it as the CLI does and says in the status panel what the file is
+#: not. A file over the limit is not sent: a few bytes that give its size go in its place (``OVER_LIMIT``).
 JS = """() => {
   const slots = '#vp-image, #vp-left, #vp-right';
-  const unchecked = f => f.type.startsWith('image/') ? f
-    : new File([f], f.name, {type: 'image/x-unchecked', lastModified: f.lastModified});
+  const limit = () => {
+    const n = (window.gradio_config || {}).max_file_size;
+    return typeof n === 'number' ? n : Infinity;
+  };
+  const typed = (parts, f) => new File(parts, f.name, {type: 'image/x-unchecked', lastModified: f.lastModified});
+  const unchecked = f => f.size > limit() ? typed(['OVER_LIMIT' + f.size], f)
+    : f.type.startsWith('image/') ? f : typed([f], f);
   const retyped = files => {
     const list = new DataTransfer();
     Array.from(files, unchecked).forEach(f => list.items.add(f));
     return list;
   };
-  const plain = files => Array.from(files || []).every(f => f.type.startsWith('image/'));
+  const plain = files => Array.from(files || []).every(f => f.type.startsWith('image/') && f.size <= limit());
   document.addEventListener('change', e => {
     const input = e.target;
     if (input instanceof HTMLInputElement && input.type === 'file' && input.closest(slots) && !plain(input.files)) {
@@ -130,7 +143,7 @@ JS = """() => {
     const again = {dataTransfer: retyped(e.dataTransfer.files), bubbles: true, cancelable: true, composed: true};
     target.dispatchEvent(new DragEvent('drop', again));
   }, true);
-}"""
+}""".replace("OVER_LIMIT", OVER_LIMIT.decode("ascii"))
 
 
 def _theme() -> Any:
@@ -146,32 +159,61 @@ def _theme_at_launch() -> bool:
     return "theme" in inspect.signature(gr.Blocks.launch).parameters
 
 
-def launch_options(max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> dict[str, Any]:
-    """Keyword arguments for ``app.launch()``: Gradio's own upload limit, and the theme on Gradio 6."""
-    options: dict[str, Any] = {"max_file_size": max_upload_bytes}
+def launch_options(
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_concurrent: int = DEFAULT_MAX_CONCURRENT
+) -> dict[str, Any]:
+    """Keyword arguments for ``app.launch()``: Gradio's own upload limit, threads enough for ``max_concurrent``
+    requests at once (each holds one while it runs) and the quick events beside them, and the theme on Gradio 6."""
+    options: dict[str, Any] = {"max_file_size": max_upload_bytes, "max_threads": max(40, 2 * max_concurrent + 8)}
     if _theme_at_launch():
         options.update(theme=_theme(), css=CSS, js=JS)
     return options
 
 
-def _unread(component: Any) -> Any:
-    """``component`` (an upload) hands its file to the callbacks as it is, without opening it with Pillow.
+def _unread(component: Any, slot: str, max_upload_bytes: int) -> Any:
+    """``component`` (the upload ``slot``) hands its image to the callbacks undecoded: a file's path, a
+    ``data:`` URL's bytes, or what is wrong with it (:func:`~visprog.apps.webapp_uploads.upload_value`).
 
-    Gradio's own image upload opens the file first and fails with its own error
-    on a file that is not an image; the handlers read it instead
-    (:func:`~visprog.apps.webapp_actions.load_uploads`) and say what is wrong.
-    A pasted image (a ``data:`` URL) is still decoded by Gradio.
+    Gradio's own image upload opens the file first, and decodes a ``data:`` URL
+    whatever its size, and fails with its own error on what is not an image;
+    the handlers read it instead, within the limits
+    (:func:`~visprog.apps.webapp_uploads.load_uploads`), and say what is wrong.
     """
-    decode = component.preprocess
 
     def preprocess(payload: Any) -> Any:
-        path = getattr(payload, "path", None)
-        if payload is None or path is None or str(getattr(payload, "url", "") or "").startswith("data:"):
-            return decode(payload)
-        return str(path)
+        return upload_value(payload, slot, max_upload_bytes=max_upload_bytes)
 
     component.preprocess = preprocess
     return component
+
+
+#: What a request whose image Gradio refused before the handlers (a file it did not receive, a malformed one) gets.
+_BAD_FILE = "An image cannot be used"
+_NOT_UPLOADED = (
+    "The request names a file this app did not receive as an upload. Upload the image (or send it as a base64 "
+    "data: URL) and try again."
+)
+_MALFORMED = "The request's image is not a file Gradio can take: send a file upload or a base64 data: URL."
+
+
+def _own_words(app: Any) -> Any:
+    """Gradio's refusals of a request's files, made before any handler runs, come back in the app's words."""
+    gr = _gradio()
+    import pydantic
+    from gradio.exceptions import InvalidPathError
+
+    preprocess = app.preprocess_data
+
+    async def preprocess_data(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await preprocess(*args, **kwargs)
+        except InvalidPathError:
+            raise gr.Error(_NOT_UPLOADED, title=_BAD_FILE) from None
+        except pydantic.ValidationError:
+            raise gr.Error(_MALFORMED, title=_BAD_FILE) from None
+
+    app.preprocess_data = preprocess_data
+    return app
 
 
 def build_app(
@@ -182,22 +224,28 @@ def build_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int | None = None,
     trace_files: TraceFiles | None = None,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
 ) -> gradio.Blocks:
     """The VisProg web app as a :class:`gradio.Blocks` (launch it with ``launch_options()``).
 
     ``planner_factory`` returns the :class:`~visprog.planner.core.Planner`
     (default :func:`visprog.solving.create_planner` with ``registry``); it is
     called on the first "Plan and run", not here. ``registry`` and
-    ``runtime`` are what "Run edited program" runs with (planned programs
-    run with the planner's registry). ``max_upload_bytes`` caps each
+    ``runtime`` are what "Run edited program" checks and runs with (planned
+    programs are checked with the planner's registry); every program runs on
+    one batcher with ``runtime``'s models. ``max_upload_bytes`` caps each
     uploaded file; ``max_pixels`` each image's width x height (default
-    :func:`visprog.running.images.max_pixels`). ``trace_files`` writes the
-    traces offered for download (default: in a new temporary folder).
+    :func:`visprog.running.images.max_pixels`). ``max_concurrent`` requests
+    are served at once, each within ``request_timeout`` seconds (None: no
+    limit). ``trace_files`` writes the traces offered for download (default:
+    in a new temporary folder).
     """
     gr = _gradio()
 
     if max_upload_bytes < 1:
         raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
+    runs = Requests(registry, runtime, max_concurrent=max_concurrent, timeout=request_timeout)
 
     def default_factory() -> Planner:
         from visprog.solving import create_planner
@@ -236,16 +284,24 @@ def build_app(
     def live(
         work: Callable[[Listener], Outcome], view: LiveView, text: str | None, box: Callable[[str | None], list[Any]]
     ) -> Iterator[tuple[Any, ...]]:
-        """Run ``work`` and yield the outputs as its events arrive, then its outcome; ``box`` updates the program."""
-        yield (*started(view), *box(None))
-        events = stream(work)
-        shown = None
-        for _ in follow(events, view):
-            program = view.program if view.program != shown else None
-            shown = view.program
-            yield (*progress(view), *box(program))
-        outcome = events.result
-        yield (*finished(outcome, text), *box(outcome.program))
+        """Run ``work`` and yield the outputs as its events arrive, then its outcome; ``box`` updates the program.
+
+        Past the time limit the request ends with what it had run (the worker is left to end on its own)."""
+        with runs.serve():
+            yield (*started(view), *box(None))
+            events = Bounded(work, runs.timeout)
+            shown = None
+            for _ in follow(events, view):
+                program = view.program if view.program != shown else None
+                shown = view.program
+                yield (*progress(view), *box(program))
+            outcome = None if events.timed_out else events.result
+            if outcome is None or outcome.over_time:
+                limit = f" of {runs.timeout:g} s" if runs.timeout is not None else ""
+                trace = view.partial_trace(f"stopped: over the time limit{limit}")
+                task = outcome.task if outcome is not None else None
+                outcome = over_time(runs.timeout, trace, text, task=task, program=view.program)
+            yield (*finished(outcome, text), *box(outcome.program))
 
     def on_plan(
         text: str | None,
@@ -276,9 +332,10 @@ def build_app(
                 left,
                 right,
                 planner=planner,
-                runtime=runtime,
                 samples=count,
                 on_event=on_event,
+                runner=runs.batcher,
+                timeout=runs.timeout,
                 **limits,
             )
 
@@ -296,7 +353,15 @@ def build_app(
 
         def work(on_event: Listener) -> Outcome:
             return run_program(
-                source, image, left, right, registry=registry, runtime=runtime, on_event=on_event, **limits
+                source,
+                image,
+                left,
+                right,
+                registry=registry,
+                on_event=on_event,
+                runner=runs.batcher,
+                timeout=runs.timeout,
+                **limits,
             )
 
         yield from live(work, LiveView("Starting: checking the program"), None, lambda _: [])
@@ -314,9 +379,9 @@ def build_app(
         return check
 
     def lock(pending: int | None) -> tuple[Any, ...]:
-        """A request of this page is on its way: both run buttons off, the status says it waits its turn."""
+        """A request of this page is on its way: both run buttons off, the status says whether it waits its turn."""
         off = gr.update(interactive=False)
-        return (pending or 0) + 1, off, off, LiveView(_QUEUED).status_html()
+        return (pending or 0) + 1, off, off, LiveView(runs.waiting_line()).status_html()
 
     def unlock(pending: int | None) -> tuple[Any, ...]:
         left = max(0, (pending or 0) - 1)
@@ -336,7 +401,9 @@ def build_app(
                 sources=["upload", "clipboard"],
                 height=320,
                 elem_id=elem_id,
-            )
+            ),
+            label,
+            max_upload_bytes,
         )
 
     with gr.Blocks(title="VisProg", analytics_enabled=False, **blocks_options) as app:
@@ -408,7 +475,11 @@ def build_app(
         outputs = [status, result_image, answer, trace, download_html, download_json]
         buttons = [pending, plan_button, run_button]
         quick: dict[str, Any] = {"queue": False, "show_progress": "hidden"}
-        queued: dict[str, Any] = {"concurrency_id": "visprog-run", "concurrency_limit": 1, "show_progress": "hidden"}
+        queued: dict[str, Any] = {
+            "concurrency_id": "visprog-run",
+            "concurrency_limit": max_concurrent,
+            "show_progress": "hidden",
+        }
         plan_inputs = [text, task, samples, image, left, right, version, latest]
         for trigger in (plan_button.click, text.submit):
             trigger(lock, [pending], [*buttons, status], **quick).then(
@@ -428,7 +499,7 @@ def build_app(
         show_tab.__annotations__["event"] = gr.SelectData  # Gradio finds the event data by this annotation
 
         examples.dataset.select(show_tab, None, [tabs], **quick)
-    return app
+    return _own_words(app)
 
 
 def serve(
@@ -436,8 +507,10 @@ def serve(
     port: int = 7860,
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     **kwargs: Any,
 ) -> None:
     """Build the app (``kwargs`` go to :func:`build_app`) and serve it on ``host:port`` until interrupted."""
-    app = build_app(max_upload_bytes=max_upload_bytes, **kwargs)
-    app.launch(server_name=host, server_port=port, share=False, **launch_options(max_upload_bytes))
+    app = build_app(max_upload_bytes=max_upload_bytes, max_concurrent=max_concurrent, **kwargs)
+    options = launch_options(max_upload_bytes, max_concurrent)
+    app.launch(server_name=host, server_port=port, share=False, **options)

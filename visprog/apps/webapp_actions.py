@@ -9,36 +9,40 @@ Gradio.
 The tasks on offer are the tasks' TOML files (:mod:`visprog.planner.tasks`),
 offered by their labels (what the user does: "Ask about one image", "Edit"):
 one that reads one image uses the "One image" upload, one that reads two the
-"Two images" uploads, in order. "Plan and run" goes through
-:func:`visprog.solving.solve`, the path every surface shares, and its status
-line is made from the events it reports. Both handlers hand every event of
-the request (planner, interpreter, model loading) to ``on_event`` as it
-happens, which is how the app shows the work live
-(:mod:`visprog.apps.webapp_live`).
+"Two images" uploads, in order. "Plan and run" plans as
+:func:`visprog.solving.solve` does, on the caller's thread, then runs the
+programs on a :class:`~visprog.running.batcher.Batcher` (the app's, shared by
+its requests: :mod:`visprog.apps.webapp_runs`), and votes; its status line is
+made from the events it reports. Both handlers hand every event of the
+request (planner, interpreter, model loading) to ``on_event`` as it happens,
+which is how the app shows the work live (:mod:`visprog.apps.webapp_live`),
+and both end within their ``timeout``, if given.
 
 Every error a user can cause (no image, a file over the upload limit, an
-image over the pixel limit, a program that does not check, a planner that
-finds no valid program, a step that fails, an LLM server that cannot be
-reached) comes back as an :class:`Outcome` with ``ok=False`` and a message,
+image over the pixel limit (:mod:`visprog.apps.webapp_uploads`), a program
+that does not check, a planner that finds no valid program, a step that
+fails, an LLM server that cannot be reached, a request over its time limit)
+comes back as an :class:`Outcome` with ``ok=False`` and a message,
 never as a stack trace.
 """
 
 from __future__ import annotations
 
-import contextlib
 import html
 import logging
-import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from visprog.apps.webapp_runs import batcher_for, listening, plan_then_run, time_left
 from visprog.apps.webapp_status import status_panel
-from visprog.errors import ConfigError, ImageError, ProgramError, ServiceError, StepError, VisprogError
+from visprog.apps.webapp_uploads import DEFAULT_MAX_UPLOAD_BYTES, ImagePath, Refused, load_uploads
+from visprog.errors import ConfigError, ProgramError, ServiceError, StepError, VisprogError
 from visprog.language.signatures import Registry
 from visprog.language.values import Image, describe_value
 from visprog.planner.events import CacheHit, Planned, RepairRound, RequestSent, Voted
-from visprog.planner.tasks import Task, guess_task, input_names, tasks
+from visprog.planner.tasks import Task, guess_task, tasks
 from visprog.presentation.report import trace_html as trace_page
 from visprog.running.events import Event, Listener
 from visprog.running.runtime import Runtime
@@ -46,6 +50,7 @@ from visprog.running.tracing import Trace
 
 if TYPE_CHECKING:
     from visprog.planner.core import Planner
+    from visprog.running.batcher import Batcher
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_BYTES",
@@ -56,6 +61,7 @@ __all__ = [
     "auto_help",
     "infer_task",
     "load_uploads",
+    "over_time",
     "plan_and_run",
     "program_to_run",
     "run_program",
@@ -68,14 +74,9 @@ log = logging.getLogger(__name__)
 #: The class of a status panel whose message a good upload answers (and clears).
 UPLOAD_ERROR = "vp-upload-error"
 
-#: Largest uploaded file accepted, in bytes.
-DEFAULT_MAX_UPLOAD_BYTES = 20_000_000
-
 #: The uploads of a task that reads one image, and of one that reads two.
 _ONE_IMAGE = ("IMAGE",)
 _TWO_IMAGES = ("LEFT", "RIGHT")
-
-ImagePath = str | os.PathLike[str] | None
 
 
 # --- the task -------------------------------------------------------------------------------
@@ -135,6 +136,7 @@ class Outcome:
     ``trace`` is the run's trace (also a failed run's partial one), for download.
     ``uploads`` marks a message that uploading an image answers ("No image", a
     file that is not an image): the app clears it when a good image is uploaded.
+    ``over_time`` marks a request stopped at its time limit (:func:`over_time`).
     """
 
     ok: bool
@@ -147,6 +149,7 @@ class Outcome:
     answer: str | None = None
     trace: Trace | None = None
     uploads: bool = False
+    over_time: bool = False
 
     def status_html(self) -> str:
         """The title and message as a small HTML panel (green for success, red for an error).
@@ -158,66 +161,11 @@ class Outcome:
         return status_panel("ok" if self.ok else "error", self.title, self.message, classes=classes)
 
 
-class Refused(VisprogError):
-    """A request the app will not run (no image, a file too large, ...): the title and message the user sees.
-
-    ``uploads`` is set when uploading (another) image is the remedy.
-    """
-
-    def __init__(self, title: str, message: str = "", *, uploads: bool = False) -> None:
-        super().__init__(f"{title}: {message}" if message else title)
-        self.title = title
-        self.message = message
-        self.uploads = uploads
-
-
 def _failure(title: str, message: str = "", **fields: Any) -> Outcome:
     return Outcome(False, title, message, **fields)
 
 
 # --- inputs ---------------------------------------------------------------------------------
-
-
-def _megabytes(n: int) -> str:
-    return f"{n / 1_000_000:.1f} MB"
-
-
-def load_uploads(
-    images: Mapping[str, ImagePath],
-    *,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    max_pixels: int | None = None,
-) -> dict[str, Image]:
-    """Load the uploaded files (``{"IMAGE": path}``; ``None`` for none) as RGB images.
-
-    Raises :class:`Refused` for a file over ``max_upload_bytes`` or an image that
-    cannot be read or is over ``max_pixels``. The file is read as the CLI reads
-    it (:func:`visprog.running.images.load_image`), and the message is the
-    CLI's, naming the file as uploaded: ``notes.txt: not an image Pillow can read``.
-    """
-    from visprog.running.images import load_image
-
-    loaded: dict[str, Image] = {}
-    for name, path in images.items():
-        if path is None or path == "":
-            continue
-        try:
-            size = os.path.getsize(path)
-        except OSError as e:
-            raise Refused(f"{name}: the uploaded file cannot be read", e.strerror or str(e), uploads=True) from e
-        if size > max_upload_bytes:
-            raise Refused(
-                f"{name}: the file is too large",
-                f"The file is {_megabytes(size)}; the limit is {_megabytes(max_upload_bytes)} per image.",
-                uploads=True,
-            )
-        try:
-            loaded[name] = load_image(path, max_pixels=max_pixels, name=os.path.basename(os.fspath(path)) or name)
-        except ImageError as e:
-            if "pixels" in str(e) and "limit" in str(e):
-                raise Refused(f"{name}: the image has too many pixels", str(e), uploads=True) from e
-            raise Refused(f"{name}: the image cannot be used", str(e), uploads=True) from e
-    return loaded
 
 
 def _images_for(task: Task, loaded: Mapping[str, Image]) -> dict[str, Image]:
@@ -361,6 +309,24 @@ def _unexpected(e: Exception, **fields: Any) -> Outcome:
     return _failure("Something went wrong", f"{type(e).__name__}: {e}", **fields)
 
 
+def over_time(seconds: float | None, trace: Trace | None = None, text: str | None = None, **fields: Any) -> Outcome:
+    """A request stopped at its time limit of ``seconds``, with the ``trace`` of what it had run by then."""
+    limit = f" of {seconds:g} s" if seconds is not None else ""
+    most = f"at most {seconds:g} s" if seconds is not None else "only so long"
+    message = f"A request may take {most}, planning and running (visprog serve --request-timeout sets it); "
+    message += "this one was stopped there."
+    done = len(trace.records) if trace is not None else 0
+    if done:
+        steps = f"{done} steps that finished in time are" if done != 1 else "step that finished in time is"
+        message += f"\nThe {steps} shown in the trace."
+    if fields.get("program"):
+        message += "\nThe program is in the program box: press 'Run edited program' to run it again."
+    view = trace_view(trace, text)
+    return _failure(
+        f"Stopped: over the time limit{limit}", message, trace_html=view, trace=trace, over_time=True, **fields
+    )
+
+
 # --- handlers -------------------------------------------------------------------------------
 
 
@@ -377,21 +343,26 @@ def plan_and_run(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int | None = None,
     on_event: Listener | None = None,
+    runner: Batcher | None = None,
+    timeout: float | None = None,
 ) -> Outcome:
-    """Plan a program for ``text`` and run it on the uploaded images (:func:`visprog.solving.solve`).
+    """Plan a program for ``text`` and run it on the uploaded images (as :func:`visprog.solving.solve` does).
 
     ``task`` is ``auto`` (see :func:`infer_task`) or a task's name (``gqa``,
-    ``nlvr``, ``edit``, ``tag``, ...); the images are file paths (``None``
-    where nothing was uploaded). ``samples`` > 1 draws that many programs,
-    runs them and votes on their answers. ``planner`` is a
+    ``nlvr``, ``edit``, ``tag``, ...); the images are uploads
+    (:data:`~visprog.apps.webapp_uploads.ImagePath`: ``None`` where nothing
+    was uploaded). ``samples`` > 1 draws that many programs, runs them and
+    votes on their answers. ``planner`` is a
     :class:`~visprog.planner.core.Planner` or a function that returns one
     (called here, so that a planner that cannot be created is reported like
-    any other error). ``on_event`` receives every event of the request as it
-    happens, on the thread doing the work.
+    any other error). The programs run on ``runner`` (default: a batcher of
+    this call's own, on ``runtime``). ``on_event`` receives every event of the
+    request as it happens. Past ``timeout`` seconds no program starts and the
+    runs are no longer waited for: the outcome says so (:func:`over_time`).
     """
     from visprog.planner.core import PlanningError
-    from visprog.solving import solve
 
+    deadline = None if timeout is None else time.monotonic() + timeout
     text = (text or "").strip()
     try:
         loaded = load_uploads(
@@ -415,7 +386,10 @@ def plan_and_run(
     log = _Log(on_event)
     try:
         active = cast("Planner", planner) if hasattr(planner, "plan") else cast("Callable[[], Planner]", planner)()
-        solution = solve(chosen, text, images, planner=active, runtime=runtime, samples=samples, on_event=log)
+        with batcher_for(runner, active.registry, runtime) as running, listening(running, log):
+            trace, program = plan_then_run(running, chosen, text, images, active, samples, log, deadline)
+    except TimeoutError:
+        return over_time(timeout, task=task, program=_program(log))
     except PlanningError as e:
         last = next((a.program for a in reversed(e.attempts) if a.program.strip()), None)
         return _failure(
@@ -440,8 +414,7 @@ def plan_and_run(
         return _failure(title, str(e), task=task, program=_program(log))
     except Exception as e:
         return _unexpected(e, task=task, program=_program(log))
-    program = solution.program.strip()
-    return _ran(solution.trace, f"Done ({how})", text, log.summary(), task=task, program=program)
+    return _ran(trace, f"Done ({how})", text, log.summary(), task=task, program=program.strip())
 
 
 def _program(log: _Log) -> str | None:
@@ -459,16 +432,21 @@ def run_program(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int | None = None,
     on_event: Listener | None = None,
+    runner: Batcher | None = None,
+    timeout: float | None = None,
 ) -> Outcome:
     """Check and run ``program`` as written (no planner) on the uploaded images.
 
     A program that does not parse or check comes back with the checker's
-    diagnostics (line, column, the line with a caret) as its message.
-    ``on_event`` receives the run's events and the runtime's model events.
+    diagnostics (line, column, the line with a caret) as its message. It
+    runs on ``runner`` (default: a batcher of this call's own, on
+    ``runtime``); ``on_event`` receives the run's events and the runtime's
+    model events. Past ``timeout`` seconds the run is no longer waited for
+    (:func:`over_time`).
     """
-    from visprog.running.interpreter import Interpreter
     from visprog.solving import check
 
+    deadline = None if timeout is None else time.monotonic() + timeout
     source = program or ""
     if not source.strip():
         return _failure("No program", "Plan one with 'Plan and run', or write one in the program box.")
@@ -484,9 +462,10 @@ def run_program(
     except Refused as e:
         return _failure(e.title, e.message, uploads=e.uploads)
     try:
-        interpreter = Interpreter(registry, runtime, known_inputs=input_names())
-        with interpreter.runtime.listening(on_event) if on_event is not None else contextlib.nullcontext():
-            trace = interpreter.run(checked, images, on_event=on_event)
+        with batcher_for(runner, registry, runtime) as running, listening(running, on_event):
+            trace = running.run(checked, images, on_event=on_event, timeout=time_left(deadline))
+    except TimeoutError:
+        return over_time(timeout)
     except StepError as e:
         return _step_failed(e)
     except ProgramError as e:

@@ -6,9 +6,11 @@ request stands: planning, a repair round with the checker's diagnostics, a
 program from the plan cache, loading or downloading a model with its
 progress, step k of n with its module, the vote. :meth:`LiveView.status_html`
 draws that as the status panel, :meth:`LiveView.trace_html` the steps that
-have finished so far, one card each, in the order they finished. The web app
-shows both while the request runs and replaces them with the outcome when it
-ends. Everything here is plain values: no Gradio, no threads.
+have finished so far, one card each, in the order they finished;
+:meth:`LiveView.partial_trace` the run so far, for a request stopped at its
+time limit. The web app shows both while the request runs and replaces them
+with the outcome when it ends. Everything here is plain values: no Gradio, no
+threads.
 
 Events are read by their ``kind``, so the model events (``model_loading``,
 ``model_download``, ``model_loaded``) are understood by their fields alone.
@@ -20,12 +22,13 @@ import base64
 import html
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from visprog.apps.webapp_status import status_panel
 from visprog.language.values import Image, describe_value
-from visprog.running.events import Event, Stream
+from visprog.running.events import Event
+from visprog.running.tracing import StepRecord, Trace
 
 __all__ = ["LiveView", "follow", "megabytes", "step_card"]
 
@@ -131,6 +134,7 @@ class LiveView:
         #: the latest program the planner produced that checks (shown in the program box early)
         self.program: str | None = None
         self._sources: dict[int, list[str]] = {}  # job -> the program's lines
+        self._runs: dict[int, tuple[Trace, float]] = {}  # job -> its steps so far, and when it started
         self._repairs: dict[int, int] = {}  # sample -> repair rounds so far
         self._step = ("", "")  # the step running now ("Step 2 of 5", "IMAGE0 = Emoji (line 2)"), for model events
 
@@ -190,6 +194,7 @@ class LiveView:
 
     def _on_run_started(self, e: Any) -> None:
         self._sources[e.job] = e.program.split("\n")
+        self._runs[e.job] = (Trace(e.program), time.monotonic())
         run = self._run(e.job)
         self._set(f"Running{' ' + run if run else ''}: {e.steps} step{'s' if e.steps != 1 else ''}")
 
@@ -221,13 +226,20 @@ class LiveView:
             **fields,
         )
 
+    def _record(self, e: Any, **fields: Any) -> None:
+        if e.job in self._runs:
+            record = StepRecord(e.index, e.line, e.target, e.module, self._source(e.job, e.line), **fields)
+            self._runs[e.job][0].records.append(record)
+
     def _on_step_finished(self, e: Any) -> None:
         self.cards.append(self._card(e, value=e.value))
+        self._record(e, output=e.value, seconds=e.seconds, batch=e.batch)
         self._step = ("", "")
         self._set(f"{self._where(e)} done: {self._what(e)}")
 
     def _on_step_failed(self, e: Any) -> None:
         self.cards.append(self._card(e, error=e.error))
+        self._record(e, error=e.error, seconds=e.seconds)
         self._step = ("", "")
         self._set(f"{self._where(e)} failed: {self._what(e)}", e.error)
 
@@ -268,6 +280,15 @@ class LiveView:
         else:
             self._set(line, "", progress)
 
+    def partial_trace(self, error: str) -> Trace | None:
+        """The run that got furthest, as far as it got, as a trace that ended with ``error``; None before
+        any run started. (Its steps' inputs are not in the events: the trace has none.)"""
+        if not self._runs:
+            return None
+        steps, started = max(self._runs.values(), key=lambda run: len(run[0].records))
+        seconds = time.monotonic() - started
+        return Trace(steps.source, records=list(steps.records), seconds=seconds, error=error)
+
     # --- drawing ----------------------------------------------------------------------------
 
     def status_html(self) -> str:
@@ -281,8 +302,9 @@ class LiveView:
         return f'<div class="vp-live-trace">{"".join(self.cards)}</div>'
 
 
-def follow(events: Stream[Any], view: LiveView, *, every: float = 0.25) -> Iterator[None]:
-    """Feed the events of ``events`` (:func:`visprog.running.events.stream`) to ``view``; yield when it changed.
+def follow(events: Iterable[Event], view: LiveView, *, every: float = 0.25) -> Iterator[None]:
+    """Feed ``events`` (:func:`visprog.running.events.stream`, :class:`visprog.apps.webapp_runs.Bounded`) to
+    ``view``; yield when it changed.
 
     Each event reaches ``view`` (:meth:`LiveView.add`) on the calling thread as
     it happens. Download progress is told at most once per ``every`` seconds;

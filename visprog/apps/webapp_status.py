@@ -17,6 +17,8 @@ import html
 import re
 from typing import Literal
 
+from visprog.llm.masking import mask_secrets
+
 __all__ = ["State", "message_blocks", "status_panel"]
 
 #: How a request stands: done, failed, or still running.
@@ -94,6 +96,7 @@ def status_panel(
     """
     role = "alert" if state == "error" else "status"
     live = ' aria-live="polite"' if state == "busy" else ""
+    message = mask_secrets(message)  # a server URL's user info and query values, the LLM's key
     monospace = "\n" in message  # diagnostics and programs: keep their columns readable
     body = _body(message, monospace) if message else ""
     if progress is not None:

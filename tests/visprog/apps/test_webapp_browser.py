@@ -415,6 +415,15 @@ def test_a_file_that_is_not_an_image_gets_the_clis_message(
     assert "not an image" not in page.locator("#vp-status").inner_text()
 
 
+def test_a_file_over_the_upload_limit_gets_the_apps_message(page: Any, served: Served, tmp_path: Path) -> None:
+    big = tmp_path / "huge.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(21_000_000))  # over the app's limit of 20 MB (Gradio's too)
+    page.locator("#vp-image input[type=file]").set_input_files(str(big))
+    _wait_for_status(page, "The file is 21.0 MB; the limit is 20.0 MB per image.")
+    assert "IMAGE: the file is too large" in _status(page, "error")
+    assert not page.locator(".toast-body").count()  # not Gradio's own "File(s) exceed the maximum allowed size"
+
+
 def test_examples_labels_enter_and_downloads(page: Any, served: Served) -> None:
     radio = page.locator("#vp-task").inner_text()
     for label in ("Ask about one image", "Compare two images", "Edit", "Tag"):
