@@ -234,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--limit", type=int, help="at most this many questions, spread over the tasks")
     p.add_argument("--examples", type=int, default=None, help="in-context examples per prompt (default: the planner's)")
     p.add_argument("--repair-rounds", type=int, default=2)
-    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument(
+        "--max-tokens", type=int, default=None, help="the token limit of a reply (default: the client's, as users get)"
+    )
     p.add_argument("--json", help="also write the tallies (with the failures) to this file")
     p.add_argument("--verbose", action="store_true", help="print each program on stderr")
     args = p.parse_args(argv)
