@@ -282,7 +282,7 @@ def test_scripted_rate_limited_forever_names_list_the_url_and_the_retries() -> N
         assert len(llm.requests) == 2
     message = str(err.value)
     assert message.startswith(f"List: the LLM server at {llm.url} (model 'tiny-llm')")
-    assert "after 1 retries" in message and KEY not in message
+    assert "after 1 retry (2 requests made)" in message and KEY not in message
 
 
 def test_scripted_slow_server_times_out() -> None:

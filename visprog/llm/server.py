@@ -414,8 +414,9 @@ class OpenAIClient:
                 f"and the base URL ({self.option} base_url, ending in /v1)"
             )
         elif isinstance(e, openai.RateLimitError):
+            tries = f"{retries} {'retry' if retries == 1 else 'retries'}"
             message = (
-                f"{where} is rate limiting requests (HTTP 429) after {retries} retries "
+                f"{where} is rate limiting requests (HTTP 429) after {tries} "
                 f"({_requests_made(requests)}): {e.message}"
             )
         elif isinstance(e, openai.APIStatusError):
