@@ -29,6 +29,49 @@ CONSTRAIN_MODES: tuple[str, ...] = ("none", "grammar", "types")
 #: When fewer tokens than this are left as a grammar ends, the next grammar is asked to finish the output
 #: (a program's result line), so that a constrained run ends complete rather than cut at the limit.
 FINISH_TOKENS = 48
+#: The tokens a line takes at most to close once it must (below): a line still open when fewer than
+#: FINISH_TOKENS + CLOSE_TOKENS are left closes, and the next is the result line.
+CLOSE_TOKENS = 16
+#: A line that has taken this many tokens, or one still open when the limit nears (:data:`CLOSE_TOKENS`), is
+#: closed: where the grammar allows a token that closes something (a quote, a parenthesis, a bracket, the line),
+#: only such tokens are allowed, so that a model that repeats itself inside one line still ends it, and the output.
+MAX_LINE_TOKENS = 160
+#: The characters that close something, by where a line is: in a text literal (``'...'``), in an Eval expression
+#: (``"..."``; a quote there would open a text) and elsewhere (:func:`closers_at`).
+CLOSERS = frozenset("\"')]\n")
+_CLOSE_IN = {"text": frozenset("'"), "expr": frozenset('")'), "line": frozenset(")]\n")}
+
+
+def closers_at(line: str, candidates: dict[int, str]) -> list[int]:
+    """Of ``candidates`` (token -> its text, made of :data:`CLOSERS` only), those that only close things where
+    ``line`` (the current line so far) ends: each character closes the literal, expression, call or line it is in.
+    Text literals hold no quotes and Eval's texts no double quotes, so the scan below is exact."""
+    stack: list[str] = []  # "expr" while inside an Eval expression, so that a text inside it returns there
+
+    def scan(text: str, state: str, stack: list[str]) -> str | None:
+        for char in text:
+            if state == "text":
+                if char != "'":
+                    return None
+                state = stack.pop() if stack else "line"
+            elif char not in _CLOSE_IN[state]:
+                return None
+            elif state == "expr" and char == '"':
+                state = "line"
+            # ")" and "]" close a call, a parenthesis or a list, and stay where they are; "\n" ends the line
+        return state
+
+    state = "line"
+    for char in line:
+        if state == "text":
+            if char == "'":
+                state = stack.pop() if stack else "line"
+        elif char == "'":
+            stack.append(state)
+            state = "text"
+        elif char == '"':
+            state = "line" if state == "expr" else "expr"
+    return [t for t, text in candidates.items() if scan(text, state, list(stack)) is not None]
 
 
 class GrammarSource(Protocol):
@@ -107,6 +150,8 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     done: bool = False
     error: str | None = None
+    #: where the current grammar's (line's) tokens start in ``tokens``
+    line_start: int = 0
 
 
 class GrammarLogits:
@@ -137,6 +182,28 @@ class GrammarLogits:
         #: the token limit: with fewer than FINISH_TOKENS left when a grammar ends, the next one finishes
         self.max_new_tokens = max_new_tokens
         self._first = source.start()
+        self._closing: dict[int, str] | None = None  # the tokens made of closing characters only, and their text
+
+    def closing(self, row: _Row) -> bool:
+        """Whether ``row``'s line must close now: it is too long, or too few tokens are left."""
+        if len(row.tokens) - row.line_start >= MAX_LINE_TOKENS:
+            return True
+        return self.max_new_tokens is not None and self.max_new_tokens - len(row.tokens) < FINISH_TOKENS + CLOSE_TOKENS
+
+    def closing_mask(self, row: _Row, vocab: int) -> Any:
+        """The tokens that only close what ``row``'s line has open (:func:`closers_at`), as a boolean mask."""
+        import torch
+
+        if self._closing is None:
+            self._closing = {}
+            for token in range(min(vocab, len(self.hf_tokenizer))):
+                text = self.hf_tokenizer.decode([token])
+                if text and set(text) <= CLOSERS:
+                    self._closing[token] = text
+        line = self.hf_tokenizer.decode(row.tokens[row.line_start :], skip_special_tokens=True)
+        mask = torch.zeros(vocab, dtype=torch.bool)
+        mask[closers_at(line.rsplit("\n", 1)[-1], self._closing)] = True
+        return mask
 
     def matcher(self, grammar: str) -> Any:
         m = self.llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
@@ -175,12 +242,18 @@ class GrammarLogits:
             if not bool(allowed[b].any()):  # nothing fits: end the sequence rather than emit garbage
                 row.done, row.error = True, "no token fits the grammar"
                 allowed[b, self.eos] = True
+            elif self.closing(row):
+                closers = allowed[b] & self.closing_mask(row, vocab)
+                if bool(closers.any()):
+                    allowed[b] = closers
         out = scores.masked_fill(~allowed.to(scores.device), float("-inf"))
         self.seconds += time.perf_counter() - t0
         return out
 
     def consume(self, row: _Row, token: int) -> None:
         row.tokens.append(token)
+        if "\n" in self.hf_tokenizer.decode([token]):  # a line ends (one grammar may hold several lines)
+            row.line_start = len(row.tokens)
         m = row.matcher
         if not m.consume_token(token) or m.is_error():
             row.done, row.error = True, m.get_error() or f"token {token} does not fit the grammar"
@@ -188,8 +261,9 @@ class GrammarLogits:
         if m.is_stopped():  # this grammar's match is complete: what follows?
             text = self.hf_tokenizer.decode(row.tokens, skip_special_tokens=True)
             left = None if self.max_new_tokens is None else self.max_new_tokens - len(row.tokens)
-            following = self.source.next(text, finish=left is not None and left < FINISH_TOKENS)
+            following = self.source.next(text, finish=left is not None and left < FINISH_TOKENS + CLOSE_TOKENS)
             if following is None:
                 row.done = True
             else:
                 row.matcher = self.matcher(following)
+                row.line_start = len(row.tokens)

@@ -206,3 +206,44 @@ def test_the_token_mask_fits_a_model_wider_than_its_tokenizer() -> None:
         allowed = torch.isfinite(masked[0]).nonzero().flatten().tolist()
         assert allowed and all(tokenizer.decode([t])[:1].isupper() for t in allowed)  # a target name starts a line
         assert not torch.isfinite(masked[0, len(tokenizer) :]).any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_model_that_never_closes_still_ends_within_its_token_limit(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that would go on inside a line for ever (here: random preferences that never choose a quote, a
+    parenthesis or a line end) is made to close the line when it grows long or the limit nears: the output is a
+    whole program that checks, within the limit."""
+    import torch
+
+    from tests.visprog.planner.test_constraint import INPUTS, _byte_tokenizer, _registry
+    from visprog.language.checker import check
+    from visprog.llm.constrained import CLOSERS, GrammarLogits
+    from visprog.planner.constraint import ProgramConstraint
+
+    tokenizer = _byte_tokenizer()
+    registry = _registry()
+    limit = 400
+    # This tokenizer spells out every character: a name of 31 characters is 31 tokens, so a line with nothing to
+    # close early (Tag(image=..., object=NAME)) and the result line after it take up to 130 tokens; the reserve
+    # must hold them (a real tokenizer writes them in a tenth of that: FINISH_TOKENS is 48).
+    monkeypatch.setattr("visprog.llm.constrained.FINISH_TOKENS", 140)
+    logits = GrammarLogits(ProgramConstraint(registry, INPUTS), tokenizer, 0, tokenizer.eos_token_id, limit)
+    generator = torch.Generator().manual_seed(seed)
+    preference = torch.rand(len(tokenizer), generator=generator)
+    for token in range(len(tokenizer)):
+        if set(tokenizer.decode([token])) & CLOSERS:
+            preference[token] = -1.0  # the last thing this model would write
+    ids = torch.zeros((1, 0), dtype=torch.long)
+    for _ in range(limit):
+        choice = int(logits(ids, preference.clone().unsqueeze(0)).argmax())
+        if choice == tokenizer.eos_token_id:
+            break
+        ids = torch.cat([ids, torch.tensor([[choice]])], dim=1)
+    else:
+        logits(ids, preference.clone().unsqueeze(0))  # the last token is consumed at the next step
+    assert not logits.truncated(0), tokenizer.decode(ids[0])
+    text = tokenizer.decode(ids[0])
+    checked = check(text, INPUTS, registry=registry, known_inputs=INPUTS)
+    assert checked.steps[checked.result].step.is_result
