@@ -2,6 +2,7 @@
 #   make demo   set up, then run the embedded default (hide the astronaut's face with an emoji)
 #   make test   set up, then run lint, types and the test suite
 #   make test-original   the second lane: the backends on the original segment-anything and groundingdino-py
+#   make test-full   the full-size tier: every default model at its published size, random weights (slow)
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build is enough for the tests; on a GPU machine pick the build for your CUDA, e.g.
@@ -13,7 +14,7 @@ BIN := $(VENV)/bin
 ORIGINAL_VENV ?= .venv-original
 OBIN := $(ORIGINAL_VENV)/bin
 
-.PHONY: setup demo test lint clean setup-original test-original
+.PHONY: setup demo test lint clean setup-original test-original test-full
 
 setup: $(VENV)/.installed
 
@@ -37,6 +38,11 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m weights
+
+# The full-size tier: every backend's default model at its published size with random weights, in float32 and in
+# half precision (tests/full, tests/data/full/README.md)
+test-full: setup
+	$(BIN)/python -m pytest -q -m full tests/full
 
 setup-original: $(ORIGINAL_VENV)/.installed
 
