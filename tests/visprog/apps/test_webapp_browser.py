@@ -87,7 +87,9 @@ def served(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         backend = client_from_options(base_url=llm.url, model="tiny", max_retries=0, timeout=5)
         planner = Planner(backend, registry=fakes.registry(), cache=False)
         runtime = Runtime(modules={"FaceDet": {"backend": "cascade"}})
-        app = build_app(planner_factory=lambda: planner, registry=fakes.registry(), runtime=runtime)
+        # one request at a time: the queued-run test needs a run that waits in the queue (with more, a second run
+        # starts at once, with the program the box holds then)
+        app = build_app(planner_factory=lambda: planner, registry=fakes.registry(), runtime=runtime, max_concurrent=1)
         port = _free_port()
         app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **launch_options())
         try:
