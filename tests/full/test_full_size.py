@@ -13,6 +13,7 @@ in memory at a time. Run with ``make test-full``; the session ends with the seco
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,16 +29,17 @@ from tests.full.build import BUILDERS, DATA
 from tests.full.conftest import Timer
 from visprog.language.signatures import ModuleSpec
 from visprog.language.values import Detection
-from visprog.running.runtime import Context, ModelPool, RunCache, Runtime
+from visprog.running.runtime import Context, ModelPool, RunCache, Runtime, resolve_device
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.full
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+#: the device the runtime picks (cuda, mps, cpu in that order); $VISPROG_DEVICE asks for another
+DEVICE = resolve_device(os.environ.get("VISPROG_DEVICE"))
 #: the half precision a runtime on this device runs in
-HALF = "float16" if DEVICE == "cuda" else "bfloat16"
+HALF = "bfloat16" if DEVICE == "cpu" else "float16"
 PRECISIONS = ("float32", HALF)
 #: ``built(backend, timer)``: the fixture below
 Built = Callable[[str, Timer], Path]
@@ -143,19 +145,22 @@ def assert_objects(found: Any, size: tuple[int, int], *, masks: bool) -> None:
 
 # --- Loc ------------------------------------------------------------------------------------
 
-#: On the cpu, Grounding DINO's multi-scale deformable attention gives values of order 1e28 in bfloat16 (layer 0 of
-#: the encoder; float32 is fine), so every box is NaN and Loc finds nothing.
-DINO_BFLOAT16 = pytest.mark.xfail(
-    HALF == "bfloat16", reason="Grounding DINO's encoder overflows in bfloat16 on the cpu", strict=True
+#: Grounding DINO's encoder and Mask2Former's pixel decoder sample their features with multi-scale deformable
+#: attention, which calls ``grid_sample`` on a non-contiguous view of the features. torch's cpu ``grid_sample``
+#: reads past that view in bfloat16 (torch 2.13: values of order 1e28 to 1e34, hence NaN boxes and no segments,
+#: or a segmentation fault that would end the tier), so these two run in half precision on a GPU only.
+DEFORMABLE_ATTENTION_BFLOAT16 = pytest.mark.skipif(
+    HALF == "bfloat16", reason="torch's cpu grid_sample misreads non-contiguous bfloat16 input (deformable attention)"
 )
 
 
 @pytest.mark.parametrize(
     ("backend", "precision"),
     [
-        *[("grounding-dino", p) for p in PRECISIONS if p != "bfloat16"],
-        *[pytest.param("grounding-dino", p, marks=DINO_BFLOAT16) for p in PRECISIONS if p == "bfloat16"],
-        *[("owlv2", p) for p in PRECISIONS],
+        ("grounding-dino", "float32"),
+        pytest.param("grounding-dino", HALF, marks=DEFORMABLE_ATTENTION_BFLOAT16),
+        ("owlv2", "float32"),
+        ("owlv2", HALF),
     ],
 )
 def test_loc(backend: str, precision: str, built: Built, timer: Timer) -> None:
@@ -205,7 +210,7 @@ def test_mask(precision: str, built: Built, timer: Timer) -> None:
         assert d.mask is None or (d.mask.dtype == bool and d.mask.shape == (h, w) and d.mask.any())
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("precision", ["float32", pytest.param(HALF, marks=DEFORMABLE_ATTENTION_BFLOAT16)])
 def test_seg_mask2former(precision: str, built: Built, timer: Timer) -> None:
     import json
 
