@@ -77,6 +77,45 @@ def serve(handler: type[BaseHTTPRequestHandler], on_stop: Callable[[], None] | N
         thread.join(timeout=5)
 
 
+@contextlib.contextmanager
+def dribbling(every: float, seconds: float, *, in_headers: bool = False) -> Iterator[tuple[str, list[float]]]:
+    """A server that answers 200 with a long Content-Length, then one space (valid JSON padding) every ``every``
+    seconds, for ``seconds`` at most (so that a client without a deadline fails, not hangs); ``in_headers``: it
+    sends its status line, then one byte of a header every ``every`` seconds (the headers never end). Yields its
+    ``/v1`` URL and the times its requests arrived."""
+    arrived: list[float] = []
+    stop = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 5.0
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+            arrived.append(time.monotonic())
+            end = time.monotonic() + seconds
+            try:
+                if in_headers:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                self.wfile.flush()
+                while time.monotonic() < end and not stop.wait(every):
+                    self.wfile.write(b"a" if in_headers else b" ")
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up
+                pass
+            self.close_connection = True
+
+    with serve(Handler, on_stop=stop.set) as url:
+        yield f"{url}/v1", arrived
+
+
 def _json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
     data = json.dumps(payload).encode()
     handler.send_response(status)

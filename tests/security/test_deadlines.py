@@ -6,7 +6,6 @@ that asks to wait longer than the deadline must not be waited for. Both once hel
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -16,6 +15,7 @@ from typing import Any
 import openai  # noqa: F401  (loaded before any timing: the deadline bounds the requests, not this import)
 import pytest
 
+from tests import servers
 from tests.llm_server import Reply, ScriptedServer, llm_server
 from tests.servers import clean_llm_env, serve
 from visprog.errors import ServiceError
@@ -36,34 +36,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def dribbling() -> Iterator[tuple[str, list[float]]]:
-    """A server that answers 200 with a long Content-Length, then one space (valid JSON padding) every 0.5 s;
-    yields its ``/v1`` URL and the times its requests arrived."""
-    arrived: list[float] = []
-    stop = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 5.0
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-            arrived.append(time.monotonic())
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            end = time.monotonic() + DRIBBLE_SECONDS
-            try:
-                while time.monotonic() < end and not stop.wait(0.5):
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up
-                pass
-
-    with serve(Handler, on_stop=stop.set) as url:
-        yield f"{url}/v1", arrived
+    """A server that answers 200 with a long Content-Length, then one space every 0.5 s."""
+    with servers.dribbling(0.5, DRIBBLE_SECONDS) as (url, arrived):
+        yield url, arrived
 
 
 def client(base_url: str, **options: Any) -> OpenAIClient:
@@ -133,31 +108,8 @@ def test_a_retry_within_the_deadline_still_succeeds(llm_server: ScriptedServer) 
 @pytest.fixture
 def slow_headers() -> Iterator[tuple[str, list[float]]]:
     """A server that sends its status line, then one byte of a header every 0.3 s (headers never end in time)."""
-    arrived: list[float] = []
-    stop = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 5.0
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-            arrived.append(time.monotonic())
-            end = time.monotonic() + DRIBBLE_SECONDS
-            try:
-                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
-                self.wfile.flush()
-                while time.monotonic() < end and not stop.wait(0.3):
-                    self.wfile.write(b"a")
-                    self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            self.close_connection = True
-
-    with serve(Handler, on_stop=stop.set) as url:
-        yield f"{url}/v1", arrived
+    with servers.dribbling(0.3, DRIBBLE_SECONDS, in_headers=True) as (url, arrived):
+        yield url, arrived
 
 
 def test_headers_sent_a_byte_at_a_time_end_at_the_deadline(slow_headers: tuple[str, list[float]]) -> None:

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 from PIL import Image as PILImage
 
 from tests import fakes
-from tests.servers import clean_llm_env, serve
+from tests.servers import clean_llm_env, dribbling
 from visprog.apps.webapp_actions import plan_and_run, run_program
 from visprog.apps.webapp_live import LiveView
 from visprog.apps.webapp_runs import Bounded, Requests
@@ -68,40 +67,16 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     pytest.importorskip("gradio", reason="gradio is not installed (pip install 'visprog[web]')")
     from visprog.apps.webapp import build_app, launch_options
 
-    arrived: list[float] = []
-    stop = threading.Event()
-
-    class Dribbling(BaseHTTPRequestHandler):
-        timeout = 5.0
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-            arrived.append(time.monotonic())
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            end = time.monotonic() + 30
-            try:
-                while time.monotonic() < end and not stop.wait(0.2):
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
     folder = tmp_path_factory.mktemp("concurrency")
     picture = folder / "small.png"
     PILImage.new("RGB", (64, 48), "white").save(picture)
     registry = fakes.registry()
     registry.register_all([Nap], source="tests")
-    with pytest.MonkeyPatch.context() as mp, serve(Dribbling, on_stop=stop.set) as llm:
+    with pytest.MonkeyPatch.context() as mp, dribbling(0.2, 30) as (llm, arrived):
         clean_llm_env(mp, folder / "cache")
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         mp.setenv("GRADIO_TEMP_DIR", str(folder / "gradio"))
-        backend = client_from_options(base_url=f"{llm}/v1", model="tiny", max_retries=0, timeout=60)
+        backend = client_from_options(base_url=llm, model="tiny", max_retries=0, timeout=60)
         planner = Planner(backend, registry=registry, cache=False)
         web = build_app(
             planner_factory=lambda: planner,
