@@ -52,11 +52,11 @@ from visprog.apps.webapp_actions import (
 )
 from visprog.apps.webapp_files import EXAMPLES, TraceFiles, example_rows
 from visprog.apps.webapp_live import LiveView, follow
-from visprog.apps.webapp_runs import DEFAULT_MAX_CONCURRENT, DEFAULT_REQUEST_TIMEOUT, Bounded, Requests
+from visprog.apps.webapp_runs import DEFAULT_MAX_CONCURRENT, DEFAULT_REQUEST_TIMEOUT, Requests
 from visprog.apps.webapp_uploads import DEFAULT_MAX_UPLOAD_BYTES, OVER_LIMIT, Refused, load_uploads, upload_value
 from visprog.errors import VisprogError
 from visprog.language.signatures import Registry
-from visprog.running.events import Listener
+from visprog.running.events import Listener, stream
 from visprog.running.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ def build_app(
         Past the time limit the request ends with what it had run (the worker is left to end on its own)."""
         with runs.serve():
             yield (*started(view), *box(None))
-            events = Bounded(work, runs.timeout)
+            events = stream(work, runs.timeout)
             shown = None
             for _ in follow(events, view):
                 program = view.program if view.program != shown else None

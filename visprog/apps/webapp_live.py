@@ -303,7 +303,7 @@ class LiveView:
 
 
 def follow(events: Iterable[Event], view: LiveView, *, every: float = 0.25) -> Iterator[None]:
-    """Feed ``events`` (:func:`visprog.running.events.stream`, :class:`visprog.apps.webapp_runs.Bounded`) to
+    """Feed ``events`` (:func:`visprog.running.events.stream`, with or without a time limit) to
     ``view``; yield when it changed.
 
     Each event reaches ``view`` (:meth:`LiveView.add`) on the calling thread as

@@ -14,8 +14,9 @@ limit ends there, with what it had done so far. What they share lives in one
 - how many requests are being served now, for the status line of one that
   arrives.
 
-:class:`Bounded` runs one request's work on a worker thread and hands its
-events to the page as they come, until the work ends or its time is up.
+A request's work runs on a worker thread that hands its events to the page as
+they come, until the work ends or its time is up
+(:class:`visprog.running.events.Stream` with ``seconds``).
 :func:`plan_then_run` is a request's work: plan on the request's thread, run on
 the batcher, vote. Nothing here imports Gradio.
 """
@@ -23,15 +24,14 @@ the batcher, vote. Nothing here imports Gradio.
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from visprog.errors import VisprogError
 from visprog.llm.deadline import deadline as llm_deadline
-from visprog.running.events import Event, Listener
+from visprog.running.events import Listener
 from visprog.running.tracing import Trace
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_CONCURRENT",
     "DEFAULT_REQUEST_TIMEOUT",
-    "Bounded",
     "Requests",
     "batcher_for",
     "listening",
@@ -58,68 +57,6 @@ DEFAULT_MAX_CONCURRENT = 4
 
 #: Seconds one request of the web app may take, planning and running.
 DEFAULT_REQUEST_TIMEOUT = 300.0
-
-T = TypeVar("T")
-
-
-class Bounded(Generic[T]):
-    """``work(on_event)`` on a worker thread: iterating yields its events as they happen, until it ends or
-    ``seconds`` have passed since this was made (``None``: no limit).
-
-    Afterwards ``timed_out`` says whether the time ran out first; otherwise ``result`` is what ``work``
-    returned (an exception it raised is raised by the iteration, after the events before it). A worker
-    whose time ran out is left to end on its own, unheard: ``work`` should bound itself too (see
-    :attr:`deadline`).
-    """
-
-    _DONE = object()
-
-    def __init__(self, work: Callable[[Listener], T], seconds: float | None) -> None:
-        if seconds is not None and not seconds > 0:
-            raise ValueError(f"the time limit must be a positive number of seconds, got {seconds!r}")
-        self.seconds = seconds
-        #: when the time is up (``time.monotonic()``), or None
-        self.deadline = None if seconds is None else time.monotonic() + seconds
-        self.timed_out = False
-        self._work = work
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._result: T | None = None
-        self._error: BaseException | None = None
-        self._finished = False
-        self._thread: threading.Thread | None = None
-
-    @property
-    def result(self) -> T:
-        if not self._finished:
-            raise RuntimeError("the work has not finished: iterate over its events first")
-        return self._result  # type: ignore[return-value]
-
-    def _run(self) -> None:
-        try:
-            self._result = self._work(self._queue.put)
-        except BaseException as e:  # handed to the iterating thread
-            self._error = e
-        finally:
-            self._queue.put(self._DONE)
-
-    def __iter__(self) -> Iterator[Event]:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="visprog-web-request", daemon=True)
-            self._thread.start()
-        while True:
-            left = None if self.deadline is None else self.deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=max(left, 0.0)) if left is not None else self._queue.get()
-            except queue.Empty:
-                self.timed_out = True
-                return
-            if item is self._DONE:
-                break
-            yield item
-        self._thread.join()
-        self._finished = True
-        if self._error is not None:
-            raise self._error
 
 
 class Requests:

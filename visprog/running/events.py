@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Generic, TypeVar
@@ -209,11 +210,21 @@ class Stream(Generic[T]):
     worker thread; iterating yields its events as they happen. An exception
     raised by ``work`` is raised again by the iteration, after the events that
     came before it.
+
+    With ``seconds``, iterating stops once that many seconds have passed since the stream was made, and
+    ``timed_out`` says so; the worker is then left to end on its own, unheard (``work`` should bound itself
+    too: see :attr:`deadline`).
     """
 
     _DONE = object()
 
-    def __init__(self, work: Callable[[Listener], T]) -> None:
+    def __init__(self, work: Callable[[Listener], T], seconds: float | None = None) -> None:
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"the time limit must be a positive number of seconds, got {seconds!r}")
+        self.seconds = seconds
+        #: when the time is up (``time.monotonic()``), or None
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+        self.timed_out = False
         self._work = work
         self._queue: queue.Queue[Any] = queue.Queue()
         self._result: T | None = None
@@ -242,7 +253,12 @@ class Stream(Generic[T]):
             self._thread = threading.Thread(target=self._run, name="visprog-events", daemon=True)
             self._thread.start()
         while True:
-            item = self._queue.get()
+            left = None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                self.timed_out = True
+                return
             if item is self._DONE:
                 break
             yield item
@@ -252,11 +268,11 @@ class Stream(Generic[T]):
             raise self._error
 
 
-def stream(work: Callable[[Listener], T]) -> Stream[T]:
+def stream(work: Callable[[Listener], T], seconds: float | None = None) -> Stream[T]:
     """Iterate over the events of ``work(on_event)``; ``.result`` is its return value afterwards.
 
     >>> s = stream(lambda on_event: interpreter.run(program, images, on_event=on_event))  # doctest: +SKIP
     >>> for event in s: print(event.kind)                                                  # doctest: +SKIP
     >>> trace = s.result                                                                   # doctest: +SKIP
     """
-    return Stream(work)
+    return Stream(work, seconds)
